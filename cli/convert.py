@@ -1,0 +1,47 @@
+"""volseg convert: TIFF stacks -> OME-Zarr."""
+
+import shlex
+import sys
+
+from volseg.convert import convert
+from volseg.tiffio import DEFAULT_PATTERN
+
+from ._progress import Progress, say
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "convert", help="convert TIFF stacks to a chunked OME-Zarr image store",
+        description="Convert TIFF stacks to an OME-NGFF 0.5 image store (Zarr v3, axes t,z,y,x; "
+                    "full resolution at OUT/0). INPUT is a folder of per-frame TIFFs named like "
+                    "t002_z015.tif, one multi-page TIFF per time point (several files or a folder), "
+                    "or one ImageJ/OME hyperstack. Rerunning an interrupted conversion resumes it.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF folder or file(s)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.zarr", help="store to write")
+    p.add_argument("--mask", action="store_true",
+                   help="annotation stack: values 0/1 or 0/255, stored as uint8 0/1")
+    p.add_argument("--pattern", default=DEFAULT_PATTERN,
+                   help="file-name pattern of per-frame TIFFs, with {t} and {z} (default %(default)s)")
+    p.add_argument("--channel", type=int, default=None,
+                   help="channel to take from RGB or multichannel TIFFs")
+    p.add_argument("--chunks", default=None, metavar="[[T,]Z,]Y,X",
+                   help="inner chunk shape (default: whole frames up to 1024x1024; several frames "
+                        "per shard file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args) -> int:
+    command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with Progress("convert", quiet=args.quiet) as progress:
+        summary = convert(args.inputs, args.output, mask=args.mask, pattern=args.pattern,
+                          channel=args.channel, chunks=args.chunks, overwrite=args.overwrite,
+                          progress=progress, command=command,
+                          log=None if args.quiet else (lambda m: say(args, m)))
+    t, z, y, x = summary["shape"]
+    say(args, f"wrote {summary['path']}: {t} time points x {z} slices x {y} x {x} "
+              f"{summary['dtype']} ({summary['written']} blocks written, {summary['skipped']} "
+              f"already done); complete")
+    return 0

@@ -1,0 +1,57 @@
+"""volseg info: what a store holds."""
+
+from volseg.info import describe
+
+from ._progress import say  # noqa: F401
+
+
+def add_parser(sub):
+    p = sub.add_parser("info", help="describe a volseg store",
+                       description="Shape, dtype, chunks, shards, codec, stored and raw size, "
+                                   "completeness and provenance of an image or prediction store.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args) -> int:
+    import json
+
+    info = describe(args.store)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for line in format_info(info):
+        print(line)
+    return 0
+
+
+def format_info(info, indent=""):
+    lines = [f"{indent}{info['path']}  ({info['kind']}, {'complete' if info['complete'] else 'INCOMPLETE'})"]
+    for arr in info.get("arrays", []):
+        lines += [f"{indent}  {arr['name']}: shape {arr['shape']} (t, z, y, x), {arr['dtype']}",
+                  f"{indent}    chunks {arr['chunks']}, shards {arr['shards']}, codec {arr['codec']}",
+                  f"{indent}    stored {_size(arr['stored_bytes'])} of {_size(arr['raw_bytes'])} raw "
+                  f"({arr['ratio']:.1f}x), {'complete' if arr['complete'] else 'INCOMPLETE'}"]
+        for k, v in arr.get("attributes", {}).items():
+            lines.append(f"{indent}    {k}: {v}")
+    job = info.get("job") or {}
+    if job:
+        lines.append(f"{indent}  made by: {job.get('command') or job.get('kind')}")
+        for k, v in (job.get("parameters") or {}).items():
+            lines.append(f"{indent}    {k}: {v}")
+        srcs = job.get("sources") or []
+        if srcs:
+            lines.append(f"{indent}  sources: {len(srcs)} file(s), e.g. {srcs[0]['path'] if isinstance(srcs[0], dict) else srcs[0]}")
+    if info.get("version"):
+        lines.append(f"{indent}  volseg version: {info['version']}, created {info.get('created')}, "
+                     f"finished {info.get('finished')}")
+    return lines
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024

@@ -1,0 +1,81 @@
+"""Entry point of the ``volseg`` command.
+
+Each command lives in its own module of this package with two functions:
+``add_parser(subparsers)`` (which calls ``set_defaults(run=run)``) and
+``run(args) -> int``. This module only wires them up and turns errors into exit codes:
+0 success, 2 bad input or usage (one line on stderr, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from volseg import __version__
+from volseg.errors import InputError
+
+COMMANDS = ["synth", "convert", "info", "train", "predict", "evaluate", "demo", "preview", "export"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="volseg",
+        description="Segment microscopy volumes larger than memory, streamed over chunks.",
+    )
+    parser.add_argument("--version", action="version", version=f"volseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"volseg_cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"volseg_cli.{name}":
+                continue  # command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # tifffile logs its own complaints about damaged files; volseg reports them as one line
+    import logging
+
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except InputError as exc:
+        print(f"volseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"volseg {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except Exception:
+        if os.environ.get("VOLSEG_DEBUG"):
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"volseg {args.command}: internal error (a bug in volseg); "
+              "please report it with the traceback above", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

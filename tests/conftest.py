@@ -1,0 +1,52 @@
+"""Shared fixtures: real TIFF files, real Zarr stores, the CLI run in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+VOLSEG = [sys.executable, "-m", "volseg_cli.main"]
+
+
+def write_frames(folder: Path, array: np.ndarray, *, name="t{t:03d}_z{z:03d}.tif", **kw) -> Path:
+    """Write a (t, z, y, x) array as one 2D TIFF per frame."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(array.shape[0]):
+        for z in range(array.shape[1]):
+            tifffile.imwrite(folder / name.format(t=t, z=z), array[t, z], **kw)
+    return folder
+
+
+@pytest.fixture
+def frames_dir(tmp_path):
+    """A small uint8 dataset as per-frame TIFFs, and the array it holds."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(3, 4, 37, 53), dtype=np.uint8)
+    return write_frames(tmp_path / "frames", arr), arr
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `volseg ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from volseg_cli.main import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def run_volseg(*args, **kw) -> subprocess.CompletedProcess:
+    """Run the volseg command in a subprocess (for kill tests and real exit codes)."""
+    return subprocess.run(VOLSEG + [str(a) for a in args], capture_output=True, text=True, **kw)

@@ -1,0 +1,40 @@
+"""A description of a volseg store (for `volseg info`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import store as st
+
+
+def _describe_array(name: str, image: st.ImageStore) -> dict:
+    arr = image.array
+    raw = int(np.prod(arr.shape)) * arr.dtype.itemsize
+    stored = st.stored_bytes(image.path / "0")
+    codecs = [type(c).__name__ + (f"({c.cname.value}, level {c.clevel})" if hasattr(c, "cname") else "")
+              for c in arr.compressors]
+    attrs = {k: v for k, v in image.volseg.items()
+             if k not in ("job", "complete", "version", "created", "finished")}
+    return {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
+            "shards": list(arr.shards) if arr.shards else None, "codec": ", ".join(codecs) or "none",
+            "raw_bytes": raw, "stored_bytes": stored, "ratio": raw / max(stored, 1),
+            "complete": image.complete, "attributes": attrs}
+
+
+def describe(path) -> dict:
+    """Shape, dtype, chunks, shards, codec, sizes, completeness and provenance of a store."""
+    obj = st.open_any(path)
+    if isinstance(obj, st.Prediction):
+        arrays = [_describe_array("mask", obj.mask)]
+        if obj.probability is not None:
+            arrays.insert(0, _describe_array("probability", obj.probability))
+        meta = obj.volseg
+        kind = "prediction"
+    else:
+        arrays = [_describe_array("0", obj)]
+        meta = obj.volseg
+        kind = meta.get("content", "image")
+    return {"path": str(path), "kind": kind, "complete": obj.complete, "arrays": arrays,
+            "job": meta.get("job"), "version": meta.get("version"), "created": meta.get("created"),
+            "finished": meta.get("finished"),
+            **({"threshold": meta.get("threshold")} if "threshold" in meta else {})}

@@ -1,0 +1,458 @@
+"""The OME-Zarr stores volseg reads and writes, behind one small interface.
+
+Callers never touch paths or codecs: they create or open an :class:`ImageStore` (an
+OME-NGFF 0.5 image group whose full-resolution array is ``0``, dims t, z, y, x) or a
+:class:`Prediction` (a group holding the ``probability`` and ``mask`` image groups), and
+work block by block.
+
+A *block* is one shard of the full-resolution array: the unit of work of every stage.
+Blocks never share a chunk, so tasks can write them concurrently without locks. Each
+finished block is recorded in a small ledger array (``volseg_done``, one chunk per block,
+written after the block's data; zarr writes files atomically), so a rerun skips what is
+done. Chunk files themselves cannot serve as markers: zarr skips chunks equal to the fill
+value. When every block is done the ledger is deleted and ``volseg.complete`` is set to
+true, last; every reader refuses a store where it is not true.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from . import __version__
+from .errors import InputError
+
+AXES = ("t", "z", "y", "x")
+_AXIS_TYPES = {"t": "time", "z": "space", "y": "space", "x": "space"}
+LEDGER = "volseg_done"
+
+#: Inner chunks are at most this many pixels on a side (whole frames up to 1024x1024).
+MAX_CHUNK_SIDE = 1024
+#: A shard (one block, one file) spans at most this many pixels on a side ...
+MAX_SHARD_SIDE = 4096
+#: ... and holds at most this many raw bytes (several frames when frames are small).
+SHARD_BYTES = 16 * 2**20
+#: and at most this many frames, so small datasets still make several blocks.
+MAX_SHARD_FRAMES = 32
+
+
+def default_compressor():
+    """Blosc zstd, level 3, bit shuffle: measured in benchmarks/bench_convert.py."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def default_chunks(shape, dtype) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Choose inner chunks and shards for a (t, z, y, x) array.
+
+    Inner chunks are whole frames up to 1024 x 1024 (tiles of that size for larger
+    frames), so a viewer reads a frame with one request. A shard groups several frames of
+    one time point (up to 16 MiB raw, 32 frames), so 10^5 frames do not become 10^5 files
+    on a cluster file system, while a dataset still splits into enough blocks to keep
+    every core busy.
+
+    Returns
+    -------
+    chunks, shards : tuple of int
+    """
+    t, z, y, x = shape
+    itemsize = np.dtype(dtype).itemsize
+    cy, cx = min(y, MAX_CHUNK_SIDE), min(x, MAX_CHUNK_SIDE)
+    sy = min(_round_up(y, cy), max(cy, MAX_SHARD_SIDE // cy * cy))
+    sx = min(_round_up(x, cx), max(cx, MAX_SHARD_SIDE // cx * cx))
+    sz = max(1, min(z, MAX_SHARD_FRAMES, SHARD_BYTES // max(1, sy * sx * itemsize)))
+    return (1, 1, cy, cx), (1, sz, sy, sx)
+
+
+def parse_chunks(text: str, shape) -> tuple[int, ...]:
+    """Parse ``--chunks`` ("Y,X", "Z,Y,X" or "T,Z,Y,X"; -1 means the full axis)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--chunks: {text!r} is not a comma-separated list of integers") from None
+    if not 2 <= len(values) <= 4:
+        raise InputError(f"--chunks: give 2 to 4 sizes (Y,X / Z,Y,X / T,Z,Y,X), got {text!r}")
+    values = [1] * (4 - len(values)) + values
+    out = []
+    for v, n in zip(values, shape):
+        if v == -1:
+            v = n
+        if v < 1:
+            raise InputError(f"--chunks: sizes must be positive (or -1 for a full axis), got {text!r}")
+        out.append(min(v, n))
+    return tuple(out)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+# --------------------------------------------------------------------------- blocks
+
+def block_grid(shape, block_shape) -> tuple[int, ...]:
+    """Number of blocks along each axis."""
+    return tuple(math.ceil(n / b) for n, b in zip(shape, block_shape))
+
+
+def block_slices(shape, block_shape, index: int) -> tuple[slice, ...]:
+    """The region of block number ``index`` (C order over the block grid)."""
+    grid = block_grid(shape, block_shape)
+    pos = np.unravel_index(index, grid)
+    return tuple(slice(p * b, min((p + 1) * b, n)) for p, b, n in zip(pos, block_shape, shape))
+
+
+def n_blocks(shape, block_shape) -> int:
+    return int(np.prod(block_grid(shape, block_shape)))
+
+
+# --------------------------------------------------------------------------- jobs
+
+def fingerprint(job: dict) -> str:
+    """A stable hash of what makes a result: inputs and parameters (not the command)."""
+    payload = {k: job[k] for k in ("kind", "parameters", "sources") if k in job}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def source_record(paths) -> list[dict]:
+    """Name, size and modification time of each source file (for provenance and resume)."""
+    out = []
+    for p in paths:
+        st = Path(p).stat()
+        out.append({"path": str(Path(p).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+def prepare_output(path, *, job: dict, overwrite: bool = False, what: str = "output") -> str:
+    """Decide what to do with an output path before writing: "new" or "resume".
+
+    * missing: "new";
+    * an unfinished store of the same job (same inputs and parameters): "resume";
+    * a complete store, an unfinished one of another job, or something else: refused
+      with an :class:`InputError`, unless ``overwrite`` (then it is deleted: "new").
+      Even with ``overwrite`` only a Zarr store is ever deleted, never another folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.exists():
+            raise InputError(f"{path}: parent folder {parent} does not exist")
+        if not _writable(parent):
+            raise InputError(f"{path}: folder {parent} is not writable")
+        return "new"
+    if not _is_zarr_store(path):
+        raise InputError(f"{path}: exists and is not a Zarr store; choose another output path "
+                         "(volseg never deletes it, even with --overwrite)")
+    if not _writable(path):
+        raise InputError(f"{path}: not writable")
+    attrs = _read_volseg_attrs(path)
+    if overwrite:
+        shutil.rmtree(path)
+        return "new"
+    if attrs.get("complete"):
+        raise InputError(f"{path}: already exists and is complete; use --overwrite to replace it, "
+                         f"or choose another {what} path")
+    if attrs.get("job", {}).get("fingerprint") == job["fingerprint"]:
+        return "resume"
+    raise InputError(f"{path}: an unfinished {what} from other inputs or parameters is there; "
+                     "rerun the original command to finish it, or use --overwrite to start again")
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _read_volseg_attrs(path: Path) -> dict:
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta.get("attributes", {}).get("volseg", {}) or {}
+
+
+def make_job(kind: str, *, parameters: dict, sources=(), command: str | None = None) -> dict:
+    """The record of how a store is made: kind, parameters, sources, fingerprint."""
+    job = {"kind": kind, "parameters": parameters, "sources": list(sources)}
+    job["fingerprint"] = fingerprint(job)
+    if command is not None:
+        job["command"] = command
+    return job
+
+
+# --------------------------------------------------------------------------- stores
+
+def _ngff_attrs(name: str, *, ndim_scale=(1.0, 1.0, 1.0, 1.0), units=None) -> dict:
+    units = units or {}
+    axes = []
+    for ax in AXES:
+        entry = {"name": ax, "type": _AXIS_TYPES[ax]}
+        if units.get(ax):
+            entry["unit"] = units[ax]
+        axes.append(entry)
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": name,
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [float(s) for s in ndim_scale]}]}],
+        }],
+    }
+
+
+@dataclass
+class ImageStore:
+    """An OME-NGFF 0.5 image group; its full-resolution array ``0`` has dims t, z, y, x."""
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def array(self) -> zarr.Array:
+        return self.group["0"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return self.array.chunks
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        return self.array.shards
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        return self.array.shards or self.array.chunks
+
+    @property
+    def volseg(self) -> dict:
+        return dict(self.group.attrs.get("volseg", {}))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.volseg.get("complete"))
+
+    def update_volseg(self, **items) -> None:
+        attrs = self.volseg
+        attrs.update(items)
+        self.group.attrs["volseg"] = attrs
+
+    def reopen(self, mode: str = "r+") -> "ImageStore":
+        return ImageStore(self.path, zarr.open_group(str(self.path), mode=mode))
+
+
+def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, name=None,
+                 units=None, scale=(1.0, 1.0, 1.0, 1.0), extra=None, group=None) -> ImageStore:
+    """Create an empty, incomplete image group at ``path`` (or as ``group``'s child ``name``).
+
+    ``chunks``/``shards`` default to :func:`default_chunks`. ``job`` (see
+    :func:`make_job`) is recorded under ``volseg.job``; ``extra`` adds keys under
+    ``volseg`` (for example ``probability_scale``).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4:
+        raise ValueError(f"an image store is 4D (t, z, y, x), got shape {shape}")
+    dchunks, dshards = default_chunks(shape, dtype)
+    chunks = tuple(chunks) if chunks is not None else dchunks
+    # a shard must hold whole chunks: round the default shard up to the chosen chunks
+    shards = tuple(_round_up(s, c) for s, c in zip(shards or dshards, chunks))
+    volseg = {"version": __version__, "complete": False, "created": _now(), "job": job}
+    volseg.update(extra or {})
+    attrs = {"ome": _ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units),
+             "volseg": volseg}
+    if group is None:
+        g = zarr.create_group(str(path), zarr_format=3, attributes=attrs)
+        gpath = Path(path)
+    else:
+        g = group.create_group(name, attributes=attrs)
+        gpath = Path(path)
+    zarr.create_array(g.store, name=f"{g.path}/0" if g.path else "0", shape=shape, dtype=dtype,
+                      chunks=chunks, shards=shards, compressors=default_compressor(),
+                      fill_value=0, dimension_names=AXES)
+    return ImageStore(gpath, g)
+
+
+def open_image(path, *, require_complete: bool = True, mode: str = "r", what="image store") -> ImageStore:
+    """Open a volseg/NGFF image store; :class:`InputError` if it is missing or unfinished."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such {what}")
+    if not _is_zarr_store(path):
+        raise InputError(f"{path}: not a Zarr store (no zarr.json); make one with `volseg convert`")
+    try:
+        g = zarr.open_group(str(path), mode=mode)
+    except Exception as exc:  # zarr raises several types for unreadable metadata
+        raise InputError(f"{path}: cannot open as a Zarr v3 group ({exc})") from None
+    if "0" not in g or "ome" not in g.attrs:
+        raise InputError(f"{path}: not an OME-Zarr image group with a full-resolution array '0'")
+    store = ImageStore(path, g)
+    if store.array.ndim != 4:
+        raise InputError(f"{path}/0: expected 4 dims (t, z, y, x), found {store.array.ndim}")
+    if require_complete and not store.complete:
+        raise InputError(f"{path}: incomplete (an interrupted run?); rerun the command that made "
+                         "it to finish it")
+    return store
+
+
+# --------------------------------------------------------------------------- ledger
+
+class BlockLedger:
+    """Which blocks of a store are written: one tiny chunk per finished block."""
+
+    def __init__(self, group: zarr.Group, n: int):
+        self.n = n
+        if LEDGER in group:
+            self.array = group[LEDGER]
+        else:
+            self.array = zarr.create_array(
+                group.store, name=f"{group.path}/{LEDGER}" if group.path else LEDGER,
+                shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None)
+        if self.array.shape != (n,):
+            raise InputError(f"{group.store}: block ledger does not match this job; use --overwrite")
+
+    @classmethod
+    def open_path(cls, path, n: int) -> "BlockLedger":
+        return cls(zarr.open_group(str(path), mode="r+"), n)
+
+    def done(self) -> np.ndarray:
+        """Boolean array: block i is written."""
+        return self.array[:] == 1
+
+    def mark_done(self, index: int) -> None:
+        self.array[index] = 1
+
+    def delete(self, group: zarr.Group) -> None:
+        if LEDGER in group:
+            del group[LEDGER]
+
+
+def finish(group: zarr.Group, ledger: BlockLedger | None = None, **items) -> None:
+    """Mark a group complete: checks the ledger, deletes it, then writes ``complete`` last."""
+    if ledger is not None:
+        missing = np.flatnonzero(~ledger.done())
+        if missing.size:
+            raise RuntimeError(f"{missing.size} blocks are not written yet (first: {missing[0]})")
+        ledger.delete(group)
+    attrs = dict(group.attrs.get("volseg", {}))
+    attrs.update(items)
+    attrs["finished"] = _now()
+    attrs["complete"] = True
+    group.attrs["volseg"] = attrs
+
+
+# --------------------------------------------------------------------------- predictions
+
+@dataclass
+class Prediction:
+    """A prediction store: NGFF image groups ``probability`` (optional) and ``mask``."""
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def probability(self) -> ImageStore | None:
+        if "probability" not in self.group:
+            return None
+        return ImageStore(self.path / "probability", self.group["probability"])
+
+    @property
+    def mask(self) -> ImageStore:
+        return ImageStore(self.path / "mask", self.group["mask"])
+
+    @property
+    def volseg(self) -> dict:
+        return dict(self.group.attrs.get("volseg", {}))
+
+    @property
+    def complete(self) -> bool:
+        if not self.volseg.get("complete"):
+            return False
+        parts = [self.mask] + ([self.probability] if self.probability is not None else [])
+        return all(p.complete for p in parts)
+
+    @property
+    def threshold(self) -> float | None:
+        return self.volseg.get("threshold")
+
+    def probability_scale(self) -> float | None:
+        p = self.probability
+        return None if p is None else float(p.volseg.get("probability_scale", 1.0))
+
+
+def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bool = True,
+                      threshold: float, extra=None) -> Prediction:
+    """Create an empty, incomplete prediction store (uint8 probability 0..255, uint8 mask)."""
+    info = {"version": __version__, "complete": False, "created": _now(), "job": job,
+            "threshold": float(threshold)}
+    info.update(extra or {})
+    root = zarr.create_group(str(path), zarr_format=3, attributes={"volseg": info})
+    common = dict(shape=shape, dtype="uint8", chunks=chunks, shards=shards, job=job, group=root)
+    if probability:
+        create_image(Path(path) / "probability", name="probability",
+                     extra={"probability_scale": 255, "threshold": float(threshold),
+                            "meaning": "probability of structure = value / 255"}, **common)
+    create_image(Path(path) / "mask", name="mask",
+                 extra={"threshold": float(threshold),
+                        "meaning": "1 = structure (probability >= threshold), 0 = background"},
+                 **common)
+    return Prediction(Path(path), root)
+
+
+def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> Prediction:
+    """Open a prediction store; :class:`InputError` if missing, not one, or unfinished."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such prediction store")
+    if not _is_zarr_store(path):
+        raise InputError(f"{path}: not a Zarr store (no zarr.json); make one with `volseg predict`")
+    g = zarr.open_group(str(path), mode=mode)
+    if "mask" not in g:
+        raise InputError(f"{path}: not a volseg prediction store (no 'mask' group)")
+    pred = Prediction(path, g)
+    if require_complete and not pred.complete:
+        raise InputError(f"{path}: incomplete prediction (an interrupted `volseg predict`?); "
+                         "rerun the same predict command to finish it")
+    return pred
+
+
+def open_any(path):
+    """Open an image or prediction store for `volseg info` (complete or not)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such store")
+    if not _is_zarr_store(path):
+        raise InputError(f"{path}: not a Zarr store (no zarr.json)")
+    g = zarr.open_group(str(path), mode="r")
+    if "mask" in g:
+        return Prediction(path, g)
+    return open_image(path, require_complete=False)
+
+
+def stored_bytes(path) -> int:
+    """Bytes on disk under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
