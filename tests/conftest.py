@@ -50,3 +50,30 @@ def cli(capsys):
 def run_volseg(*args, **kw) -> subprocess.CompletedProcess:
     """Run the volseg command in a subprocess (for kill tests and real exit codes)."""
     return subprocess.run(VOLSEG + [str(a) for a in args], capture_output=True, text=True, **kw)
+
+
+def make_image_store(path: Path, array: np.ndarray, *, mask: bool = False):
+    """A complete volseg image store holding ``array`` (t, z, y, x), written directly."""
+    from volseg import store as st
+
+    job = st.make_job("test", parameters={"mask": mask})
+    image = st.create_image(path, shape=array.shape, dtype=array.dtype, job=job,
+                            extra={"content": "mask" if mask else "image"})
+    image.array[...] = array
+    st.finish(image.group)
+    return st.open_image(path)
+
+
+def make_tiny_model(path: Path, *, depth: int = 2, filters: int = 4, seed: int = 0,
+                    threshold: float = 0.5) -> Path:
+    """A real (untrained, seeded) volseg U-Net, small enough to run in milliseconds."""
+    import keras
+
+    from volseg.model import base_info, build_unet, save_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_unet(base_filters=filters, depth=depth, normalization=(0.0, 255.0))
+    save_model(model, path, info=base_info(depth=depth, base_filters=filters, dropout=0.1,
+                                           batch_norm=True, normalization=(0.0, 255.0),
+                                           threshold=threshold))
+    return path

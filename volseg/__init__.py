@@ -5,7 +5,13 @@ Every stage streams over blocks of an OME-Zarr store: ``convert`` (TIFF -> Zarr)
 or Slurm Dask cluster) and ``evaluate`` (exact metrics from integer counts).
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TensorFlow's C++ start-up chatter (oneDNN notices, CUDA probing on machines without a
+# GPU) would bury volseg's own messages; real errors still surface as Python exceptions.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from .errors import InputError  # noqa: E402
 

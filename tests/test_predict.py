@@ -1,0 +1,188 @@
+"""volseg predict: tiled streaming prediction into Zarr, resume, model caching, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from conftest import VOLSEG, make_image_store, make_tiny_model
+from volseg import store as st
+from volseg.errors import InputError
+from volseg.predict import model_loads, predict, threshold_level
+
+
+def smooth_images(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(size=shape)
+    raw = ndimage.gaussian_filter(raw, sigma=(0, 0, 3, 3))
+    raw = (raw - raw.min()) / (raw.max() - raw.min()) * 255
+    return raw.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.keras")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from volseg.cluster import open_client
+
+    with open_client("local", workers=1, threads=2) as c:
+        yield c
+
+
+def read_pred(path):
+    pred = st.open_prediction(path)
+    prob = pred.probability.array[:] if pred.probability is not None else None
+    return pred, prob, pred.mask.array[:]
+
+
+def test_predict_writes_complete_consistent_store(tmp_path, tiny_model, client):
+    images = make_image_store(tmp_path / "im.zarr", smooth_images((2, 3, 37, 53)))
+    summary = predict(images.path, tiny_model, tmp_path / "p.zarr", threshold=0.5, client=client)
+    assert summary["computed"] == summary["blocks"] == 2
+    pred, prob, mask = read_pred(tmp_path / "p.zarr")
+    assert prob.shape == mask.shape == (2, 3, 37, 53)
+    assert prob.dtype == mask.dtype == np.uint8
+    assert pred.probability.volseg["probability_scale"] == 255
+    assert set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, (prob >= threshold_level(0.5)).astype(np.uint8))
+    np.testing.assert_array_equal(mask, (prob / 255.0 >= 0.5).astype(np.uint8))
+    assert prob.std() > 0  # the model really ran
+    assert pred.volseg["model"]["sha256"] == pred.volseg["job"]["parameters"]["model_sha256"]
+    assert st.LEDGER not in pred.group
+
+
+def _whole_frame(model_path, frames, multiple):
+    from volseg.model import load_model
+
+    model, _ = load_model(model_path)
+    n, h, w = frames.shape
+    hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    x = np.pad(frames.astype(np.float32), ((0, 0), (0, hp - h), (0, wp - w)), mode="reflect")
+    out = np.asarray(model.predict_on_batch(x[..., None]))[..., 0]
+    return out[:, :h, :w]
+
+
+def test_tiled_equals_whole_frame_without_seams(tmp_path, tiny_model, client):
+    arr = smooth_images((1, 2, 150, 190), seed=1)
+    images = make_image_store(tmp_path / "im.zarr", arr)
+    predict(images.path, tiny_model, tmp_path / "tiled.zarr", tile=(64, 64), halo=16,
+            client=client, threshold=0.5)
+    _, tiled, _ = read_pred(tmp_path / "tiled.zarr")
+    tiled = tiled[0].astype(np.float64) / 255
+    whole = _whole_frame(tiny_model, arr[0], 4)
+    assert np.abs(tiled - whole).mean() < 1e-2
+
+    from volseg.tiling import tile_plan
+
+    plan = tile_plan(150, 190, tile=(64, 64), halo=16, multiple=4)
+    assert plan.n_tiles > 4
+    borders = [b for b in plan.y_bounds[1:-1]]
+    jumps = np.abs(np.diff(tiled, axis=1)).mean(axis=(0, 2))  # jump between rows r and r+1
+    at_border = jumps[[b - 1 for b in borders]].mean()
+    elsewhere = np.delete(jumps, [b - 1 for b in borders]).mean()
+    assert at_border <= elsewhere * 1.5
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (1, 1, 523, 821), (1, 1, 1100, 700)])
+def test_odd_sizes(tmp_path, tiny_model, client, shape):
+    arr = smooth_images(shape, seed=2)
+    images = make_image_store(tmp_path / "im.zarr", arr)
+    predict(images.path, tiny_model, tmp_path / "p.zarr", client=client)
+    _, prob, mask = read_pred(tmp_path / "p.zarr")
+    assert prob.shape == shape
+    whole = _whole_frame(tiny_model, arr[0], 4)
+    assert np.abs(prob[0].astype(np.float64) / 255 - whole).max() <= 0.5 / 255 + 1e-3
+
+
+def test_model_loaded_once_per_worker(tmp_path, tiny_model, client):
+    images = make_image_store(tmp_path / "im.zarr", smooth_images((6, 2, 32, 32)))
+    before = client.run(model_loads)
+    predict(images.path, tiny_model, tmp_path / "p.zarr", client=client, precision="float32")
+    predict(images.path, tiny_model, tmp_path / "q.zarr", client=client, precision="float32")
+    after = client.run(model_loads)
+    loads = sum(after.values()) - sum(before.values())
+    assert loads <= len(after)  # at most one load per worker process for 12 blocks
+
+
+def test_no_probability_and_bfloat16(tmp_path, tiny_model, client):
+    images = make_image_store(tmp_path / "im.zarr", smooth_images((1, 2, 64, 64), seed=3))
+    predict(images.path, tiny_model, tmp_path / "f32.zarr", client=client)
+    predict(images.path, tiny_model, tmp_path / "bf16.zarr", client=client, precision="bfloat16",
+            probability=False)
+    pred = st.open_prediction(tmp_path / "bf16.zarr")
+    assert pred.probability is None
+    _, _, m32 = read_pred(tmp_path / "f32.zarr")
+    assert (pred.mask.array[:] == m32).mean() > 0.95
+
+
+def test_bad_inputs(cli, tmp_path, tiny_model):
+    images = make_image_store(tmp_path / "im.zarr", smooth_images((1, 1, 32, 32)))
+
+    def bad(*args, match):
+        code, _, err = cli("predict", *args)
+        assert code == 2 and "Traceback" not in err, err
+        assert match in err, err
+
+    out = tmp_path / "p.zarr"
+    bad(tmp_path / "none.zarr", "--model", tiny_model, "-o", out, match="no such image store")
+    bad(images.path, "--model", tmp_path / "none.keras", "-o", out, match="model file not found")
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    bad(images.path, "--model", tmp_path / "junk.keras", "-o", out, match="not a Keras")
+    bad(images.path, "--model", tiny_model, "-o", out, "--threshold", "1.5", match="--threshold")
+    incomplete = st.create_image(tmp_path / "inc.zarr", shape=(1, 1, 8, 8), dtype="uint8",
+                                 job=st.make_job("x", parameters={}))
+    bad(incomplete.path, "--model", tiny_model, "-o", out, match="incomplete")
+    assert not out.exists()
+
+
+def test_existing_prediction_refused(tmp_path, tiny_model, client):
+    images = make_image_store(tmp_path / "im.zarr", smooth_images((1, 1, 32, 32)))
+    predict(images.path, tiny_model, tmp_path / "p.zarr", client=client)
+    before = st.open_prediction(tmp_path / "p.zarr").mask.array[:]
+    with pytest.raises(InputError, match="already exists and is complete"):
+        predict(images.path, tiny_model, tmp_path / "p.zarr", client=client)
+    np.testing.assert_array_equal(st.open_prediction(tmp_path / "p.zarr").mask.array[:], before)
+
+
+def test_kill_9_then_rerun_identical(tmp_path, tiny_model, client):
+    arr = smooth_images((150, 1, 32, 48), seed=4)
+    images = make_image_store(tmp_path / "im.zarr", arr)
+    predict(images.path, tiny_model, tmp_path / "ref.zarr", client=client)
+    _, ref_prob, ref_mask = read_pred(tmp_path / "ref.zarr")
+
+    out = tmp_path / "p.zarr"
+    proc = subprocess.Popen(VOLSEG + ["predict", str(images.path), "--model", str(tiny_model),
+                                      "-o", str(out), "-q", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    ledger = out / st.LEDGER / "c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ledger.exists() and sum(1 for _ in ledger.iterdir()) >= 5:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: client, scheduler and workers
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.5)
+    done_after_kill = sum(1 for _ in ledger.iterdir())
+    assert 0 < done_after_kill < 150
+    with pytest.raises(InputError, match="incomplete"):
+        st.open_prediction(out)
+
+    summary = predict(images.path, tiny_model, out, client=client)
+    assert summary["computed"] == 150 - done_after_kill
+    assert summary["skipped"] == done_after_kill
+    _, prob, mask = read_pred(out)
+    np.testing.assert_array_equal(prob, ref_prob)
+    np.testing.assert_array_equal(mask, ref_mask)

@@ -1,0 +1,363 @@
+"""The U-Net and the volseg model file.
+
+A volseg model file is a normal Keras 3 ``.keras`` archive (config + weights, loadable by
+``keras.saving.load_model`` under the TensorFlow, JAX or PyTorch backend) with one extra
+zip member, ``volseg.json``, holding what the rest of volseg needs to use it: the input
+multiple, the suggested tile margin, the probability threshold, the intensity
+normalisation, the training parameters and where the training data came from.
+
+The intensity normalisation is also *inside* the network (its first layer is a
+``keras.layers.Rescaling`` from raw intensities to [0, 1]), so anyone who loads the file
+with plain Keras and feeds raw pixel values gets the same output as volseg.
+
+Keras is imported lazily so that reading a model's metadata (``read_model_info``) stays
+cheap and does not start TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from .errors import InputError
+
+#: Name of the zip member holding volseg's metadata inside a ``.keras`` archive.
+INFO_MEMBER = "volseg.json"
+FORMAT = "volseg-model"
+FORMAT_VERSION = 1
+
+
+def receptive_field(depth: int = 4) -> int:
+    """Theoretical receptive field (pixels, one side to the other) of ``build_unet``.
+
+    Each 3x3 convolution at resolution level ``l`` (stride ``2**l``) widens the field by
+    ``2 * 2**l``; each 2x2 pooling from level ``l`` by ``2**l``; each 3x3 stride-2
+    transposed convolution into level ``l`` by ``2 * 2**l``. For depth 4 this is 230 px.
+    """
+    field = 1
+    for level in range(depth):
+        field += 2 * (2 * 2**level)  # two convolutions in the contracting block
+        field += 2**level  # 2x2 max pooling
+        field += 2 * 2**level  # 3x3 transposed convolution back to this level
+        field += 2 * (2 * 2**level)  # two convolutions in the expanding block
+    field += 2 * (2 * 2**depth)  # bottleneck block
+    return field
+
+
+def default_margin(depth: int = 4) -> int:
+    """Suggested tile halo in pixels for a U-Net of ``depth`` levels.
+
+    The theoretical receptive field (230 px at depth 4, i.e. 115 px each side) is far
+    wider than the *effective* one: the weight of distant pixels decays quickly, and
+    tiling the trained CHASE_DB1 model with a 32 px halo changes well under 0.1 % of
+    mask pixels against whole-frame prediction (see benchmarks/bench_train.py). The halo
+    is rounded up to a multiple of ``2**depth`` so tile origins stay on the pooling grid:
+    every 2x2 pooling window of a tile is then one of the whole frame's windows, and the
+    interior of a tile sees exactly the computation the whole frame would.
+    """
+    multiple = 2**depth
+    want = 32
+    return max(multiple, -(-want // multiple) * multiple)
+
+
+def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
+               batch_norm: bool = True, normalization: tuple[float, float] = (0.0, 255.0),
+               name: str = "volseg_unet"):
+    """Build the report's U-Net for single-channel 2D frames.
+
+    Parameters
+    ----------
+    base_filters : int
+        Filters of the first level; each deeper level doubles them (16, 32, 64, 128,
+        bottleneck 256 for the defaults).
+    depth : int
+        Number of poolings. Input height and width must be multiples of ``2**depth``.
+    dropout : float
+        Dropout rate after each pooling and after each skip concatenation (0 disables).
+    batch_norm : bool
+        Batch normalisation after every 3x3 convolution.
+    normalization : (low, high)
+        Raw intensities mapped to 0 and 1 by the first layer (a ``Rescaling``), so the
+        model takes raw pixel values. ``high`` must be greater than ``low``.
+    name : str
+        Model name.
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, None, 1)`` float32 raw intensities, output ``(None, None, 1)``
+        sigmoid probabilities (float32 even under a mixed-precision policy).
+
+    Notes
+    -----
+    Only ``keras.layers`` are used (no backend-specific ops), so the saved model loads
+    and runs under any Keras 3 backend with ``safe_mode=True``.
+    """
+    import keras
+    from keras import layers
+
+    low, high = float(normalization[0]), float(normalization[1])
+    if not high > low:
+        raise ValueError(f"normalization: high ({high}) must be greater than low ({low})")
+    if depth < 1 or base_filters < 1:
+        raise ValueError("depth and base_filters must be positive")
+
+    def conv_block(x, filters, prefix):
+        for i in (1, 2):
+            x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal",
+                              name=f"{prefix}_conv{i}")(x)
+            if batch_norm:
+                x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+            x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
+        return x
+
+    inputs = keras.Input(shape=(None, None, 1), dtype="float32", name="image")
+    # Scaling in float32 whatever the global policy: uint16 raw values would lose
+    # precision if bfloat16 came before the division.
+    x = layers.Rescaling(scale=1.0 / (high - low), offset=-low / (high - low),
+                         dtype="float32", name="normalize")(inputs)
+    skips = []
+    for level in range(depth):
+        x = conv_block(x, base_filters * 2**level, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name=f"down{level}_drop")(x)
+    x = conv_block(x, base_filters * 2**depth, "bottleneck")
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(base_filters * 2**level, 3, strides=2, padding="same",
+                                   name=f"up{level}_upconv")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
+        if dropout:
+            x = layers.Dropout(dropout, name=f"up{level}_drop")(x)
+        x = conv_block(x, base_filters * 2**level, f"up{level}")
+    # Sigmoid in float32: bfloat16 probabilities would only have ~3 significant digits.
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
+                            name="probability")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def model_normalization(model) -> tuple[float, float]:
+    """The (low, high) raw intensities that ``model``'s Rescaling layer maps to (0, 1)."""
+    layer = model.get_layer("normalize")
+    scale, offset = float(layer.scale), float(layer.offset)
+    low = -offset / scale
+    return low, low + 1.0 / scale
+
+
+def set_normalization(model, low: float, high: float) -> None:
+    """Change the raw-intensity range of ``model``'s Rescaling layer in place."""
+    if not high > low:
+        raise ValueError(f"normalization: high ({high}) must be greater than low ({low})")
+    layer = model.get_layer("normalize")
+    layer.scale = 1.0 / (high - low)
+    layer.offset = -low / (high - low)
+
+
+def base_info(*, depth: int, base_filters: int, dropout: float, batch_norm: bool,
+              normalization: tuple[float, float], patch=(256, 256), threshold: float = 0.5,
+              input_dtype: str = "uint8", training: dict | None = None,
+              provenance: dict | None = None) -> dict:
+    """The ``volseg.json`` record for a model with these parameters (see ``save_model``)."""
+    from . import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "volseg_version": __version__,
+        "multiple": 2**depth,
+        "margin": default_margin(depth),
+        "receptive_field": receptive_field(depth),
+        "threshold": float(threshold),
+        "patch": [int(patch[0]), int(patch[1])],
+        "normalization": {"low": float(normalization[0]), "high": float(normalization[1])},
+        "input_dtype": str(input_dtype),
+        "architecture": {"base_filters": int(base_filters), "depth": int(depth),
+                         "dropout": float(dropout), "batch_norm": bool(batch_norm)},
+        "training": dict(training or {}),
+        "provenance": dict(provenance or {}),
+    }
+
+
+def _tmp_path(path: Path) -> Path:
+    # Same folder (so os.replace is atomic) and a .keras suffix (Keras insists on it).
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+
+
+def save_model(model, path, *, info: dict) -> None:
+    """Write ``model`` to ``path`` as a ``.keras`` archive with ``info`` as volseg.json.
+
+    Parameters
+    ----------
+    model : keras.Model
+    path : str or Path
+        Destination; must end in ``.keras``. Replaced atomically: readers see the old
+        file or the complete new one, never half of one.
+    info : dict
+        Metadata, at least ``format``, ``format_version``, ``multiple``, ``margin``,
+        ``threshold``, ``patch``, ``normalization``, ``input_dtype``, ``architecture``,
+        ``training``, ``provenance`` (``base_info`` builds one).
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise InputError(f"{path}: model files must end in .keras")
+    info = dict(info)
+    info.setdefault("format", FORMAT)
+    info.setdefault("format_version", FORMAT_VERSION)
+    if info["format"] != FORMAT:
+        raise ValueError(f"info['format'] must be {FORMAT!r}")
+    payload = json.dumps(info, indent=2, sort_keys=True, default=_json_default)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(INFO_MEMBER, payload)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(value):
+    # numpy scalars and paths sneak into parameter dicts.
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def read_model_info(path) -> dict:
+    """Read only the volseg metadata of a model file (no Keras import).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, is not a zip (``.keras``) archive, or has no valid
+        ``volseg.json`` ("not a volseg model").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a Keras .keras archive (not a zip file)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if INFO_MEMBER not in names:
+                raise InputError(f"{path}: not a volseg model (a Keras archive without "
+                                 f"{INFO_MEMBER}; train one with `volseg train`)")
+            info = json.loads(zf.read(INFO_MEMBER).decode("utf-8"))
+    except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: unreadable model archive ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise InputError(f"{path}: not a volseg model ({INFO_MEMBER} has no "
+                         f"format={FORMAT!r})")
+    if int(info.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(f"{path}: volseg model format version "
+                         f"{info.get('format_version')} is newer than this volseg "
+                         f"understands ({FORMAT_VERSION}); upgrade volseg")
+    return info
+
+
+def load_model(path, *, precision: str | None = None):
+    """Load a volseg model file safely.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.keras`` file written by ``save_model``.
+    precision : None, "float32" or "bfloat16"
+        None keeps the dtype policy stored in the file. "bfloat16" rebuilds the network
+        under the ``mixed_bfloat16`` policy (1.5x faster inference on AVX-512 BF16
+        CPUs) with the same weights; "float32" rebuilds it in float32.
+
+    Returns
+    -------
+    (keras.Model, dict)
+        The uncompiled model and its volseg.json metadata.
+
+    Raises
+    ------
+    InputError
+        Missing, corrupt or non-volseg files (one clear line).
+    """
+    path = Path(path)
+    info = read_model_info(path)
+    if path.suffix != ".keras":
+        raise InputError(f"{path}: model files must end in .keras (rename it)")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises ValueError/KeyError/OSError variously
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot load the Keras model ({first[:200]})") from None
+    if precision is not None:
+        model = with_precision(model, precision, info=info)
+    return model, info
+
+
+def with_precision(model, precision: str, *, info: dict | None = None):
+    """Return a copy of ``model`` built under ``precision`` ("float32" or "bfloat16")."""
+    import keras
+
+    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+    if precision not in policies:
+        raise InputError(f"--precision: must be one of {', '.join(policies)}, "
+                         f"not {precision!r}")
+    arch = (info or {}).get("architecture")
+    if arch is None:
+        raise ValueError("with_precision needs the model's volseg info (architecture)")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policies[precision])
+    try:
+        clone = build_unet(base_filters=arch["base_filters"], depth=arch["depth"],
+                           dropout=arch["dropout"], batch_norm=arch["batch_norm"],
+                           normalization=model_normalization(model), name=model.name)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def update_model_info(path, **changes) -> dict:
+    """Rewrite ``volseg.json`` of the model file at ``path`` with ``changes`` applied.
+
+    Top-level keys are replaced (e.g. ``threshold=0.42``); the file is rewritten
+    atomically. Returns the new info.
+    """
+    path = Path(path)
+    info = read_model_info(path)
+    info.update(changes)
+    payload = json.dumps(info, indent=2, sort_keys=True, default=_json_default)
+    tmp = _tmp_path(path)
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+            for item in src.infolist():
+                if item.filename != INFO_MEMBER:
+                    dst.writestr(item, src.read(item.filename))
+            dst.writestr(INFO_MEMBER, payload, compress_type=zipfile.ZIP_DEFLATED)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return info
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (recorded in prediction provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def count_parameters(model) -> int:
+    """Total number of weights (trainable and not)."""
+    return int(sum(int(w.size) for w in model.get_weights()))
