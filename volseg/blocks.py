@@ -18,7 +18,9 @@ def run_blocks(client, task: Callable, indices: Iterable[int], *, progress=None,
 
     Parameters
     ----------
-    client : distributed.Client
+    client : distributed.Client or None
+        None runs the blocks on dask's threaded scheduler in this process (every core,
+        no cluster start-up: right for I/O-bound work such as conversion).
     task : callable
         ``task(i)`` processes block ``i`` completely (including marking it done).
     indices : iterable of int
@@ -34,14 +36,17 @@ def run_blocks(client, task: Callable, indices: Iterable[int], *, progress=None,
 
     The first failing block cancels the rest and its exception is re-raised here.
     """
-    from distributed import as_completed
-
     indices = list(indices)
     total = total if total is not None else done_before + len(indices)
     if progress:
         progress(done_before, total)
     if not indices:
         return 0
+    if client is None:
+        return _run_threads(task, indices, progress=progress, done_before=done_before,
+                            total=total, on_result=on_result)
+    from distributed import as_completed
+
     futures = client.map(task, indices, pure=False, resources=resources)
     done = done_before
     try:
@@ -55,4 +60,26 @@ def run_blocks(client, task: Callable, indices: Iterable[int], *, progress=None,
     except BaseException:
         client.cancel(futures)
         raise
+    return len(indices)
+
+
+def _run_threads(task, indices, *, progress, done_before, total, on_result) -> int:
+    from dask.callbacks import Callback
+
+    state = {"done": done_before}
+    keys = {f"volseg-block-{i}" for i in indices}
+
+    def posttask(key, result, dsk, state_, worker_id):
+        if key in keys:
+            state["done"] += 1
+            if on_result is not None:
+                on_result(result)
+            if progress:
+                progress(state["done"], total)
+
+    graph = {f"volseg-block-{i}": (task, i) for i in indices}
+    with Callback(posttask=posttask):
+        from dask.threaded import get
+
+        get(graph, sorted(keys))
     return len(indices)

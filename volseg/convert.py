@@ -81,7 +81,7 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         Inner chunk shape (see :func:`volseg.store.parse_chunks`); default per
         :func:`volseg.store.default_chunks`.
     client : distributed.Client, optional
-        Where to run; default a local cluster of threads on every core.
+        Where to run; default dask's threaded scheduler on every core of this machine.
     progress : callable, optional
         ``progress(done, total)`` per block.
 
@@ -121,15 +121,10 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
     task = functools.partial(_convert_block, stack=stack, out=str(out), groups=groups,
                              mask=mask, dtype=dtype)
     from .blocks import run_blocks
-    from .cluster import open_client
 
-    if client is None:
-        with open_client("local", processes=False) as own:
-            run_blocks(own, task, todo, progress=progress, done_before=len(groups) - len(todo),
-                       total=len(groups))
-    else:
-        run_blocks(client, task, todo, progress=progress, done_before=len(groups) - len(todo),
-                   total=len(groups))
+    # client None: dask's threaded scheduler; reading TIFFs and compressing release the GIL
+    run_blocks(client, task, todo, progress=progress, done_before=len(groups) - len(todo),
+               total=len(groups))
     st.finish(image.group, ledger)
     return {"path": str(out), "shape": stack.shape, "dtype": dtype, "chunks": chunks,
             "shards": image.shards, "blocks": len(groups), "written": len(todo),

@@ -46,8 +46,13 @@ MAX_SHARD_FRAMES = 32
 
 
 def default_compressor():
-    """Blosc zstd, level 3, bit shuffle: measured in benchmarks/bench_convert.py."""
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    """Blosc zstd level 3 with byte shuffle (a no-op for uint8, a gain for uint16).
+
+    Measured on 64 noisy 523x821 uint8 frames, one thread: bit shuffle wrote at 109 MB/s
+    with ratio 1.16; byte/no shuffle 235 MB/s, ratio 1.25 (zstd level 1: 168 MB/s;
+    lz4: 299 MB/s but ratio 1.00). Masks and real images compress far better.
+    """
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
 def default_chunks(shape, dtype) -> tuple[tuple[int, ...], tuple[int, ...]]:

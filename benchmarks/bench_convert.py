@@ -1,0 +1,157 @@
+"""Benchmark `volseg convert` against a single-threaded loop and ome-zarr-py.
+
+Writes N uncompressed 523x821 uint8 frames (default 64: 8 time points x 8 slices) as
+per-frame TIFFs, then, each in its own subprocess (so peak RSS is its own):
+
+* volseg     -- volseg.convert.convert (default: local threads on every core)
+* baseline   -- one thread: tifffile.imread each frame + write the same Zarr layout and
+                codec (whole shards, as volseg does)
+* ome-zarr   -- ome_zarr.writer.write_image of the whole array (held in memory)
+* volseg 8x  -- volseg on 8x the frames (peak RSS must stay flat)
+
+Prints MB/s of raw pixels, the ratio against the baseline of the same run, and peak RSS.
+
+    .venv/bin/python benchmarks/bench_convert.py [--frames 64] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+H, W = 523, 821
+
+
+def make_frames(folder: Path, timepoints: int, depth: int, seed: int = 0) -> None:
+    import tifffile
+    from scipy import ndimage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = ndimage.gaussian_filter(rng.normal(size=(H, W)), 8)
+    base = (base - base.min()) / (base.max() - base.min())
+    for t in range(timepoints):
+        for z in range(depth):
+            frame = 40 + 120 * np.roll(base, 7 * t + 3 * z, axis=1) + rng.normal(0, 12, (H, W))
+            tifffile.imwrite(folder / f"t{t:03d}_z{z:03d}.tif", np.clip(frame, 0, 255).astype(np.uint8))
+
+
+def run_volseg(src: Path, out: Path) -> dict:
+    from volseg.convert import convert
+
+    t0 = time.perf_counter()
+    summary = convert([src], out)
+    return {"seconds": time.perf_counter() - t0, "raw_bytes": summary["raw_bytes"]}
+
+
+def run_baseline(src: Path, out: Path) -> dict:
+    import tifffile
+    import zarr
+
+    from volseg import store as st
+
+    files = sorted(src.glob("*.tif"))
+    t0 = time.perf_counter()
+    first = tifffile.imread(files[0])
+    nt = len({f.name[:4] for f in files})
+    nz = len(files) // nt
+    shape = (nt, nz) + first.shape
+    chunks, shards = st.default_chunks(shape, first.dtype)
+    arr = zarr.create_array(str(out), shape=shape, dtype=first.dtype, chunks=chunks, shards=shards,
+                            compressors=st.default_compressor(), fill_value=0)
+    with zarr.config.set({"threading.max_workers": 1, "async.concurrency": 1}):
+        for t in range(nt):
+            for z0 in range(0, nz, shards[1]):
+                z1 = min(nz, z0 + shards[1])
+                block = np.stack([tifffile.imread(src / f"t{t:03d}_z{z:03d}.tif") for z in range(z0, z1)])
+                arr[t, z0:z1] = block
+    return {"seconds": time.perf_counter() - t0, "raw_bytes": int(np.prod(shape))}
+
+
+def run_omezarr(src: Path, out: Path) -> dict:
+    import tifffile
+    import zarr
+    from ome_zarr.writer import write_image
+
+    from volseg import store as st
+
+    files = sorted(src.glob("*.tif"))
+    t0 = time.perf_counter()
+    nt = len({f.name[:4] for f in files})
+    data = np.stack([tifffile.imread(f) for f in files]).reshape(nt, -1, H, W)
+    group = zarr.open_group(str(out), mode="w")
+    write_image(data, group, axes="tzyx", scaler=None,
+                storage_options={"chunks": (1, 1, H, W), "compressor": st.default_compressor()})
+    return {"seconds": time.perf_counter() - t0, "raw_bytes": int(data.nbytes)}
+
+
+MODES = {"volseg": run_volseg, "baseline": run_baseline, "ome-zarr": run_omezarr}
+
+
+def child(mode: str, src: str, out: str) -> None:
+    result = MODES[mode](Path(src), Path(out))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(mode: str, src: Path, work: Path) -> dict:
+    out = work / f"{mode}.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=64, help="frames at 1x (multiple of 8)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per mode (best is reported)")
+    ap.add_argument("--skip-8x", action="store_true")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+        work = Path(tmp)
+        t = args.frames // 8
+        make_frames(work / "x1", t, 8)
+        rows = {}
+        for _ in range(args.repeat):
+            for mode in ("baseline", "volseg", "ome-zarr"):
+                r = measure(mode, work / "x1", work)
+                best = rows.get(mode)
+                if best is None or r["seconds"] < best["seconds"]:
+                    rows[mode] = r
+        if not args.skip_8x:
+            make_frames(work / "x8", 8 * t, 8)
+            rows["volseg 8x"] = measure("volseg", work / "x8", work)
+        base = rows["baseline"]["raw_bytes"] / rows["baseline"]["seconds"]
+        print(f"\nconvert: {args.frames} frames of {H}x{W} uint8 (8x = {8 * args.frames}), "
+              f"best of {args.repeat}, {sys.platform}, {__import__('os').cpu_count()} cores")
+        print(f"{'mode':<12} {'MB/s':>8} {'x baseline':>11} {'peak RSS MB':>12}")
+        for mode, r in rows.items():
+            rate = r["raw_bytes"] / r["seconds"]
+            print(f"{mode:<12} {rate / 1e6:>8.1f} {rate / base:>11.2f} {r['peak_rss_mb']:>12.0f}")
+        if "volseg 8x" in rows:
+            print(f"peak RSS 8x / 1x (volseg): "
+                  f"{rows['volseg 8x']['peak_rss_mb'] / rows['volseg']['peak_rss_mb']:.2f}")
+            print(f"volseg / ome-zarr throughput: "
+                  f"{(rows['volseg']['raw_bytes'] / rows['volseg']['seconds']) / (rows['ome-zarr']['raw_bytes'] / rows['ome-zarr']['seconds']):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
