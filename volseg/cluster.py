@@ -123,9 +123,30 @@ def job_script(jobqueue_config: str | os.PathLike | None = None) -> str:
 
     with _profile(jobqueue_config) as source:
         kwargs = _job_kwargs(source)
-        job = SLURMJob(scheduler="tcp://<scheduler-address>:8786", name="volseg-worker",
-                       **kwargs)
-        return job.job_script()
+        # dask-jobqueue creates the log directory when it builds a job; only showing
+        # the script should not leave one behind.
+        made = _missing_dirs(kwargs.get("log_directory"))
+        try:
+            job = SLURMJob(scheduler="tcp://<scheduler-address>:8786", name="volseg-worker",
+                           **kwargs)
+            return job.job_script()
+        finally:
+            for path in made:
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+
+
+def _missing_dirs(path) -> list[Path]:
+    """The directories ``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    if path:
+        p = Path(path).absolute()
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+    return missing
 
 
 def gpus_per_job(directives) -> int:
@@ -158,8 +179,11 @@ def _local_client(*, workers, threads, processes):
     threads = threads or max(1, cores // workers)
     if threads < 1:
         raise InputError(f"--threads: must be at least 1, got {threads}")
+    # Worker processes size their TensorFlow thread pools from VOLSEG_THREADS (they
+    # would each take every core otherwise); threads of this process share one pool.
+    extra = {"env": {"VOLSEG_THREADS": str(threads)}} if processes else {}
     with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
-                      dashboard_address=None, silence_logs=logging.ERROR) as lc:
+                      dashboard_address=None, silence_logs=logging.ERROR, **extra) as lc:
         with Client(lc) as client:
             yield client
 
@@ -253,7 +277,11 @@ def _job_kwargs(source: str) -> dict:
 
     # The worker runs this Python (dask-jobqueue's default); VOLSEG_PREFIX lets the
     # profile's prologue activate its environment without a site-specific path.
-    prologue = [f"export VOLSEG_PREFIX={shlex.quote(sys.prefix)}"]
+    # VOLSEG_THREADS sizes TensorFlow's thread pool to the job's cores per process
+    # (by default it would take every core of the node).
+    threads = max(1, cores // processes)
+    prologue = [f"export VOLSEG_PREFIX={shlex.quote(sys.prefix)}",
+                f"export VOLSEG_THREADS={threads}"]
     prologue += [str(line) for line in (s.get("job-script-prologue") or [])]
 
     kwargs = {"worker_extra_args": extra_args, "job_script_prologue": prologue}
@@ -286,6 +314,18 @@ def _check_slurm_commands() -> None:
         if shutil.which(command) is None:
             raise InputError(f"--cluster slurm: `{command}` is not on PATH; run volseg on a "
                              "Slurm login node (or load the Slurm module), or use --cluster local")
+
+
+def _check_controller() -> None:
+    """Fail fast when slurmctld is down (sinfo and sbatch would retry for seconds)."""
+    if shutil.which("scontrol") is None:
+        return
+    result = _run(["scontrol", "ping"])
+    if result.returncode != 0 or " is UP" not in result.stdout:
+        lines = (result.stdout or result.stderr).strip().splitlines()
+        answer = lines[0].strip() if lines else f"exit code {result.returncode}"
+        raise InputError(f"--cluster slurm: the Slurm controller does not answer "
+                         f"(scontrol ping: {answer}); is Slurm running here?")
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -397,11 +437,11 @@ def _wait_for_first_worker(client, cluster, *, source, settings, pending_timeout
     running_since: dict[str, float] = {}
     all_ended_since = None
     while True:
-        try:
-            client.wait_for_workers(1, timeout=poll)
+        # A fresh count from the scheduler (wait_for_workers with a timeout would
+        # leave a timed-out future behind at every poll).
+        if client.scheduler_info(n_workers=1).get("workers"):
             return
-        except TimeoutError:
-            pass
+        time.sleep(poll)
         now = time.monotonic()
         current = _cluster_job_ids(cluster)
         seen |= current
@@ -464,6 +504,7 @@ def _slurm_client(*, jobs, adapt, jobqueue_config, log, pending_timeout, connect
         raise InputError(f"--jobs: must be at least 1, got {jobs}")
 
     _check_slurm_commands()
+    _check_controller()
     # Under adapt, a job that ends (scancel, walltime) is replaced after this delay.
     extra = ({"distributed.deploy.lost-worker-timeout": ADAPT_LOST_WORKER_TIMEOUT}
              if adapt is not None else None)
@@ -492,6 +533,12 @@ def _slurm_client(*, jobs, adapt, jobqueue_config, log, pending_timeout, connect
         client = stack.enter_context(Client(cluster))
         gpus = gpus_per_job(settings.get("job-extra-directives"))
         _CLIENT_RESOURCES[client] = {"GPU": 1} if gpus else {}
+        if adapt is not None and minimum == 0:
+            # Adaptive from zero submits jobs only once there is work: nothing to wait for.
+            if log:
+                log(f"Slurm: {what} ({source}); dashboard {client.dashboard_link}")
+            yield client
+            return
         if log:
             log(f"Slurm: {what} ({source}); waiting for the first worker; "
                 f"dashboard {client.dashboard_link}")
