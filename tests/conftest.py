@@ -77,3 +77,20 @@ def make_tiny_model(path: Path, *, depth: int = 2, filters: int = 4, seed: int =
                                            batch_norm=True, normalization=(0.0, 255.0),
                                            threshold=threshold))
     return path
+
+
+def make_prediction(path, probability: np.ndarray, *, threshold=0.5, with_probability=True):
+    """A complete prediction store from a uint8 0..255 probability array."""
+    from volseg import store as st
+
+    job = st.make_job("test-predict", parameters={"threshold": threshold})
+    pred = st.create_prediction(path, shape=probability.shape, chunks=(1, 1) + probability.shape[2:],
+                                shards=None, job=job, probability=with_probability,
+                                threshold=threshold)
+    if with_probability:
+        pred.probability.array[...] = probability
+        st.finish(pred.probability.group)
+    pred.mask.array[...] = (probability >= threshold * 255).astype(np.uint8)
+    st.finish(pred.mask.group)
+    st.finish(pred.group)
+    return st.open_prediction(path)
