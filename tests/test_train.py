@@ -1,0 +1,213 @@
+"""Tests for volseg.train and `volseg train`: tiny U-Nets on tiny synthetic stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from volseg.errors import InputError
+from volseg.model import file_sha256, load_model, read_model_info
+from volseg.store import create_image, finish, make_job, open_image
+from volseg.train import (
+    BINS,
+    best_threshold,
+    dice_at,
+    dice_curve,
+    make_loss,
+    probability_bins,
+    train,
+)
+
+TINY = ["--filters", "4", "--depth", "2", "--patch", "32", "--batch", "4"]
+
+
+def make_store(path, data):
+    store = create_image(path, shape=data.shape, dtype=data.dtype,
+                         job=make_job("test", parameters={}))
+    store.array[...] = data
+    finish(store.group)
+    return open_image(path)
+
+
+def synthetic(shape, seed=0):
+    """Noisy frames with bright lines (the structure) and a few distracting dim blobs."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint8)
+    for t in range(shape[0]):
+        for z in range(shape[1]):
+            for _ in range(2):
+                r = rng.integers(6, shape[2] - 6)
+                labels[t, z, r:r + 2, 4:-4] = 1
+            c = rng.integers(6, shape[3] - 6)
+            labels[t, z, 4:-4, c:c + 2] = 1
+    images = (rng.normal(60, 15, shape) + 90 * labels).clip(0, 255).astype(np.uint8)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    images, labels = synthetic((3, 2, 48, 48))
+    roi = np.zeros((1, 1, 48, 48), np.uint8)
+    roi[0, 0, 2:46, 2:46] = 1
+    make_store(root / "i.zarr", images)
+    make_store(root / "t.zarr", labels)
+    make_store(root / "roi.zarr", roi)
+    return root, images, labels, roi
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """One tiny model trained through the CLI (3 time points: the last one validates)."""
+    from volseg_cli.main import main
+
+    root = data[0]
+    out = root / "m.keras"
+    code = main(["train", "--images", str(root / "i.zarr"), "--truth", str(root / "t.zarr"),
+                 "-o", str(out), "--roi", str(root / "roi.zarr"), "--epochs", "3",
+                 "--steps-per-epoch", "8", "--learning-rate", "0.003", "-q", *TINY])
+    assert code == 0
+    return out
+
+
+def test_dice_curve_matches_brute_force():
+    rng = np.random.default_rng(0)
+    prob = rng.random(5000).astype(np.float32)
+    truth = rng.random(5000) < prob ** 2
+    bins = probability_bins(prob)
+    fg = np.bincount(bins[truth], minlength=BINS)
+    bg = np.bincount(bins[~truth], minlength=BINS)
+    thresholds, dice = dice_curve(fg, bg)
+    for k in (1, 100, 512, 700, 1023):
+        pred = prob >= thresholds[k - 1]
+        ref = 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
+        assert dice[k - 1] == pytest.approx(ref, abs=1e-12)
+        assert dice_at(fg, bg, thresholds[k - 1]) == pytest.approx(ref, abs=1e-12)
+    thr, best = best_threshold(fg, bg)
+    assert best == pytest.approx(np.nanmax(dice))
+    assert thr == pytest.approx(thresholds[np.nanargmax(dice)])
+    empty = np.zeros(BINS)
+    assert best_threshold(empty, empty)[0] == 0.5
+
+
+def test_losses_respect_weights():
+    y = np.zeros((1, 4, 4, 2), np.float32)
+    y[..., 0] = 1.0
+    p = np.full((1, 4, 4, 1), 0.9, np.float32)
+    p[0, 0, 0, 0] = 0.01  # a bad pixel ...
+    y[..., 1] = 1.0
+    full = {k: float(make_loss(k)(y, p)) for k in ("bce", "dice", "bce+dice")}
+    y[0, 0, 0, 1] = 0.0  # ... that the weight map switches off
+    masked = {k: float(make_loss(k)(y, p)) for k in ("bce", "dice", "bce+dice")}
+    assert masked["bce"] == pytest.approx(-np.log(0.9), rel=1e-4)
+    for k in full:
+        assert masked[k] < full[k]
+    assert full["bce+dice"] == pytest.approx(full["bce"] + full["dice"], rel=1e-5)
+    with pytest.raises(InputError):
+        make_loss("focal")
+
+
+def test_loss_goes_down(data, tmp_path):
+    root = data[0]
+    summary = train(root / "i.zarr", root / "t.zarr", tmp_path / "m.keras", epochs=4,
+                    steps_per_epoch=8, patch=32, batch=4, filters=4, depth=2,
+                    learning_rate=3e-3, seed=1)
+    losses = [h["loss"] for h in summary["history"]]
+    assert len(losses) == 4 and summary["steps"] == 32
+    assert losses[-1] < 0.9 * losses[0]
+    assert summary["history"][-1]["val_dice"] > summary["history"][0]["val_dice"]
+
+
+def test_cli_writes_a_loadable_model(trained, data):
+    root, images, labels, roi = data
+    model, info = load_model(trained)
+    assert info["format"] == "volseg-model" and info["multiple"] == 4
+    assert info["architecture"] == {"base_filters": 4, "depth": 2, "dropout": 0.1,
+                                    "batch_norm": True}
+    assert info["patch"] == [32, 32] and info["input_dtype"] == "uint8"
+    assert info["training"]["split"] == {"by": "timepoints", "val_indices": [2],
+                                         "train_frames": 4, "val_frames": 2,
+                                         "validated_frames": [[2, 0], [2, 1]]}
+    assert info["provenance"]["roi"]["shape"] == [1, 1, 48, 48]
+    # normalisation: the 0.5 / 99.5 percentiles of training pixels inside the ROI
+    train_px = images[:2, :, 2:46, 2:46]
+    lo, hi = np.percentile(train_px, [0.5, 99.5], method="inverted_cdf")
+    assert info["normalization"] == {"low": float(lo), "high": float(hi)}
+    for suffix in (".history.csv", ".history.json", ".curves.png"):
+        assert (root / f"m{suffix}").stat().st_size > 0
+    history = json.loads((root / "m.history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    out = np.asarray(model.predict_on_batch(images[2, :, :, :, None].astype(np.float32)))
+    assert out.shape == (2, 48, 48, 1)
+
+
+def test_stored_threshold_maximises_val_dice(trained, data):
+    _, images, labels, roi = data
+    model, info = load_model(trained)
+    # Validation = time point 2, inside the ROI; 48 is a multiple of 4: one tile, no padding.
+    prob = np.asarray(model.predict_on_batch(images[2, :, :, :, None].astype(np.float32)))[..., 0]
+    inside = np.broadcast_to(roi[0, 0] > 0, prob.shape)
+    p, truth = prob[inside], labels[2][inside].astype(bool)
+
+    def dice(thr):
+        pred = p >= thr
+        return 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
+
+    stored = info["threshold"]
+    best = dice(stored)
+    grid = [dice(k / BINS) for k in range(1, BINS)]
+    assert best >= max(grid) - 1e-12  # exact over the 1/1024 grid
+    assert best >= dice(0.5)
+    assert info["training"]["val_dice"] == pytest.approx(best, abs=1e-6)
+
+
+def test_init_continues_from_a_model(trained, data, tmp_path):
+    root = data[0]
+    summary = train(root / "i.zarr", root / "t.zarr", tmp_path / "ft.keras", init=trained,
+                    epochs=1, steps_per_epoch=2, patch=32, batch=2, filters=99, depth=9)
+    info = read_model_info(tmp_path / "ft.keras")
+    assert info["architecture"]["base_filters"] == 4  # from the init model, not the arguments
+    assert info["provenance"]["init"]["sha256"] == file_sha256(trained)
+    assert info["normalization"] == read_model_info(trained)["normalization"]
+    assert summary["steps"] == 2
+
+
+def test_time_limit_stops_cleanly(data, tmp_path):
+    root = data[0]
+    summary = train(root / "i.zarr", root / "t.zarr", tmp_path / "m.keras", epochs=1000,
+                    steps_per_epoch=5, patch=32, batch=2, filters=2, depth=2,
+                    time_limit=0.2, patience=1000)
+    assert summary["stop_reason"] == "time limit"
+    assert summary["seconds"] < 12 + 8
+    assert load_model(tmp_path / "m.keras")[1]["training"]["stop_reason"] == "time limit"
+
+
+def test_bad_inputs_exit_2(data, tmp_path, cli):
+    root, images, labels, _ = data
+    base = ["train", "--images", root / "i.zarr", "--truth", root / "t.zarr", *TINY]
+    code, _, err = cli("train", "--images", tmp_path / "nope.zarr", "--truth", root / "t.zarr",
+                       "-o", tmp_path / "m.keras")
+    assert code == 2 and "nope.zarr" in err and "Traceback" not in err
+    make_store(tmp_path / "small.zarr", labels[:, :, :40])
+    code, _, err = cli("train", "--images", root / "i.zarr", "--truth", tmp_path / "small.zarr",
+                       "-o", tmp_path / "m.keras")
+    assert code == 2 and "shape" in err
+    bad = labels.copy()
+    bad[0, 0, 0, 0] = 7
+    make_store(tmp_path / "bad.zarr", bad)
+    code, _, err = cli("train", "--images", root / "i.zarr", "--truth", tmp_path / "bad.zarr",
+                       "-o", tmp_path / "m.keras", *TINY)
+    assert code == 2 and "0 or 1" in err
+    code, _, err = cli(*base[:5], "-o", tmp_path / "m.keras", "--patch", "30")
+    assert code == 2 and "--patch" in err
+    code, _, err = cli(*base, "-o", tmp_path / "m.h5")
+    assert code == 2 and ".keras" in err
+    (tmp_path / "exists.keras").write_bytes(b"x")
+    code, _, err = cli(*base, "-o", tmp_path / "exists.keras")
+    assert code == 2 and "--overwrite" in err
+    code, _, err = cli(*base, "-o", tmp_path / "m.keras", "--val-frames", "0")
+    assert code == 2 and "--val-frames" in err
+    code, _, err = cli(*base, "-o", tmp_path / "m.keras", "--init", tmp_path / "exists.keras")
+    assert code == 2 and "exists.keras" in err

@@ -1,0 +1,581 @@
+"""Training patches sampled straight from Zarr arrays (t, z, y, x), never whole arrays.
+
+The pieces, in the order training uses them:
+
+* :func:`split_frames` holds out whole time points (whole z-frames when there is one
+  time point) for validation, so no validation pixel has a neighbour in training.
+* :func:`scan_training_data` reads the training frames once, block by block, and keeps
+  what sampling needs in bounded memory: a histogram of image intensities (for robust
+  percentiles), and per (frame, block) the number of foreground (and ROI) pixels with a
+  bounded random sample of their coordinates.
+* :class:`PatchSampler` draws one patch: a third of them (by default) centred on a
+  foreground pixel chosen uniformly over all foreground pixels, as nnU-Net does; the
+  others centred anywhere (inside the ROI when there is one). Each draw reads exactly
+  one patch-sized region of each array. Augmentation: flips, 90-degree rotations, mild
+  contrast and brightness jitter.
+* :class:`PatchDataset` (a ``keras.utils.PyDataset``) makes batch ``i`` of epoch ``e``
+  from its own random stream ``(seed, e, i)``, so batches are the same whatever order
+  worker threads finish in; :func:`prefetch` runs it on worker threads ahead of the
+  training loop.
+
+Patches are raw intensities (float32): the model's first layer does the normalisation.
+Targets carry two channels, ``[truth, weight]``: the weight is 0 on reflect padding and
+outside the ROI, so losses and metrics ignore those pixels.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "Augment", "CoordinateTable", "PatchDataset", "PatchSampler", "Split", "TrainingIndex",
+    "block_shape_of", "iter_frame_blocks", "parse_index_list", "percentiles_from_histogram",
+    "prefetch", "scan_training_data", "split_frames",
+]
+
+#: Bound on the foreground (and ROI) coordinates kept in memory, over all blocks.
+COORD_BUDGET = 4_000_000
+
+
+# --------------------------------------------------------------------------- split
+
+@dataclass
+class Split:
+    """Training and validation frames, as lists of (t, z)."""
+
+    train: list[tuple[int, int]]
+    val: list[tuple[int, int]]
+    by: str  # "timepoints" or "frames"
+    val_indices: list[int]  # the held-out time points (or z indices when by == "frames")
+
+
+def parse_index_list(text: str, n: int, option: str) -> list[int]:
+    """Parse "14-19", "3,5,7" or "0-2,9" into sorted unique indices in ``range(n)``."""
+    out: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise InputError(f"{option}: cannot read {text!r}; use indices and ranges like "
+                             "'14-19' or '3,5,7'")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        for v in range(lo, hi + 1):
+            if not 0 <= v < n:
+                raise InputError(f"{option}: index {v} is out of range 0..{n - 1}")
+            out.add(v)
+    if not out:
+        raise InputError(f"{option}: no indices in {text!r}")
+    return sorted(out)
+
+
+def split_frames(shape, *, val_fraction: float = 0.2, val_timepoints: str | None = None,
+                 val_frames: str | None = None) -> Split:
+    """Hold out whole time points (or whole z-frames when T == 1) for validation.
+
+    Without an explicit list, the *last* ``ceil(val_fraction * n)`` time points (or
+    frames) are held out, as one block: a held-out frame then has at most one
+    neighbour in training, so correlation between adjacent frames leaks as little as
+    possible into the validation score.
+    """
+    t_count, z_count = int(shape[0]), int(shape[1])
+    if val_timepoints is not None and val_frames is not None:
+        raise InputError("--val-timepoints and --val-frames: give only one of them")
+    if val_frames is not None and t_count > 1:
+        raise InputError(f"--val-frames: the images have {t_count} time points; hold out whole "
+                         "time points with --val-timepoints (z-frames of one time point are "
+                         "only held out when there is a single time point)")
+    by = "timepoints" if (t_count > 1 or val_timepoints is not None) else "frames"
+    n = t_count if by == "timepoints" else z_count
+    if n < 2:
+        raise InputError("--images: a single frame (1 time point, 1 z-slice) cannot be split "
+                         "into training and validation; give at least two frames")
+    if val_timepoints is not None:
+        held = parse_index_list(val_timepoints, t_count, "--val-timepoints")
+    elif val_frames is not None:
+        held = parse_index_list(val_frames, z_count, "--val-frames")
+    else:
+        if not 0.0 < val_fraction < 1.0:
+            raise InputError(f"--val-fraction: must be between 0 and 1, got {val_fraction}")
+        k = min(n - 1, max(1, math.ceil(val_fraction * n)))
+        held = list(range(n - k, n))
+    if len(held) >= n:
+        raise InputError(f"{'--val-timepoints' if by == 'timepoints' else '--val-frames'}: "
+                         "nothing left for training")
+    held_set = set(held)
+    frames = [(t, z) for t in range(t_count) for z in range(z_count)]
+    key = (lambda f: f[0]) if by == "timepoints" else (lambda f: f[1])
+    return Split(train=[f for f in frames if key(f) not in held_set],
+                 val=[f for f in frames if key(f) in held_set], by=by, val_indices=held)
+
+
+# --------------------------------------------------------------------------- scanning
+
+def block_shape_of(array) -> tuple[int, ...]:
+    """The natural read unit of ``array``: its shard, else its chunk, else one frame."""
+    shape = tuple(array.shape)
+    shards = getattr(array, "shards", None)
+    chunks = shards or getattr(array, "chunks", None)
+    if not chunks or len(chunks) != 4:
+        return (1, 1, shape[2], shape[3])
+    return tuple(int(c) for c in chunks)
+
+
+def iter_frame_blocks(shape, block, frames):
+    """Regions covering the given frames block by block.
+
+    Yields ``(t_sel, z_sel, ys, xs, members)``: the t and z slices to read (the span of
+    wanted frames inside one block), the y and x slices, and the wanted (t, z) frames in
+    that span (the span may include unwanted frames between them).
+    """
+    by_block = collections.defaultdict(list)
+    for t, z in frames:
+        by_block[(t // block[0], z // block[1])].append((t, z))
+    for (bt, bz), members in sorted(by_block.items()):
+        t0 = min(t for t, _ in members)
+        t1 = max(t for t, _ in members) + 1
+        z0 = min(z for _, z in members)
+        z1 = max(z for _, z in members) + 1
+        for y0 in range(0, shape[2], block[2]):
+            for x0 in range(0, shape[3], block[3]):
+                yield (slice(t0, t1), slice(z0, z1), slice(y0, min(y0 + block[2], shape[2])),
+                       slice(x0, min(x0 + block[3], shape[3])), members)
+
+
+@dataclass
+class CoordinateTable:
+    """Per (frame, block) counts of pixels with a property, and a bounded sample of them.
+
+    ``frame[i]`` indexes the training frame list, ``count[i]`` is the true number of
+    pixels in entry ``i``, ``coords[start[i]:start[i + 1]]`` are up to ``cap`` of them
+    (y, x within the frame), chosen uniformly at random.
+    """
+
+    frame: list = field(default_factory=list)
+    count: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)
+
+    def add(self, frame_index: int, ys: np.ndarray, xs: np.ndarray, y0: int, x0: int,
+            cap: int, rng: np.random.Generator) -> None:
+        n = ys.size
+        if n == 0:
+            return
+        if n > cap:
+            keep = rng.choice(n, size=cap, replace=False)
+            ys, xs = ys[keep], xs[keep]
+        self.frame.append(frame_index)
+        self.count.append(n)
+        self.chunks.append(np.stack([ys + y0, xs + x0], axis=1).astype(np.int32))
+
+    def freeze(self) -> None:
+        self.frame = np.asarray(self.frame, dtype=np.int64)
+        self.count = np.asarray(self.count, dtype=np.int64)
+        sizes = [len(c) for c in self.chunks]
+        self.start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.coords = (np.concatenate(self.chunks) if self.chunks
+                       else np.zeros((0, 2), np.int32))
+        self.chunks = []
+        self._cum = np.cumsum(self.count)
+
+    @property
+    def total(self) -> int:
+        return int(np.sum(self.count)) if len(self.count) else 0
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A (frame index, y, x), uniform over all counted pixels (exactly so when an
+        entry's pixels all fit under the cap, otherwise uniform over its sample)."""
+        i = int(np.searchsorted(self._cum, rng.integers(self._cum[-1]), side="right"))
+        j = int(rng.integers(self.start[i], self.start[i + 1]))
+        y, x = self.coords[j]
+        return int(self.frame[i]), int(y), int(x)
+
+
+@dataclass
+class TrainingIndex:
+    """What :func:`scan_training_data` learned about the training frames."""
+
+    frames: list[tuple[int, int]]
+    frame_shape: tuple[int, int]
+    foreground: CoordinateTable
+    roi: CoordinateTable | None
+    histogram: np.ndarray  # counts of image values (inside the ROI)
+    histogram_offset: float  # value of bin 0
+    histogram_step: float  # width of a bin
+    pixels: int  # training pixels counted (inside the ROI when there is one)
+
+    @property
+    def foreground_fraction(self) -> float:
+        return self.foreground.total / self.pixels if self.pixels else 0.0
+
+    def percentiles(self, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+        """Robust intensity range from the histogram (``high > low`` guaranteed)."""
+        return percentiles_from_histogram(self.histogram, (low, high),
+                                          offset=self.histogram_offset,
+                                          step=self.histogram_step)
+
+
+def percentiles_from_histogram(hist, q, *, offset: float = 0.0,
+                               step: float = 1.0) -> tuple[float, float]:
+    """Percentiles ``q = (low, high)`` (in %) of the values a histogram counts.
+
+    Bin ``i`` counts the value ``offset + i * step``. The result is the smallest value
+    whose cumulative count reaches the percentile; ``high`` is raised to at least
+    ``low + step`` so a constant image still gives a usable range.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    total = hist.sum()
+    if total <= 0:
+        raise InputError("--images: no training pixels to compute the intensity range from "
+                         "(empty ROI?)")
+    cum = np.cumsum(hist)
+    lo_i = int(np.searchsorted(cum, total * q[0] / 100.0, side="left"))
+    hi_i = int(np.searchsorted(cum, total * q[1] / 100.0, side="left"))
+    lo, hi = offset + lo_i * step, offset + hi_i * step
+    if hi <= lo:
+        hi = lo + step
+    return float(lo), float(hi)
+
+
+def _read(array, sel):
+    return np.asarray(array[sel])
+
+
+def _roi_sel(roi, t_sel: slice, z_sel: slice, ys: slice, xs: slice):
+    # A ROI with one time point (or one z) applies to all of them.
+    t_sel = slice(0, 1) if roi.shape[0] == 1 else t_sel
+    z_sel = slice(0, 1) if roi.shape[1] == 1 else z_sel
+    return (t_sel, z_sel, ys, xs)
+
+
+def _histogram_layout(image, frames, progress=None):
+    """(offset, step, nbins) of the intensity histogram for ``image``'s dtype."""
+    dtype = np.dtype(image.dtype)
+    if dtype.kind in "ub" and dtype.itemsize <= 2:
+        return 0.0, 1.0, 2 ** (8 * dtype.itemsize) if dtype.kind == "u" else 2
+    if dtype.kind == "i" and dtype.itemsize <= 2:
+        return float(np.iinfo(dtype).min), 1.0, 2 ** (8 * dtype.itemsize)
+    # Wider or float types: a first pass for the range, then 65536 bins over it.
+    lo, hi = np.inf, -np.inf
+    for t_sel, z_sel, ys, xs, _ in iter_frame_blocks(image.shape, block_shape_of(image), frames):
+        block = _read(image, (t_sel, z_sel, ys, xs))
+        finite = block[np.isfinite(block)] if dtype.kind == "f" else block
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if not np.isfinite(lo):
+        raise InputError("--images: no finite intensity values in the training frames")
+    nbins = 65536
+    step = (hi - lo) / (nbins - 1) if hi > lo else 1.0
+    return lo, step, nbins
+
+
+def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
+                       coord_budget: int = COORD_BUDGET, progress=None) -> TrainingIndex:
+    """Read the training frames once, block by block, and index them for sampling.
+
+    Parameters
+    ----------
+    image, truth : array-like (t, z, y, x)
+        Zarr arrays (or anything with ``shape``, ``dtype`` and numpy slicing) of the
+        same shape. ``truth`` must hold only 0 and 1.
+    frames : list of (t, z)
+        The training frames.
+    roi : array-like (t or 1, z or 1, y, x), optional
+        Where labels are valid; only pixels inside it are counted or sampled.
+    seed : int
+        Seed of the random choice of kept coordinates.
+    coord_budget : int
+        At most this many coordinates are kept for each of foreground and ROI (memory
+        bound: 8 bytes each); each (frame, block) keeps ``budget / entries`` of them
+        (at least 16, at most 4096).
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    TrainingIndex
+    """
+    shape = tuple(image.shape)
+    frames = list(frames)
+    if not frames:
+        raise InputError("--images: no training frames")
+    block = block_shape_of(truth)
+    regions = list(iter_frame_blocks(shape, block, frames))
+    yx_blocks = math.ceil(shape[2] / block[2]) * math.ceil(shape[3] / block[3])
+    entries = len(frames) * yx_blocks  # (frame, block) pairs: one table entry each at most
+    cap = int(np.clip(coord_budget // max(1, entries), 16, 4096))
+    offset, step, nbins = _histogram_layout(image, frames)
+    hist = np.zeros(nbins, dtype=np.int64)
+    fg = CoordinateTable()
+    roi_table = CoordinateTable() if roi is not None else None
+    rng = np.random.default_rng([seed, 0x5CA9])
+    frame_pos = {f: i for i, f in enumerate(frames)}
+    pixels = 0
+    for done, (t_sel, z_sel, ys, xs, members) in enumerate(regions, 1):
+        sel = (t_sel, z_sel, ys, xs)
+        img = _read(image, sel)
+        lab = _read(truth, sel)
+        if lab.dtype.kind not in "biu":
+            raise InputError(f"--truth: labels must be integers 0/1, found dtype {lab.dtype}")
+        if lab.size and lab.max() > 1:
+            raise InputError(f"--truth: labels must be 0 or 1, found value {int(lab.max())}; "
+                             "convert annotations with `volseg convert --mask`")
+        mask = _read(roi, _roi_sel(roi, *sel)) if roi is not None else None
+        for t, z in members:
+            i, j = t - t_sel.start, z - z_sel.start
+            frame_img = img[i, j]
+            frame_lab = lab[i, j].astype(bool)
+            if mask is not None:
+                inside = mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)] > 0
+                frame_lab &= inside
+                ry, rx = np.nonzero(inside)
+                roi_table.add(frame_pos[(t, z)], ry, rx, ys.start, xs.start, cap, rng)
+                values = frame_img[inside]
+            else:
+                values = frame_img.ravel()
+            pixels += values.size
+            fy, fx = np.nonzero(frame_lab)
+            fg.add(frame_pos[(t, z)], fy, fx, ys.start, xs.start, cap, rng)
+            hist += _bin_values(values, offset, step, nbins)
+        if progress is not None:
+            progress(done, len(regions))
+    fg.freeze()
+    if roi_table is not None:
+        roi_table.freeze()
+        if roi_table.total == 0:
+            raise InputError("--roi: the ROI is empty in every training frame")
+    return TrainingIndex(frames=frames, frame_shape=(shape[2], shape[3]), foreground=fg,
+                         roi=roi_table, histogram=hist, histogram_offset=offset,
+                         histogram_step=step, pixels=pixels)
+
+
+def _bin_values(values: np.ndarray, offset: float, step: float, nbins: int) -> np.ndarray:
+    if values.dtype.kind in "ub" and offset == 0 and step == 1:
+        return np.bincount(values.astype(np.intp, copy=False), minlength=nbins)[:nbins]
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    idx = np.clip(np.round((values.astype(np.float64) - offset) / step), 0, nbins - 1)
+    return np.bincount(idx.astype(np.intp), minlength=nbins)
+
+
+# --------------------------------------------------------------------------- sampling
+
+@dataclass
+class Augment:
+    """Random augmentation parameters (all mild: the structures keep their look)."""
+
+    flips: bool = True
+    rotations: bool = True
+    contrast: float = 0.15  # multiply deviations from mid-range by U(1 - c, 1 + c)
+    brightness: float = 0.10  # shift by U(-b, b) times the intensity range
+
+    @classmethod
+    def none(cls) -> "Augment":
+        return cls(flips=False, rotations=False, contrast=0.0, brightness=0.0)
+
+
+class PatchSampler:
+    """Draw training patches from Zarr arrays, reading one patch-sized region per array.
+
+    Parameters
+    ----------
+    image, truth : array-like (t, z, y, x)
+    index : TrainingIndex
+        From :func:`scan_training_data` over the same arrays.
+    patch : (h, w)
+    roi : array-like, optional
+        The ROI the index was made with.
+    foreground_share : float
+        Probability that a patch is centred on a foreground pixel (the others are centred
+        anywhere, inside the ROI when there is one).
+    normalization : (low, high)
+        Intensity range, used to scale the brightness jitter.
+    augment : Augment or None
+    """
+
+    def __init__(self, image, truth, index: TrainingIndex, *, patch=(256, 256), roi=None,
+                 foreground_share: float = 1 / 3, normalization=(0.0, 255.0),
+                 augment: Augment | None = None):
+        if not 0.0 <= foreground_share <= 1.0:
+            raise InputError(f"--foreground-share: must be in [0, 1], got {foreground_share}")
+        self.image, self.truth, self.roi, self.index = image, truth, roi, index
+        self.patch = (int(patch[0]), int(patch[1]))
+        self.foreground_share = float(foreground_share)
+        self.normalization = (float(normalization[0]), float(normalization[1]))
+        self.augment = augment if augment is not None else Augment()
+        if index.foreground.total == 0:
+            self.foreground_share = 0.0  # nothing to centre on; plain sampling still trains
+
+    def _centre(self, rng: np.random.Generator, forced: bool) -> tuple[int, int, int]:
+        if forced:
+            return self.index.foreground.draw(rng)
+        if self.index.roi is not None:
+            return self.index.roi.draw(rng)
+        h, w = self.index.frame_shape
+        return (int(rng.integers(len(self.index.frames))), int(rng.integers(h)),
+                int(rng.integers(w)))
+
+    def draw(self, rng: np.random.Generator):
+        """One patch.
+
+        Returns
+        -------
+        image : (h, w, 1) float32, raw intensities (augmented)
+        target : (h, w, 2) float32, channels truth (0/1) and weight (0/1)
+        info : dict with ``frame`` (t, z), ``origin`` (y, x) in the frame (before
+            augmentation), ``centre`` (y, x) in the patch, ``forced`` (bool)
+        """
+        forced = bool(rng.random() < self.foreground_share)
+        fi, cy, cx = self._centre(rng, forced)
+        t, z = self.index.frames[fi]
+        (y0, y1, py), (x0, x1, px) = (_window(cy, self.patch[0], self.index.frame_shape[0]),
+                                      _window(cx, self.patch[1], self.index.frame_shape[1]))
+        img = _read(self.image, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
+        lab = _read(self.truth, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
+        if self.roi is not None:
+            rt = 0 if self.roi.shape[0] == 1 else t
+            rz = 0 if self.roi.shape[1] == 1 else z
+            weight = (_read(self.roi, (rt, rz, slice(y0, y1), slice(x0, x1))) > 0)
+            weight = weight.astype(np.float32)
+        else:
+            weight = np.ones_like(lab)
+        if py != (0, 0) or px != (0, 0):  # frame smaller than the patch: reflect, weight 0
+            img = _reflect(img, py, px)
+            lab = _reflect(lab, py, px)
+            weight = np.pad(weight, (py, px), mode="constant")
+        img, lab, weight = self._augment(rng, img, lab, weight)
+        target = np.stack([lab, weight], axis=-1)
+        info = {"frame": (t, z), "origin": (y0 - py[0], x0 - px[0]),
+                "centre": (cy - y0 + py[0], cx - x0 + px[0]), "forced": forced}
+        return img[..., None], target, info
+
+    def _augment(self, rng, img, lab, weight):
+        a = self.augment
+        arrays = [img, lab, weight]
+        if a.rotations:
+            square = self.patch[0] == self.patch[1]
+            k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+            if k:
+                arrays = [np.rot90(v, k) for v in arrays]
+        if a.flips:
+            if rng.random() < 0.5:
+                arrays = [v[::-1] for v in arrays]
+            if rng.random() < 0.5:
+                arrays = [v[:, ::-1] for v in arrays]
+        img, lab, weight = (np.ascontiguousarray(v) for v in arrays)
+        if a.contrast or a.brightness:
+            low, high = self.normalization
+            mid = 0.5 * (low + high)
+            c = rng.uniform(1 - a.contrast, 1 + a.contrast)
+            b = rng.uniform(-a.brightness, a.brightness) * (high - low)
+            img = (img - mid) * np.float32(c) + np.float32(mid + b)
+        return img.astype(np.float32, copy=False), lab, weight
+
+    def batch(self, rng: np.random.Generator, size: int):
+        """``size`` patches: images (n, h, w, 1) and targets (n, h, w, 2)."""
+        xs, ys = [], []
+        for _ in range(size):
+            x, y, _ = self.draw(rng)
+            xs.append(x)
+            ys.append(y)
+        return np.stack(xs), np.stack(ys)
+
+
+def _window(centre: int, size: int, extent: int):
+    """Read window [a, b) of a patch of ``size`` centred at ``centre`` in ``extent``,
+    shifted to lie inside the frame, and the (before, after) padding when the frame is
+    smaller than the patch."""
+    if extent <= size:
+        pad = size - extent
+        return 0, extent, (pad // 2, pad - pad // 2)
+    a = min(max(centre - size // 2, 0), extent - size)
+    return a, a + size, (0, 0)
+
+
+def _reflect(a: np.ndarray, py, px) -> np.ndarray:
+    if min(a.shape) < 2:
+        return np.pad(a, (py, px), mode="edge")
+    return np.pad(a, (py, px), mode="reflect")
+
+
+# --------------------------------------------------------------------------- pipeline
+
+def _make_dataset_class():
+    # Keras (and TensorFlow) load only when a dataset is made, so that checking inputs
+    # and scanning data (and failing fast on bad input) does not wait for them.
+    import keras
+
+    class PatchDataset(keras.utils.PyDataset):
+        """Batches of patches for Keras: batch ``i`` of epoch ``e`` is drawn from the
+        random stream ``(seed, e, i)``, so content does not depend on thread scheduling.
+
+        Works with ``model.fit`` (which runs ``workers`` threads) and with
+        :func:`prefetch`. Targets are ``(n, h, w, 2)``: truth and weight (the losses in
+        :mod:`volseg.train` read both).
+        """
+
+        def __init__(self, sampler: PatchSampler, *, batch_size: int, steps: int,
+                     seed: int = 0, epoch: int = 0, workers: int = 2,
+                     max_queue_size: int = 8):
+            super().__init__(workers=workers, use_multiprocessing=False,
+                             max_queue_size=max_queue_size)
+            self.sampler, self.batch_size = sampler, int(batch_size)
+            self.steps, self.seed, self.epoch = int(steps), int(seed), int(epoch)
+
+        def __len__(self) -> int:
+            return self.steps
+
+        def __getitem__(self, idx: int):
+            if not 0 <= idx < self.steps:
+                raise IndexError(idx)
+            rng = np.random.default_rng([self.seed, self.epoch, int(idx)])
+            return self.sampler.batch(rng, self.batch_size)
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+
+    PatchDataset.__module__ = __name__
+    return PatchDataset
+
+
+def __getattr__(name):
+    # ``PatchDataset`` (a keras.utils.PyDataset subclass) is built on first access.
+    if name == "PatchDataset":
+        cls = _make_dataset_class()
+        globals()["PatchDataset"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def prefetch(dataset, *, indices=None, workers: int | None = None, depth: int | None = None):
+    """Yield ``dataset[i]`` for ``i`` in ``indices`` (default all), in order, computed by
+    ``workers`` threads up to ``depth`` batches ahead (zarr decoding and numpy release
+    the GIL, so reading overlaps with the training step)."""
+    indices = range(len(dataset)) if indices is None else indices
+    workers = max(1, int(workers or getattr(dataset, "workers", 1) or 1))
+    depth = max(1, int(depth or getattr(dataset, "max_queue_size", 2 * workers)))
+    pending = collections.deque()
+    it = iter(indices)
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="volseg-patches") as pool:
+        try:
+            for i in it:
+                pending.append(pool.submit(dataset.__getitem__, i))
+                if len(pending) >= depth:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(dataset.__getitem__, nxt))
+                yield result
+        finally:
+            for f in pending:
+                f.cancel()
