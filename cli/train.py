@@ -4,6 +4,7 @@ import shlex
 import sys
 
 from ._progress import Progress, say
+from ._remote import add_slurm_options, trainer
 
 
 def add_parser(sub):
@@ -59,6 +60,7 @@ def add_parser(sub):
                    help="threads reading patches ahead of training (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.keras")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    add_slurm_options(p)
     p.set_defaults(run=run)
     return p
 
@@ -87,7 +89,6 @@ class _EpochProgress:
 
 
 def run(args) -> int:
-    from volseg.train import train
 
     command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     progress = _EpochProgress(args.quiet)
@@ -97,7 +98,7 @@ def run(args) -> int:
         say(args, message)
 
     try:
-        summary = train(
+        summary = trainer(args)(
             args.images, args.truth, args.output, roi_path=args.roi, init=args.init,
             val_fraction=args.val_fraction, val_timepoints=args.val_timepoints,
             val_frames=args.val_frames, loss=args.loss, epochs=args.epochs,

@@ -183,7 +183,7 @@ def _local_client(*, workers, threads, processes):
     # would each take every core otherwise); threads of this process share one pool.
     extra = {"env": {"VOLSEG_THREADS": str(threads)}} if processes else {}
     with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
-                      dashboard_address=None, silence_logs=logging.ERROR, **extra) as lc:
+                      dashboard_address=":0", silence_logs=logging.ERROR, **extra) as lc:
         with Client(lc) as client:
             yield client
 
@@ -218,12 +218,28 @@ def _read_profile(path: Path) -> dict:
     return data
 
 
+def _import_dask_jobqueue() -> None:
+    """Import dask_jobqueue and undo its side effect: its ``runner`` module replaces the
+    SIGINT handler by ``sys.exit()``, so Ctrl-C would end volseg silently with exit
+    code 0 (a half-done run that looks successful) instead of raising KeyboardInterrupt."""
+    import signal
+    import threading
+
+    import dask_jobqueue  # noqa: F401
+
+    handler = signal.getsignal(signal.SIGINT)
+    if (getattr(handler, "__module__", None) == "dask_jobqueue.runner"
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextmanager
 def _profile(jobqueue_config, extra: dict | None = None):
     """Apply ``extra`` settings, then the profile file over Dask's configuration;
     yield a label for error messages (the file, or where the settings came from)."""
     import dask
-    import dask_jobqueue  # noqa: F401  (registers its defaults in dask.config first)
+
+    _import_dask_jobqueue()  # registers its defaults in dask.config first
 
     path = _profile_path(jobqueue_config)
     with ExitStack() as stack:

@@ -1,0 +1,55 @@
+"""`volseg train --cluster slurm`: the options, and a drop-in for volseg.train.train.
+
+cli/train.py builds train()'s arguments, progress bar and log once; :func:`trainer`
+gives it the function to call with them: ``volseg.train.train`` itself for
+``--cluster local`` (training in this process), or one that runs the same call inside
+a Slurm job and streams the progress and log lines back here.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from volseg.errors import InputError
+
+from ._progress import say
+
+
+def add_slurm_options(p):
+    """Add --cluster and --jobqueue-config to the train parser. (Not the shared cluster
+    options: train's --workers means patch-reading threads, and training is one job.)"""
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", choices=("local", "slurm"), default="local",
+                   help="local: train in this process (default); slurm: train inside one "
+                        "Slurm job (a GPU worker when the profile asks for GPUs), with "
+                        "progress shown here and the model written to -o")
+    g.add_argument("--jobqueue-config", default=None, metavar="PATH",
+                   help="slurm: dask-jobqueue profile (default ./jobqueue.yaml, then dask's "
+                        "usual config locations)")
+    return g
+
+
+def trainer(args):
+    """The function to call like ``volseg.train.train`` for these options."""
+    if getattr(args, "cluster", "local") == "slurm":
+        return functools.partial(run_on_slurm, args)
+    if getattr(args, "jobqueue_config", None) is not None:
+        raise InputError("--jobqueue-config: only with --cluster slurm")
+    from volseg.train import train
+
+    return train
+
+
+def run_on_slurm(args, images_path, truth_path, out_path, **train_kwargs) -> dict:
+    """``volseg.train.train(images_path, truth_path, out_path, **train_kwargs)``, run in
+    one Slurm worker job; returns its summary."""
+    from volseg.cluster import open_client
+    from volseg.remote import check_train_inputs, train_on_cluster
+
+    # Fail on bad paths now, not after the job has waited in the queue.
+    check_train_inputs(images_path, truth_path, out_path, roi_path=train_kwargs.get("roi_path"),
+                       init=train_kwargs.get("init"),
+                       overwrite=train_kwargs.get("overwrite", False))
+    log = train_kwargs.get("log") or (lambda message: say(args, message))
+    with open_client("slurm", jobs=1, jobqueue_config=args.jobqueue_config, log=log) as client:
+        return train_on_cluster(client, images_path, truth_path, out_path, **train_kwargs)
