@@ -56,6 +56,10 @@ def run(args) -> int:
     command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     tile = parse_tile(args.tile)
     kw = cluster_kwargs(args)
+    if kw["cluster"] == "local" and kw["threads"] is None:
+        # one block at a time per worker: TensorFlow already uses every core, and a second
+        # block in flight only adds memory (benchmarks/bench_predict.py: +700 MB, same speed)
+        kw["threads"] = 1
     start = time.monotonic()
     with open_client(**kw, log=lambda m: say(args, m)) as client, \
             Progress("predict", quiet=args.quiet) as progress:

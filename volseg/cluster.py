@@ -179,9 +179,11 @@ def _local_client(*, workers, threads, processes):
     threads = threads or max(1, cores // workers)
     if threads < 1:
         raise InputError(f"--threads: must be at least 1, got {threads}")
-    # Worker processes size their TensorFlow thread pools from VOLSEG_THREADS (they
-    # would each take every core otherwise); threads of this process share one pool.
-    extra = {"env": {"VOLSEG_THREADS": str(threads)}} if processes else {}
+    # Worker processes size their TensorFlow thread pools from VOLSEG_THREADS: the cores
+    # each process may use, whatever its number of Dask threads (they would each take
+    # every core otherwise); threads of this process share one pool.
+    per_process = max(1, cores // workers)
+    extra = {"env": {"VOLSEG_THREADS": str(per_process)}} if processes else {}
     with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
                       dashboard_address=":0", silence_logs=logging.ERROR, **extra) as lc:
         with Client(lc) as client:

@@ -101,7 +101,9 @@ def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
     Only ``keras.layers`` are used (no backend-specific ops), so the saved model loads
     and runs under any Keras 3 backend with ``safe_mode=True``.
     """
-    import keras
+    from ._quiet import import_keras
+
+    keras = import_keras()
     from keras import layers
 
     low, high = float(normalization[0]), float(normalization[1])
@@ -295,7 +297,9 @@ def load_model(path, *, precision: str | None = None):
     info = read_model_info(path)
     if path.suffix != ".keras":
         raise InputError(f"{path}: model files must end in .keras (rename it)")
-    import keras
+    from ._quiet import import_keras
+
+    keras = import_keras()
 
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -309,7 +313,9 @@ def load_model(path, *, precision: str | None = None):
 
 def with_precision(model, precision: str, *, info: dict | None = None):
     """Return a copy of ``model`` built under ``precision`` ("float32" or "bfloat16")."""
-    import keras
+    from ._quiet import import_keras
+
+    keras = import_keras()
 
     policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
     if precision not in policies:

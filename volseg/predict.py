@@ -49,23 +49,18 @@ def quantize(probability: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(probability * 255.0), 0, 255).astype(np.uint8)
 
 
-def _configure_threads() -> None:
-    # One model per process uses every core given to it (MEASURED.md: 2 intra-op threads
-    # on 2 cores is best, 1 halves throughput). VOLSEG_THREADS is set by open_client when
-    # several worker processes share a machine.
+def configure_threads() -> None:
+    """Size TensorFlow's thread pool to the cores given to this worker process.
+
+    MEASURED.md: 2 intra-op threads on 2 cores is best, 1 halves throughput, so one
+    model per process uses every core it is given. VOLSEG_THREADS (cores per worker
+    process) is set by open_client; it must reach TensorFlow before TensorFlow starts,
+    hence environment variables rather than tf.config.
+    """
     n = os.environ.get("VOLSEG_THREADS")
-    if not n:
-        return
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(n))
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass  # TF already initialised in this process
+    if n:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", n)
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 def cached_model(model_path: str, sha: str, precision: str):
@@ -76,8 +71,8 @@ def cached_model(model_path: str, sha: str, precision: str):
             from ._quiet import import_keras
             from .model import load_model
 
+            configure_threads()
             import_keras()
-            _configure_threads()
             model, _ = load_model(model_path, precision=precision)
             _MODELS[key] = model
             LOADS["count"] += 1
@@ -153,7 +148,8 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     batch_size : int
         Tiles per model call.
     client : distributed.Client, optional
-        Default: a local cluster (one worker process using every core).
+        Default: a local cluster (one worker process, one block at a time, TensorFlow
+        on every core).
     resources : dict, optional
         Worker resources each block needs (e.g. ``{"GPU": 1}`` on a GPU cluster).
     progress : callable, optional
@@ -233,7 +229,7 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
 
     kw = dict(progress=progress, resources=resources, done_before=n - len(todo), total=n)
     if client is None:
-        with open_client("local") as own:
+        with open_client("local", threads=1) as own:
             run_blocks(own, task, todo, **kw)
     else:
         run_blocks(client, task, todo, **kw)

@@ -271,7 +271,7 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
 
     from distributed import Event, get_worker
 
-    from .predict import _configure_threads
+    from .predict import configure_threads
     from .train import train
 
     worker = get_worker()
@@ -287,7 +287,7 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
                      + (f" in Slurm job {job_id}" if job_id else "")
                      + f" (worker {worker.address})")
     # TensorFlow would size its thread pool to the node, not to the job's cores.
-    _configure_threads()
+    configure_threads()
 
     left = job_minutes_left(job_id) if job_id else None
     if left is not None:

@@ -511,7 +511,9 @@ def _reflect(a: np.ndarray, py, px) -> np.ndarray:
 def _make_dataset_class():
     # Keras (and TensorFlow) load only when a dataset is made, so that checking inputs
     # and scanning data (and failing fast on bad input) does not wait for them.
-    import keras
+    from ._quiet import import_keras
+
+    keras = import_keras()
 
     class PatchDataset(keras.utils.PyDataset):
         """Batches of patches for Keras: batch ``i`` of epoch ``e`` is drawn from the

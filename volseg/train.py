@@ -416,7 +416,9 @@ def train(images_path, truth_path, out_path, *, roi_path=None, init=None,
         f"{percentiles[0]}-{percentiles[1]} percentiles {normalization[0]:g}..{normalization[1]:g}")
 
     # ---- model (Keras loads only now: bad input above fails fast)
-    import keras
+    from ._quiet import import_keras
+
+    keras = import_keras()
 
     from .model import (base_info, build_unet, default_margin, file_sha256, load_model,
                         model_normalization, save_model, with_precision)
