@@ -1,0 +1,160 @@
+"""volseg evaluate: exact metrics of a prediction store against a truth store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from volseg.errors import InputError
+
+from ._progress import Progress, say
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "evaluate", help="score a prediction against the truth, over every voxel",
+        description="Score PRED.zarr (from `volseg predict`) against a binary TRUTH.zarr "
+                    "(`volseg convert --mask`) over every voxel, streamed block by block on a "
+                    "Dask cluster in bounded memory. Confusion counts at the operating threshold "
+                    "and 256-bin probability histograms per class are summed exactly; all metrics "
+                    "(accuracy, sensitivity, specificity, precision, Dice, IoU, MCC, ROC AUC, "
+                    "average precision, best threshold) come from those counts.")
+    p.add_argument("prediction", metavar="PRED.zarr", help="prediction store")
+    p.add_argument("--truth", required=True, metavar="TRUTH.zarr", help="binary truth store")
+    p.add_argument("--json", metavar="REPORT.json", help="write the full report as JSON")
+    p.add_argument("--csv", metavar="PER_T.csv",
+                   help="write the metrics per time point as CSV (with --per-z, also "
+                        "PER_T_per_z.csv)")
+    p.add_argument("--roi", metavar="ROI.zarr",
+                   help="binary store of the same shape: count only voxels inside it")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="operating threshold in [0, 1] (default: the one stored with the "
+                        "prediction, counted from its mask)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write ROC, precision-recall and per-time-point figures (PNG) here")
+    p.add_argument("--per-z", action="store_true", help="also report metrics per depth slice")
+    p.add_argument("--cldice", action="store_true",
+                   help="also compute clDice (centreline Dice, skeletons of every 2D frame; slower)")
+    p.add_argument("--cluster", choices=("local", "slurm"), default="local",
+                   help="where the work runs (default: this machine)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local: worker processes (default: one per core)")
+    p.add_argument("--jobqueue-config", metavar="PATH", help="Slurm: dask-jobqueue profile YAML")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(run=run)
+    return p
+
+
+def _check_output(path, option) -> Path:
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: folder {parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name")
+    return path
+
+
+def run(args) -> int:
+    import os
+
+    from volseg.cluster import open_client
+    from volseg.evaluate import evaluate, prepare, write_csv, write_json
+
+    json_path = _check_output(args.json, "--json") if args.json else None
+    csv_path = _check_output(args.csv, "--csv") if args.csv else None
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise InputError(f"--plots {args.plots}: exists and is not a folder")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers: must be at least 1, got {args.workers}")
+    # Check the stores before starting a cluster: bad input fails in a fraction of a second.
+    prepare(args.prediction, args.truth, roi_path=args.roi, threshold=args.threshold)
+
+    cluster_kw = {}
+    if args.cluster == "local":
+        # Counting holds the GIL part of the time: one single-threaded process per core
+        # beats threads (benchmarks/bench_evaluate.py).
+        cluster_kw = dict(workers=args.workers or (os.cpu_count() or 1), threads=1)
+    elif args.workers is not None:
+        cluster_kw = dict(jobs=args.workers)
+    if args.jobqueue_config:
+        cluster_kw["jobqueue_config"] = args.jobqueue_config
+    with open_client(args.cluster, **cluster_kw) as client, \
+            Progress("evaluate", quiet=args.quiet) as progress:
+        report = evaluate(args.prediction, args.truth, roi_path=args.roi,
+                          threshold=args.threshold, per_z=args.per_z, cldice=args.cldice,
+                          client=client, progress=progress)
+    if not args.quiet:
+        print(format_report(report), flush=True)
+    if json_path:
+        write_json(report, json_path)
+        say(args, f"wrote {json_path}")
+    if csv_path:
+        write_csv(report, csv_path)
+        say(args, f"wrote {csv_path}")
+        if args.per_z:
+            z_path = csv_path.with_name(csv_path.stem + "_per_z" + csv_path.suffix)
+            write_csv(report, z_path, key="per_z")
+            say(args, f"wrote {z_path}")
+    if args.plots:
+        from volseg.figures import evaluation_figures
+
+        for path in evaluation_figures(report, args.plots):
+            say(args, f"wrote {path}")
+    return 0
+
+
+def _f(v, digits=4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def format_report(r: dict) -> str:
+    """The report as a readable table for the terminal."""
+    t, z, y, x = r["shape"]
+    rate = r.get("voxels_per_second")
+    lines = [
+        f"evaluated {r['prediction']} against {r['truth']}"
+        + (f" inside {r['roi']}" if r.get("roi") else ""),
+        f"  {t} time points x {z} slices x {y} x {x}: {r['voxels']:,} voxels counted in "
+        f"{r['seconds']:.1f} s" + (f" ({rate / 1e6:.0f} M voxels/s)" if rate else ""),
+        f"  threshold {_f(r['threshold'], 3)}: "
+        + ("counts from the stored mask" if r["confusion_source"] == "mask"
+           else f"counts from probability >= threshold (mask was made at "
+                f"{_f(r['stored_threshold'], 3)})"),
+        "",
+        f"  {'':14}{'truth 1':>16}{'truth 0':>16}",
+        f"  {'predicted 1':14}{r['tp']:>16,}{r['fp']:>16,}",
+        f"  {'predicted 0':14}{r['fn']:>16,}{r['tn']:>16,}",
+        "",
+    ]
+    rows = [("accuracy", "accuracy"), ("sensitivity", "sensitivity (recall)"),
+            ("specificity", "specificity"), ("precision", "precision"),
+            ("balanced_accuracy", "balanced accuracy"), ("dice", "Dice (F1)"),
+            ("iou", "IoU (Jaccard)"), ("mcc", "MCC")]
+    if r.get("probability"):
+        rows += [("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC (avg precision)"),
+                 ("best_threshold", "best threshold"), ("best_dice", "Dice at best threshold")]
+    if "cldice" in r:
+        rows += [("cldice", "clDice"), ("cl_precision", "  topology precision"),
+                 ("cl_sensitivity", "  topology sensitivity")]
+    for key, label in rows:
+        lines.append(f"  {label:24}{_f(r.get(key)):>10}")
+    per_t = r.get("per_timepoint") or []
+    if len(per_t) > 1:
+        lines.append("")
+        if len(per_t) <= 12:
+            lines.append(f"  {'t':>5}{'dice':>9}{'sens':>9}{'prec':>9}{'iou':>9}{'voxels':>14}")
+            for row in per_t:
+                lines.append(f"  {row['t']:>5}{_f(row['dice']):>9}{_f(row['sensitivity']):>9}"
+                             f"{_f(row['precision']):>9}{_f(row['iou']):>9}{row['voxels']:>14,}")
+        else:
+            scored = [(row["dice"], row["t"]) for row in per_t if row["dice"] is not None]
+            if scored:
+                scored.sort()
+                lo, hi = scored[0], scored[-1]
+                med = scored[len(scored) // 2][0]
+                lines.append(f"  Dice per time point: min {_f(lo[0])} (t={lo[1]}), median "
+                             f"{_f(med)}, max {_f(hi[0])} (t={hi[1]}); "
+                             f"{len(per_t) - len(scored)} time points without structure")
+    if r.get("note"):
+        lines += ["", f"  note: {r['note']}"]
+    return "\n".join(lines)
