@@ -1,0 +1,192 @@
+"""The demo: every stage of volseg on synthetic data, end to end, in a few minutes.
+
+synth (TIFF folders) -> convert (images.zarr, truth.zarr) -> train (model.keras) ->
+predict (pred.zarr) -> evaluate (report.json, per-time-point CSV, figures) -> preview.
+The last time point is held out of training, so its scores are honest; the best global
+intensity threshold on the same voxels is the baseline the U-Net must beat.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: data size and training budget."""
+
+    timepoints: int = 4
+    depth: int = 8
+    height: int = 523
+    width: int = 821
+    filters: int = 8
+    patch: int = 128
+    batch: int = 8
+    epochs: int = 40
+    steps_per_epoch: int = 40
+    minutes: float = 5.0  # training time limit
+
+
+FULL = DemoSize()
+#: for tests and a quick look: seconds, not minutes (the Dice is not the point)
+SMALL = DemoSize(timepoints=2, depth=2, height=96, width=128, filters=4, patch=64, batch=4,
+                 epochs=2, steps_per_epoch=4, minutes=1.0)
+
+
+def _threshold_baseline(images, truth, t: int | None = None) -> tuple[int, float]:
+    """Best global intensity threshold and its Dice, streamed frame by frame."""
+    from .synth import best_threshold, threshold_histograms
+
+    hist = np.zeros((2, 256), dtype=np.int64)
+    ts = range(images.shape[0]) if t is None else [t]
+    for ti in ts:
+        for z in range(images.shape[1]):
+            hist += threshold_histograms(images.array[ti, z], truth.array[ti, z])
+    return best_threshold(hist)
+
+
+def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool = False,
+             log=print, progress_factory=None) -> dict:
+    """Run the whole pipeline into ``out_dir``; returns a summary with every path and score.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder for everything the demo writes (created).
+    size : DemoSize
+        :data:`FULL` (the README's demo, < 10 minutes on 2 cores) or :data:`SMALL`.
+    progress_factory : callable, optional
+        ``progress_factory(desc) -> callback(done, total)`` for the long steps.
+    """
+    from . import store as st
+    from .convert import convert
+    from .evaluate import evaluate, write_csv, write_json
+    from .predict import predict
+    from .synth import write_synth
+    from .train import train
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        if (out / "demo.json").exists():
+            raise InputError(f"{out}: holds an earlier demo; use --overwrite or another -o")
+        raise InputError(f"{out}: exists and is not empty; choose another -o")
+    if overwrite and out.exists() and not (out / "demo.json").exists() and any(out.iterdir()):
+        raise InputError(f"{out}: is not a volseg demo folder; refusing to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps({"status": "running"}))
+    prog = progress_factory or (lambda desc: None)
+    times = {}
+
+    def step(name):
+        log(f"\n== {name}")
+        times[name] = time.monotonic()
+
+    step("1/6 synth: a 4D series of branching tubes with noise and look-alike blobs")
+    syn = write_synth(out / "data", timepoints=size.timepoints, depth=size.depth,
+                      height=size.height, width=size.width, seed=seed, overwrite=True,
+                      progress=prog("synth"))
+    log(f"wrote {syn['frames']} frames of {size.height}x{size.width} to {out / 'data'}/images "
+        f"and /labels ({100 * syn['foreground_fraction']:.1f} % foreground)")
+
+    step("2/6 convert: TIFF folders -> OME-Zarr")
+    images_path, truth_path = out / "images.zarr", out / "truth.zarr"
+    convert([out / "data" / "images"], images_path, overwrite=True, progress=prog("convert"))
+    convert([out / "data" / "labels"], truth_path, mask=True, overwrite=True,
+            progress=prog("convert --mask"))
+    images, truth = st.open_image(images_path), st.open_image(truth_path)
+    log(f"{images_path}: {images.shape} {images.dtype}; {truth_path}: binary mask")
+
+    step(f"3/6 train: U-Net ({size.filters} base filters), last time point held out, "
+         f"up to {size.minutes:g} min")
+    model_path = out / "model.keras"
+    val_t = size.timepoints - 1
+    summary = train(images_path, truth_path, model_path, val_timepoints=str(val_t),
+                    epochs=size.epochs, steps_per_epoch=size.steps_per_epoch,
+                    patch=(size.patch, size.patch), batch=size.batch, filters=size.filters,
+                    seed=seed, time_limit=size.minutes, precision="bfloat16", overwrite=True,
+                    progress=prog("train"), log=log)
+    log(f"model {model_path}: best epoch {summary['best_epoch']}, validation Dice "
+        f"{summary['val_dice']:.3f} at threshold {summary['threshold']:.2f}")
+
+    step("4/6 predict: tiles of every frame through the U-Net -> probability + mask")
+    pred_path = out / "pred.zarr"
+    psum = predict(images_path, model_path, pred_path, overwrite=True, progress=prog("predict"))
+    log(f"{pred_path}: {psum['blocks']} blocks, threshold {psum['threshold']:.2f}")
+
+    step("5/6 evaluate: exact metrics over every voxel")
+    report = evaluate(pred_path, truth_path, progress=prog("evaluate"))
+    write_json(report, out / "report.json")
+    write_csv(report, out / "per_timepoint.csv")
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    from .figures import evaluation_figures
+
+    evaluation_figures(report, figures)
+
+    step("6/6 preview: image, truth, probability, mask and errors of one frame")
+    previews = []
+    try:
+        from .preview import preview
+
+        previews = [str(p) for p in preview(pred_path, images_path, truth=truth_path, t=val_t,
+                                            z=size.depth // 2, out=figures / "preview.png")]
+    except ImportError:
+        pass
+
+    thr_all = _threshold_baseline(images, truth)
+    thr_val = _threshold_baseline(images, truth, t=val_t)
+    held_out = next(r for r in report["per_timepoint"] if r["t"] == val_t)
+    result = {
+        "out_dir": str(out),
+        "paths": {"images": str(images_path), "truth": str(truth_path), "model": str(model_path),
+                  "prediction": str(pred_path), "report": str(out / "report.json"),
+                  "per_timepoint": str(out / "per_timepoint.csv"), "figures": str(figures),
+                  "previews": previews},
+        "dice_all": report["dice"], "dice_held_out": held_out["dice"],
+        "sensitivity_held_out": held_out["sensitivity"],
+        "threshold_dice_all": thr_all[1], "threshold_dice_held_out": thr_val[1],
+        "threshold_level": thr_all[0], "held_out_t": val_t, "report": report,
+        "seconds": {k: round(v, 1) for k, v in _durations(times).items()},
+    }
+    (out / "demo.json").write_text(json.dumps({k: v for k, v in result.items() if k != "report"},
+                                              indent=2, default=str))
+    return result
+
+
+def _durations(times: dict) -> dict:
+    names = list(times)
+    end = time.monotonic()
+    return {n: (times[names[i + 1]] if i + 1 < len(names) else end) - times[n]
+            for i, n in enumerate(names)}
+
+
+def format_summary(result: dict) -> list[str]:
+    """The closing table of the demo."""
+    r = result["report"]
+
+    def f(v):
+        return "  n/a" if v is None else f"{v:.3f}"
+
+    lines = ["", "== results (every voxel of the series; the last time point was not trained on)",
+             f"{'':34s}{'all':>8s}{'held-out t':>12s}",
+             f"{'U-Net Dice':34s}{f(result['dice_all']):>8s}{f(result['dice_held_out']):>12s}",
+             f"{'best global threshold Dice':34s}{f(result['threshold_dice_all']):>8s}"
+             f"{f(result['threshold_dice_held_out']):>12s}",
+             "", f"{'accuracy':14s}{f(r['accuracy'])}   {'sensitivity':14s}{f(r['sensitivity'])}",
+             f"{'specificity':14s}{f(r['specificity'])}   {'precision':14s}{f(r['precision'])}",
+             f"{'IoU':14s}{f(r['iou'])}   {'MCC':14s}{f(r['mcc'])}",
+             f"{'ROC AUC':14s}{f(r['roc_auc'])}   {'PR AUC':14s}{f(r['pr_auc'])}",
+             "", "written:"]
+    for k, v in result["paths"].items():
+        if v:
+            lines.append(f"  {k:14s}{v}")
+    lines.append(f"time per step (s): " + ", ".join(f"{k.split(' ')[1]} {v}"
+                                                    for k, v in result["seconds"].items()))
+    return lines
