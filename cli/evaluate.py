@@ -6,6 +6,7 @@ from pathlib import Path
 
 from volseg.errors import InputError
 
+from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
 
 
@@ -34,12 +35,8 @@ def add_parser(sub):
     p.add_argument("--per-z", action="store_true", help="also report metrics per depth slice")
     p.add_argument("--cldice", action="store_true",
                    help="also compute clDice (centreline Dice, skeletons of every 2D frame; slower)")
-    p.add_argument("--cluster", choices=("local", "slurm"), default="local",
-                   help="where the work runs (default: this machine)")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="local: worker processes (default: one per core)")
-    p.add_argument("--jobqueue-config", metavar="PATH", help="Slurm: dask-jobqueue profile YAML")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    add_cluster_arguments(p, default_workers_help="one single-threaded process per core")
     p.set_defaults(run=run)
     return p
 
@@ -64,21 +61,15 @@ def run(args) -> int:
     csv_path = _check_output(args.csv, "--csv") if args.csv else None
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise InputError(f"--plots {args.plots}: exists and is not a folder")
-    if args.workers is not None and args.workers < 1:
-        raise InputError(f"--workers: must be at least 1, got {args.workers}")
     # Check the stores before starting a cluster: bad input fails in a fraction of a second.
     prepare(args.prediction, args.truth, roi_path=args.roi, threshold=args.threshold)
 
-    cluster_kw = {}
-    if args.cluster == "local":
+    kw = cluster_kwargs(args)
+    if kw["cluster"] == "local" and kw["workers"] is None and kw["threads"] is None:
         # Counting holds the GIL part of the time: one single-threaded process per core
-        # beats threads (benchmarks/bench_evaluate.py).
-        cluster_kw = dict(workers=args.workers or (os.cpu_count() or 1), threads=1)
-    elif args.workers is not None:
-        cluster_kw = dict(jobs=args.workers)
-    if args.jobqueue_config:
-        cluster_kw["jobqueue_config"] = args.jobqueue_config
-    with open_client(args.cluster, **cluster_kw) as client, \
+        # beats one process with threads (benchmarks/bench_evaluate.py).
+        kw["workers"], kw["threads"] = os.cpu_count() or 1, 1
+    with open_client(**kw, log=None if args.quiet else (lambda m: say(args, m))) as client, \
             Progress("evaluate", quiet=args.quiet) as progress:
         report = evaluate(args.prediction, args.truth, roi_path=args.roi,
                           threshold=args.threshold, per_z=args.per_z, cldice=args.cldice,
