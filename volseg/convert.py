@@ -122,9 +122,14 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
                              mask=mask, dtype=dtype)
     from .blocks import run_blocks
 
-    # client None: dask's threaded scheduler; reading TIFFs and compressing release the GIL
-    run_blocks(client, task, todo, progress=progress, done_before=len(groups) - len(todo),
-               total=len(groups))
+    import zarr
+
+    # client None: dask's threaded scheduler (reading TIFFs and compressing release the
+    # GIL). Blocks are the parallelism: zarr's own codec threads on top oversubscribe the
+    # cores (measured on 512 frames: 96 MB/s with them, 128 MB/s without).
+    with zarr.config.set({"threading.max_workers": 1}):
+        run_blocks(client, task, todo, progress=progress, done_before=len(groups) - len(todo),
+                   total=len(groups))
     st.finish(image.group, ledger)
     return {"path": str(out), "shape": stack.shape, "dtype": dtype, "chunks": chunks,
             "shards": image.shards, "blocks": len(groups), "written": len(todo),
