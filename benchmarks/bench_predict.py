@@ -212,7 +212,7 @@ def child_bare(p: dict) -> dict:
     """(a) the bare model: compiled calls on batches of 4 frames already in memory."""
     from volseg._quiet import import_keras
     from volseg.model import load_model
-    from volseg.predict import quantize
+    from volseg.metrics import quantise
 
     import_keras()
     model, _ = load_model(p["model"], precision=p["precision"])
@@ -224,7 +224,7 @@ def child_bare(p: dict) -> dict:
         out[i:i + BATCH] = np.asarray(model.predict_on_batch(x[i:i + BATCH]))[..., 0]
     seconds = time.perf_counter() - t0
     # Kept to check that volseg writes what the model computes (same quantisation).
-    np.save(Path(p["work"]) / f"bare-{p['precision']}.npy", quantize(out[:, :H, :W]))
+    np.save(Path(p["work"]) / f"bare-{p['precision']}.npy", quantise(out[:, :H, :W]))
     return {"seconds": seconds, "pixels": len(x) * H * W, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -248,7 +248,7 @@ def child_agree(p: dict) -> dict:
     """bfloat16 against float32 of one model on all frames, as volseg quantises them."""
     from volseg._quiet import import_keras
     from volseg.model import load_model
-    from volseg.predict import quantize, threshold_level
+    from volseg.metrics import quantise, threshold_bin
 
     import_keras()
     x = _padded(np.load(Path(p["work"]) / "images.npy"))
@@ -256,12 +256,12 @@ def child_agree(p: dict) -> dict:
     for precision in ("float32", "bfloat16"):
         model, info = load_model(p["model"], precision=precision)
         q[precision] = np.concatenate([
-            quantize(np.asarray(model.predict_on_batch(x[i:i + BATCH]))[:, :H, :W, 0])
+            quantise(np.asarray(model.predict_on_batch(x[i:i + BATCH]))[:, :H, :W, 0])
             for i in range(0, len(x), BATCH)])
     a, b = q["float32"], q["bfloat16"]
     result = {"seconds": 1.0, "pixels": 0}
     for name, threshold in (("model", float(info.get("threshold", 0.5))), ("0.5", 0.5)):
-        level = threshold_level(threshold)
+        level = threshold_bin(threshold)
         ma, mb_ = a >= level, b >= level
         result[name] = {
             "threshold": threshold, "mask_equal": float((ma == mb_).mean()),
@@ -275,7 +275,8 @@ def child_agree(p: dict) -> dict:
 def child_phases(p: dict) -> dict:
     """The steps of `volseg.predict.predict_block`, timed one by one in this process."""
     from volseg import store as st
-    from volseg.predict import cached_model, quantize, threshold_level
+    from volseg.metrics import quantise, threshold_bin
+    from volseg.predict import cached_model
     from volseg.model import file_sha256, read_model_info
     from volseg.tiling import default_tile, predict_frames, tile_plan
 
@@ -322,8 +323,8 @@ def child_phases(p: dict) -> dict:
         prob = predict_frames(frames, timed_model, plan, batch_size=BATCH)
         t3 = time.perf_counter()
         clock["tiling+blend"] += (t3 - t2) - (clock["model"] - m0)
-        p8 = quantize(prob)
-        mask = (p8 >= threshold_level(0.5)).astype(np.uint8)
+        p8 = quantise(prob)
+        mask = (p8 >= threshold_bin(0.5)).astype(np.uint8)
         t4 = time.perf_counter()
         clock["quantize+mask"] += t4 - t3
         dst.probability.array[region] = p8[None]
@@ -419,13 +420,13 @@ def keep_best(results: dict, key: str, new: dict) -> None:
 def agreement(work: Path, a: str, b: str, threshold: float) -> dict:
     """Masks and uint8 probabilities of two prediction stores, compared frame by frame."""
     from volseg import store as st
-    from volseg.predict import threshold_level
+    from volseg.metrics import threshold_bin
 
     pa = st.open_prediction(work / a)
     pb = st.open_prediction(work / b)
     shape = pa.mask.shape
     equal = diff = n = inter = sa = sb = near = 0
-    level = threshold_level(threshold)
+    level = threshold_bin(threshold)
     for t in range(shape[0]):
         ma, mb_ = pa.mask.array[t], pb.mask.array[t]
         qa = pa.probability.array[t].astype(np.int16)

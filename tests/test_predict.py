@@ -15,7 +15,8 @@ from scipy import ndimage
 from conftest import VOLSEG, make_image_store, make_tiny_model
 from volseg import store as st
 from volseg.errors import InputError
-from volseg.predict import model_loads, predict, threshold_level
+from volseg.metrics import threshold_bin
+from volseg.predict import model_loads, predict
 
 
 def smooth_images(shape, seed=0):
@@ -54,7 +55,7 @@ def test_predict_writes_complete_consistent_store(tmp_path, tiny_model, client):
     assert prob.dtype == mask.dtype == np.uint8
     assert pred.probability.volseg["probability_scale"] == 255
     assert set(np.unique(mask)) <= {0, 1}
-    np.testing.assert_array_equal(mask, (prob >= threshold_level(0.5)).astype(np.uint8))
+    np.testing.assert_array_equal(mask, (prob >= threshold_bin(0.5)).astype(np.uint8))
     np.testing.assert_array_equal(mask, (prob / 255.0 >= 0.5).astype(np.uint8))
     assert prob.std() > 0  # the model really ran
     assert pred.volseg["model"]["sha256"] == pred.volseg["job"]["parameters"]["model_sha256"]

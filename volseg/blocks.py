@@ -67,19 +67,18 @@ def _run_threads(task, indices, *, progress, done_before, total, on_result) -> i
     from dask.callbacks import Callback
 
     state = {"done": done_before}
-    keys = {f"volseg-block-{i}" for i in indices}
+    graph = {f"volseg-block-{i}": (task, i) for i in indices}
 
     def posttask(key, result, dsk, state_, worker_id):
-        if key in keys:
+        if key in graph:
             state["done"] += 1
             if on_result is not None:
                 on_result(result)
             if progress:
                 progress(state["done"], total)
 
-    graph = {f"volseg-block-{i}": (task, i) for i in indices}
     with Callback(posttask=posttask):
         from dask.threaded import get
 
-        get(graph, sorted(keys))
+        get(graph, list(graph))
     return len(indices)

@@ -12,14 +12,13 @@ called through ``predict_on_batch`` (a compiled call: MEASURED.md shows
 ``model.predict`` adds 30-55 ms per call).
 
 Probabilities are stored as uint8 (value / 255; ``volseg.probability_scale`` = 255).
-The mask is ``probability_u8 >= ceil(255 * threshold)``, so mask and stored probability
-always agree exactly (evaluate relies on this).
+The mask is ``probability_u8 >= ceil(255 * threshold)`` (``metrics.threshold_bin``), so
+mask and stored probability always agree exactly, by evaluate's own rule.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import threading
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from . import store as st
 from .errors import InputError
+from .metrics import quantise, threshold_bin
 from .model import file_sha256, read_model_info
 from .tiling import default_tile, predict_frames, tile_plan
 
@@ -37,16 +37,6 @@ PRECISIONS = ("float32", "bfloat16")
 _MODELS: dict = {}
 _MODEL_LOCK = threading.Lock()
 LOADS = {"count": 0}
-
-
-def threshold_level(threshold: float) -> int:
-    """The smallest uint8 probability that counts as structure at ``threshold``."""
-    return int(math.ceil(round(255.0 * threshold, 6)))
-
-
-def quantize(probability: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] as uint8 0..255 (rounded)."""
-    return np.clip(np.rint(probability * 255.0), 0, 255).astype(np.uint8)
 
 
 def configure_threads() -> None:
@@ -111,8 +101,8 @@ def predict_block(i: int, *, images: str, out: str, model_path: str, sha: str, p
     plan = tile_plan(ry1 - ry0, rx1 - rx0, tile=tile, halo=halo, blend=blend, multiple=multiple)
     prob = predict_frames(frames, predict_batch_fn(model), plan, batch_size=batch_size)
     prob = prob[:, ys.start - ry0: ys.stop - ry0, xs.start - rx0: xs.stop - rx0]
-    p8 = quantize(prob)
-    level = threshold_level(threshold)
+    p8 = quantise(prob)
+    level = threshold_bin(threshold)  # evaluate's rule, so mask and histogram agree
     pred = st.open_prediction(out, require_complete=False, mode="r+")
     if probability:
         pred.probability.array[region] = p8[None]
@@ -208,7 +198,7 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
                                                   "training": info.get("training", {}),
                                                   "provenance": info.get("provenance", {})},
                                         "tiling": plan_desc, "precision": precision,
-                                        "mask_rule": f"probability_u8 >= {threshold_level(threshold)}"})
+                                        "mask_rule": f"probability_u8 >= {threshold_bin(threshold)}"})
         except OSError as exc:
             raise InputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
     pred = st.open_prediction(out, require_complete=False, mode="r+")
