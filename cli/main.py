@@ -18,6 +18,31 @@ from volseg.errors import InputError
 
 COMMANDS = ["synth", "convert", "info", "train", "predict", "evaluate", "demo", "preview", "export"]
 
+#: Library parameter names whose flag is not simply ``--`` + the name with dashes.
+#: The one place where the library's vocabulary meets the command line's.
+FLAGS = {
+    "batch_size": "--batch",
+    "images_path": "--images",
+    "truth_path": "--truth",
+    "roi_path": "--roi",
+    "out_path": "-o",
+    "out": "-o",
+    "model_path": "--model",
+    "jobqueue_config": "--jobqueue-config",
+}
+
+
+def flag_of(param: str) -> str:
+    """The command-line flag of a library parameter (``batch_size`` -> ``--batch``)."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def describe(exc: InputError) -> str:
+    """An :class:`InputError` as one line in the command line's words."""
+    if getattr(exc, "param", None):
+        return f"{flag_of(exc.param)}: {exc.message}"
+    return str(exc)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors: one line, exit 2
@@ -60,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except InputError as exc:
-        print(f"volseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"volseg {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"volseg {args.command}: interrupted; rerun the same command to resume",

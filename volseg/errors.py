@@ -1,9 +1,47 @@
-"""The one exception type that means "the user's input is wrong"."""
+"""The exception types that mean "the input is wrong" or "the data is damaged".
+
+Library code validates at its boundary and names the *parameter* (``threshold``,
+``batch_size``), never a command-line flag: the CLI maps parameter names to its flags
+in one place (``volseg_cli.main.FLAGS``), so the same error reads naturally from Python
+(``threshold: must be within [0, 1]``) and from the shell (``--threshold: ...``).
+"""
+
+from __future__ import annotations
 
 
 class InputError(Exception):
     """Bad input or usage: the CLI prints the message as one line and exits 2.
 
-    The message must name the file or option and say what is wrong (and, where it
+    The message must name the file or parameter and say what is wrong (and, where it
     helps, what to do). Anything else raised is an internal error (exit 1).
+
+    Parameters
+    ----------
+    message : str
+        What is wrong (and what to do).
+    param : str, optional
+        The library parameter at fault (``"threshold"``); shown before the message.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}" if self.param else self.message
+
+    def __reduce__(self):  # survive the trip back from a Dask worker with ``param``
+        return (_rebuild, (type(self), self.message, self.param))
+
+
+def _rebuild(cls, message, param):
+    return cls(message, param=param)
+
+
+class DamagedDataError(InputError):
+    """A store's chunk is missing, empty or fails its checksum: never computed on.
+
+    Raised by every checked read (:func:`volseg.store.read_region`); the message names
+    the store, the array, the frames (t, z) affected and what to do.
     """
