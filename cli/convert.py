@@ -27,7 +27,16 @@ def add_parser(sub):
     p.add_argument("--chunks", default=None, metavar="[[T,]Z,]Y,X",
                    help="inner chunk shape (default: whole frames up to 1024x1024; several frames "
                         "per shard file)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--allow-gaps", action="store_true",
+                   help="accept missing numbers in the file names: time points and slices "
+                        "found are numbered 0, 1, 2, ... in order (the original numbers are "
+                        "recorded in the store); default: refuse them")
+    p.add_argument("--nonfinite", type=float, default=None, metavar="VALUE",
+                   help="replace NaN and infinite pixels of float images by VALUE (recorded "
+                        "in the store); default: refuse them")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT made by volseg (the old store stays until "
+                        "the new one is complete)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.set_defaults(run=run)
     return p
@@ -37,7 +46,8 @@ def run(args) -> int:
     command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with Progress("convert", quiet=args.quiet) as progress:
         summary = convert(args.inputs, args.output, mask=args.mask, pattern=args.pattern,
-                          channel=args.channel, chunks=args.chunks, overwrite=args.overwrite,
+                          channel=args.channel, chunks=args.chunks, allow_gaps=args.allow_gaps,
+                          nonfinite=args.nonfinite, overwrite=args.overwrite,
                           progress=progress, command=command,
                           log=None if args.quiet else (lambda m: say(args, m)))
     t, z, y, x = summary["shape"]

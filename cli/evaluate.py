@@ -35,20 +35,39 @@ def add_parser(sub):
     p.add_argument("--per-z", action="store_true", help="also report metrics per depth slice")
     p.add_argument("--cldice", action="store_true",
                    help="also compute clDice (centreline Dice, skeletons of every 2D frame; slower)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --json/--csv/--plots files that volseg did not write "
+                        "(its own earlier reports are replaced without asking)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_cluster_arguments(p, default_workers_help="one single-threaded process per core")
     p.set_defaults(run=run)
     return p
 
 
-def _check_output(path, option) -> Path:
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{option} {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise InputError(f"{option} {path}: is a folder; give a file name")
-    return path
+def _check_outputs(args) -> None:
+    """Refuse to replace files volseg did not write (unless --overwrite), before counting."""
+    from volseg.figures import EVALUATION_FIGURES
+    from volseg.outputs import check_replaceable, csv_by_volseg, json_by_volseg, png_by_volseg
+
+    if args.json:
+        check_replaceable(args.json, marker=json_by_volseg, overwrite=args.overwrite,
+                          what="--json report")
+    if args.csv:
+        check_replaceable(args.csv, marker=csv_by_volseg, overwrite=args.overwrite,
+                          what="--csv table")
+        if args.per_z:
+            check_replaceable(_per_z_path(Path(args.csv)), marker=csv_by_volseg,
+                              overwrite=args.overwrite, what="--csv table")
+    if args.plots:
+        if Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise InputError(f"--plots {args.plots}: exists and is not a folder")
+        for name in EVALUATION_FIGURES if Path(args.plots).is_dir() else ():
+            check_replaceable(Path(args.plots) / name, marker=png_by_volseg,
+                              overwrite=args.overwrite, what="--plots figure")
+
+
+def _per_z_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.stem + "_per_z" + csv_path.suffix)
 
 
 def run(args) -> int:
@@ -57,10 +76,9 @@ def run(args) -> int:
     from volseg.cluster import open_client
     from volseg.evaluate import evaluate, prepare, write_csv, write_json
 
-    json_path = _check_output(args.json, "--json") if args.json else None
-    csv_path = _check_output(args.csv, "--csv") if args.csv else None
-    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise InputError(f"--plots {args.plots}: exists and is not a folder")
+    _check_outputs(args)
+    json_path = Path(args.json) if args.json else None
+    csv_path = Path(args.csv) if args.csv else None
     # Check the stores before starting a cluster: bad input fails in a fraction of a second.
     prepare(args.prediction, args.truth, roi_path=args.roi, threshold=args.threshold)
 
@@ -83,7 +101,7 @@ def run(args) -> int:
         write_csv(report, csv_path)
         say(args, f"wrote {csv_path}")
         if args.per_z:
-            z_path = csv_path.with_name(csv_path.stem + "_per_z" + csv_path.suffix)
+            z_path = _per_z_path(csv_path)
             write_csv(report, z_path, key="per_z")
             say(args, f"wrote {z_path}")
     if args.plots:

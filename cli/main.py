@@ -16,7 +16,8 @@ import sys
 from volseg import __version__
 from volseg.errors import InputError
 
-COMMANDS = ["synth", "convert", "info", "train", "predict", "evaluate", "demo", "preview", "export"]
+COMMANDS = ["synth", "convert", "info", "verify", "train", "predict", "evaluate", "demo", "preview",
+            "export"]
 
 #: Library parameter names whose flag is not simply ``--`` + the name with dashes.
 #: The one place where the library's vocabulary meets the command line's.
@@ -87,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"volseg {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except OSError as exc:
+        from volseg.errors import operational_error
+
+        known = operational_error(exc)
+        if known is None or os.environ.get("VOLSEG_DEBUG"):
+            raise
+        print(f"volseg {args.command}: error: {known}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"volseg {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
@@ -100,6 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"volseg {args.command}: internal error (a bug in volseg); "
               "please report it with the traceback above", file=sys.stderr)
         return 1
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``volseg info X | head -1``): exit quietly.
+
+    Python would otherwise complain again when it flushes stdout at exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    return 141  # 128 + SIGPIPE, as a shell tool killed by the closed pipe would
 
 
 if __name__ == "__main__":

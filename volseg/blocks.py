@@ -1,84 +1,222 @@
-"""Running a list of blocks on a Dask cluster, daisy-style.
+"""The block engine: every stage is a function run over the blocks of a store.
 
-Work is a list of block numbers; each task reads its own input from Zarr, writes its
-own output and records itself as done in the store's ledger, so pixel data never passes
-through the scheduler and a rerun skips what is done. The client only sees small
-return values (counts, timings).
+In the spirit of daisy's ``Task``:
+
+* a :class:`BlockGrid` declares the geometry once: the array's shape, the block shape
+  (usually one shard, so no two blocks share a chunk and tasks write without locks),
+  and a ``halo`` of context read around each block;
+* a *process function* ``process(i)`` reads block ``i``'s input straight from Zarr,
+  writes its output and returns something small (counts, a byte total): pixel data
+  never passes through the scheduler;
+* done-ness is asked of the output (a :class:`~volseg.store.BlockLedger`), so a rerun
+  skips finished blocks and resume comes for free;
+* one runner, :func:`run_blocks`, with one meaning of "local" (``client=None``: a pool
+  of threads in this process) and of a cluster (a ``distributed.Client``: a local
+  cluster or Slurm workers, see :mod:`volseg.cluster`). It keeps a bounded window of
+  tasks in flight, reports progress, cancels the rest on the first failure, and names
+  the block that failed.
+
+A new stage is a process function plus a few lines: see ``volseg verify``
+(:mod:`volseg.verify`).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import numpy as np
 
-def run_blocks(client, task: Callable, indices: Iterable[int], *, progress=None,
-               resources: dict | None = None, done_before: int = 0, total: int | None = None,
-               on_result: Callable | None = None) -> int:
-    """Run ``task(i)`` for every block number ``i`` on ``client``; return how many ran.
+from .errors import InputError, operational_error
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """The blocks of a (t, z, y, x) array, numbered in C order.
 
     Parameters
     ----------
-    client : distributed.Client or None
-        None runs the blocks on dask's threaded scheduler in this process (every core,
-        no cluster start-up: right for I/O-bound work such as conversion).
-    task : callable
-        ``task(i)`` processes block ``i`` completely (including marking it done).
-    indices : iterable of int
-        Blocks still to do.
+    shape : tuple of int
+        The array's shape.
+    block : tuple of int
+        Block shape (the last block along an axis may be smaller).
+    halo : tuple of int, optional
+        Context read on each side of a block, clipped at the array's edges.
+    """
+
+    shape: tuple
+    block: tuple
+    halo: tuple = (0, 0, 0, 0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "block", tuple(max(1, min(int(b), n)) if n else 1
+                                                for b, n in zip(self.block, self.shape)))
+        object.__setattr__(self, "halo", tuple(int(h) for h in self.halo))
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Blocks along each axis."""
+        return tuple(math.ceil(n / b) if n else 0 for n, b in zip(self.shape, self.block))
+
+    def __len__(self) -> int:
+        return int(np.prod(self.counts))
+
+    def region(self, i: int) -> tuple[slice, ...]:
+        """The box block ``i`` writes."""
+        pos = np.unravel_index(int(i), self.counts)
+        return tuple(slice(p * b, min((p + 1) * b, n))
+                     for p, b, n in zip(pos, self.block, self.shape))
+
+    def read_box(self, i: int) -> tuple[slice, ...]:
+        """The box block ``i`` reads: its region grown by the halo, clipped to the array."""
+        return tuple(slice(max(0, r.start - h), min(n, r.stop + h))
+                     for r, h, n in zip(self.region(i), self.halo, self.shape))
+
+    def __iter__(self):
+        """The regions of all blocks, in order."""
+        return (self.region(i) for i in range(len(self)))
+
+
+def frame_runs(shape, depth: int) -> BlockGrid:
+    """Runs of up to ``depth`` whole frames of one time point (one shard row deep)."""
+    return BlockGrid(shape, (1, depth, shape[2], shape[3]))
+
+
+def describe(region) -> str:
+    """``t=1, z=0..7, y=0..522, x=0..820`` for messages."""
+    return ", ".join(f"{n}={s.start}..{s.stop - 1}" if s.stop - s.start > 1 else f"{n}={s.start}"
+                     for n, s in zip("tzyx", region))
+
+
+# --------------------------------------------------------------------------- running
+
+class _Failed:
+    """A task's expected failure (bad or damaged input, a full disk), sent back as a
+    value so that Dask does not log it as a crashed task; re-raised by the runner."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _call(process: Callable, i: int):
+    try:
+        return process(i)
+    except InputError as exc:
+        return _Failed(exc)
+    except OSError as exc:
+        known = operational_error(exc)
+        if known is None:
+            raise
+        return _Failed(known)
+
+
+def run_blocks(process: Callable, todo: Iterable[int], *, client=None, total: int | None = None,
+               done_before: int = 0, progress=None, on_result=None,
+               resources: dict | None = None, window: int | None = None,
+               threads: int | None = None, grid: BlockGrid | None = None) -> int:
+    """Run ``process(i)`` for every block ``i`` in ``todo``; returns how many ran.
+
+    Parameters
+    ----------
+    process : callable
+        ``process(i)`` does block ``i`` completely (reads, writes, marks it done) and
+        returns something small. Must pickle when ``client`` is given.
+    todo : iterable of int
+        Blocks still to do (a resumed run leaves out the done ones).
+    client : distributed.Client, optional
+        Run on this Dask cluster. None: a pool of ``threads`` threads in this process
+        (default every core), right for work that releases the GIL (codecs, TIFF, numpy).
+    total, done_before : int
+        For progress: all blocks, and those done before this run.
     progress : callable, optional
         ``progress(done, total)``, called as blocks finish.
-    resources : dict, optional
-        Dask worker resources each task needs (e.g. ``{"GPU": 1}``).
-    done_before, total : int
-        Blocks already done (a resumed run) and the total, for progress.
     on_result : callable, optional
-        Called with each task's return value, in completion order.
+        ``on_result(i, value)`` for each finished block, in completion order (a streaming
+        reduction: evaluate sums its counts here).
+    resources : dict, optional
+        Dask worker resources each task needs (``{"GPU": 1}``).
+    window : int, optional
+        Tasks in flight at once (default 4 per thread): 10^5 blocks never sit in the
+        scheduler together.
+    grid : BlockGrid, optional
+        Used to name a failed block's region in the error.
 
-    The first failing block cancels the rest and its exception is re-raised here.
+    Raises
+    ------
+    InputError
+        The first expected failure of a block, as raised in it (the rest are cancelled).
+    Exception
+        An unexpected one, with a note naming the block.
     """
-    indices = list(indices)
-    total = total if total is not None else done_before + len(indices)
+    todo = list(todo)
+    total = done_before + len(todo) if total is None else total
     if progress:
         progress(done_before, total)
-    if not indices:
+    if not todo:
         return 0
     if client is None:
-        return _run_threads(task, indices, progress=progress, done_before=done_before,
-                            total=total, on_result=on_result)
-    from distributed import as_completed
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    futures = client.map(task, indices, pure=False, resources=resources)
+        threads = threads or os.cpu_count() or 1
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="volseg-block")
+        submit = lambda i: pool.submit(_call, process, i)  # noqa: E731
+        cancel = lambda fs: [f.cancel() for f in fs]  # noqa: E731
+    else:
+        from distributed import wait
+
+        FIRST_COMPLETED = "FIRST_COMPLETED"
+        threads = threads or client_threads(client)
+        pool = None
+        submit = lambda i: client.submit(_call, process, i, pure=False,  # noqa: E731
+                                         resources=resources)
+        cancel = client.cancel
+    window = window or max(2, 4 * threads)
+    queue = iter(todo)
+    pending: dict = {}
     done = done_before
     try:
-        for fut in as_completed(futures):
-            result = fut.result()
-            if on_result is not None:
-                on_result(result)
-            done += 1
-            if progress:
-                progress(done, total)
+        for i in itertools.islice(queue, window):
+            pending[submit(i)] = i
+        while pending:
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = pending.pop(fut)
+                try:
+                    value = fut.result()
+                except Exception as exc:
+                    _note(exc, i, grid)
+                    raise
+                if isinstance(value, _Failed):
+                    raise value.exc
+                if on_result is not None:
+                    on_result(i, value)
+                done += 1
+                if progress:
+                    progress(done, total)
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending[submit(nxt)] = nxt
     except BaseException:
-        client.cancel(futures)
+        cancel(list(pending))
         raise
-    return len(indices)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return len(todo)
 
 
-def _run_threads(task, indices, *, progress, done_before, total, on_result) -> int:
-    from dask.callbacks import Callback
+def _note(exc: BaseException, i: int, grid: BlockGrid | None) -> None:
+    where = f"block {i}" + (f" ({describe(grid.region(i))})" if grid is not None else "")
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"volseg: while processing {where}")
 
-    state = {"done": done_before}
-    graph = {f"volseg-block-{i}": (task, i) for i in indices}
 
-    def posttask(key, result, dsk, state_, worker_id):
-        if key in graph:
-            state["done"] += 1
-            if on_result is not None:
-                on_result(result)
-            if progress:
-                progress(state["done"], total)
-
-    with Callback(posttask=posttask):
-        from dask.threaded import get
-
-        get(graph, list(graph))
-    return len(indices)
+def client_threads(client) -> int:
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # workers not arrived yet
+        return 1

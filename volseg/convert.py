@@ -6,9 +6,13 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from . import store as st
+from .blocks import BlockGrid, frame_runs, run_blocks
 from .errors import InputError
+from .integrity import nonfinite_counts
+from .outputs import open_output
 from .tiffio import DEFAULT_PATTERN, TiffStack, discover
 
 
@@ -41,29 +45,48 @@ def to_binary(frames: np.ndarray, *, names=None) -> np.ndarray:
     return out
 
 
-def _frame_groups(shape, block_shape) -> list[tuple[int, int, int]]:
-    """Units of work: (t, z0, z1) runs of frames, each writing whole shards."""
-    t, z = shape[:2]
-    bz = block_shape[1]
-    return [(ti, z0, min(z0 + bz, z)) for ti in range(t) for z0 in range(0, z, bz)]
+def finite_frames(frames: np.ndarray, *, names, nonfinite: float | None) -> np.ndarray:
+    """Refuse NaN / infinite pixels, or replace them by ``nonfinite`` when given.
+
+    Raises
+    ------
+    InputError
+        Naming the first frame that holds them and how many pixels.
+    """
+    per_frame = nonfinite_counts(frames)
+    if not per_frame.any():
+        return frames
+    if nonfinite is None:
+        k = int(np.flatnonzero(per_frame)[0])
+        raise InputError(f"{names[k]}: {int(per_frame[k])} NaN or infinite pixel(s) "
+                         f"({int(per_frame.sum())} in frames {names[0]}..{names[-1]}); fix the "
+                         "data, or replace them with --nonfinite VALUE (recorded in the store)")
+    frames = frames.copy()
+    frames[~np.isfinite(frames)] = nonfinite
+    return frames
 
 
-def _convert_block(i: int, *, stack: TiffStack, out: str, groups, mask: bool, dtype: str) -> int:
-    t, z0, z1 = groups[i]
-    frames = stack.read_frames(t, z0, z1)
+def _convert_block(i: int, *, stack: TiffStack, out: str, grid: BlockGrid, mask: bool,
+                   dtype: str, nonfinite: float | None) -> int:
+    t, zs = grid.region(i)[:2]
+    frames = stack.read_frames(t.start, zs.start, zs.stop)
+    names = [stack.frame_name(t.start, z) for z in range(zs.start, zs.stop)]
     if mask:
-        frames = to_binary(frames, names=[stack.frame_name(t, z) for z in range(z0, z1)])
-    elif frames.dtype != np.dtype(dtype):
-        frames = frames.astype(dtype)
+        frames = to_binary(frames, names=names)
+    else:
+        frames = finite_frames(frames, names=names, nonfinite=nonfinite)
+        if frames.dtype != np.dtype(dtype):
+            frames = frames.astype(dtype)
     image = st.open_image(out, require_complete=False, mode="r+")
-    image.array[t, z0:z1] = frames
-    st.BlockLedger(image.group, len(groups)).mark_done(i)
+    image.array[t.start, zs] = frames
+    st.BlockLedger(image.group, len(grid)).mark_done(i)
     return int(frames.nbytes)
 
 
 def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
-            channel: int | None = None, chunks=None, overwrite: bool = False,
-            client=None, progress=None, command: str | None = None, log=None) -> dict:
+            channel: int | None = None, chunks=None, allow_gaps: bool = False,
+            nonfinite: float | None = None, overwrite: bool = False, client=None,
+            progress=None, command: str | None = None, log=None) -> dict:
     """Convert TIFF stacks to an OME-NGFF image store ``out`` (full resolution at ``out/0``).
 
     Parameters
@@ -72,16 +95,20 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         A folder of per-frame TIFFs, one multi-page TIFF per time point, or a hyperstack.
     out : path-like
         The store to write. An unfinished store of the same inputs and parameters is
-        resumed; anything else that exists is refused unless ``overwrite``.
+        resumed; anything else that exists is refused unless ``overwrite`` (then the new
+        store is built beside it and replaces it only once complete).
     mask : bool
         Annotation stack: values must be 0/1 or 0/255; stored as uint8 0/1.
-    pattern, channel :
+    pattern, channel, allow_gaps :
         See :func:`volseg.tiffio.discover`.
     chunks : str or tuple, optional
         Inner chunk shape (see :func:`volseg.store.parse_chunks`); default per
         :func:`volseg.store.default_chunks`.
+    nonfinite : float, optional
+        Replace NaN and infinite pixels of float images by this value (recorded in the
+        store's provenance). Default: refuse them.
     client : distributed.Client, optional
-        Where to run; default dask's threaded scheduler on every core of this machine.
+        Where to run; default a pool of threads on every core of this machine.
     progress : callable, optional
         ``progress(done, total)`` per block.
 
@@ -90,48 +117,53 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
     dict
         Summary: shape, dtype, chunks, shards, blocks written and skipped, raw bytes.
     """
-    stack = discover(inputs, pattern=pattern, channel=channel)
+    stack = discover(inputs, pattern=pattern, channel=channel, allow_gaps=allow_gaps)
     dtype = "uint8" if mask or stack.dtype == "bool" else stack.dtype
+    if nonfinite is not None:
+        nonfinite = float(nonfinite)
+        if not np.isfinite(nonfinite):
+            raise InputError("must be a finite number", param="nonfinite")
     if isinstance(chunks, str):
         chunks = st.parse_chunks(chunks, stack.shape)
     dchunks, dshards = st.default_chunks(stack.shape, dtype)
     chunks = tuple(chunks) if chunks is not None else dchunks
     shards = tuple(-(-s // c) * c for s, c in zip(dshards, chunks))
+    parameters = {"mask": mask, "pattern": pattern, "channel": channel, "chunks": list(chunks),
+                  "shards": list(shards), "dtype": dtype}
+    if nonfinite is not None:
+        parameters["nonfinite"] = nonfinite
     job = st.make_job("convert", command=command, sources=st.source_record(stack.files),
-                      parameters={"mask": mask, "pattern": pattern, "channel": channel,
-                                  "chunks": list(chunks), "shards": list(shards), "dtype": dtype})
-    state = st.prepare_output(out, job=job, overwrite=overwrite, what="conversion")
-    if state == "new":
-        try:
-            image = st.create_image(out, shape=stack.shape, dtype=dtype, chunks=chunks,
-                                    shards=shards, job=job, name=Path(out).stem, units=stack.units,
-                                    scale=stack.scale, extra={"content": "mask" if mask else "image",
-                                                              "source_layout": stack.layout})
-        except OSError as exc:
-            raise InputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
-    else:
-        image = st.open_image(out, require_complete=False, mode="r+")
-    groups = _frame_groups(stack.shape, image.block_shape)
-    ledger = st.BlockLedger(image.group, len(groups))
-    todo = np.flatnonzero(~ledger.done()).tolist()
-    if log:
-        verb = "resuming" if state == "resume" else "writing"
-        log(f"{verb} {out}: {stack.shape} {dtype} from {len(stack.files)} file(s) "
-            f"({stack.layout}); {len(todo)} of {len(groups)} blocks to write")
-    task = functools.partial(_convert_block, stack=stack, out=str(out), groups=groups,
-                             mask=mask, dtype=dtype)
-    from .blocks import run_blocks
-
-    import zarr
-
-    # client None: dask's threaded scheduler (reading TIFFs and compressing release the
-    # GIL). Blocks are the parallelism: zarr's own codec threads on top oversubscribe the
-    # cores (measured on 512 frames: 96 MB/s with them, 128 MB/s without).
-    with zarr.config.set({"threading.max_workers": 1}):
-        run_blocks(client, task, todo, progress=progress, done_before=len(groups) - len(todo),
-                   total=len(groups))
-    st.finish(image.group, ledger)
+                      parameters=parameters)
+    extra = {"content": "mask" if mask else "image", "source_layout": stack.layout}
+    if stack.source_indices is not None:
+        extra["source_indices"] = stack.source_indices
+    with open_output(out, job=job, overwrite=overwrite, what="conversion",
+                     command=command) as dest:
+        if dest.state == "new":
+            image = st.create_image(dest.write_path, shape=stack.shape, dtype=dtype,
+                                    chunks=chunks, shards=shards, job=job, name=Path(out).stem,
+                                    units=stack.units, scale=stack.scale, extra=extra)
+        else:
+            image = st.open_image(dest.write_path, require_complete=False, mode="r+")
+        grid = frame_runs(stack.shape, image.block_shape[1])
+        ledger = st.BlockLedger(image.group, len(grid))
+        todo = np.flatnonzero(~ledger.done()).tolist()
+        if log:
+            verb = "resuming" if dest.state == "resume" else "writing"
+            log(f"{verb} {out}: {stack.shape} {dtype} from {len(stack.files)} file(s) "
+                f"({stack.layout}); {len(todo)} of {len(grid)} blocks to write")
+        task = functools.partial(_convert_block, stack=stack, out=str(dest.write_path),
+                                 grid=grid, mask=mask, dtype=dtype, nonfinite=nonfinite)
+        # Blocks are the parallelism: zarr's own codec threads on top oversubscribe the
+        # cores (docs/decisions.md, "convert").
+        with zarr.config.set({"threading.max_workers": 1}):
+            run_blocks(task, todo, client=client, progress=progress,
+                       done_before=len(grid) - len(todo), total=len(grid), grid=grid)
+        st.finish(image.group, ledger)
+        shards = image.shards
+        dest.commit()
     return {"path": str(out), "shape": stack.shape, "dtype": dtype, "chunks": chunks,
-            "shards": image.shards, "blocks": len(groups), "written": len(todo),
-            "skipped": len(groups) - len(todo), "files": len(stack.files), "layout": stack.layout,
-            "raw_bytes": int(np.prod(stack.shape)) * np.dtype(dtype).itemsize}
+            "shards": shards, "blocks": len(grid), "written": len(todo),
+            "skipped": len(grid) - len(todo), "files": len(stack.files), "layout": stack.layout,
+            "raw_bytes": int(np.prod(stack.shape)) * np.dtype(dtype).itemsize,
+            "source_indices": stack.source_indices}

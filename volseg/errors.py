@@ -45,3 +45,33 @@ class DamagedDataError(InputError):
     Raised by every checked read (:func:`volseg.store.read_region`); the message names
     the store, the array, the frames (t, z) affected and what to do.
     """
+
+
+#: errno values that are the machine's state, not a bug: what to tell the user.
+_OPERATIONAL = {
+    "ENOSPC": "no space left on the device; free some space, then rerun the same command "
+              "to finish",
+    "EDQUOT": "disk quota exceeded; free some space, then rerun the same command to finish",
+    "EACCES": "permission denied; fix the permissions, then rerun the same command",
+    "EPERM": "operation not permitted; fix the permissions, then rerun the same command",
+    "EROFS": "read-only file system; write the output somewhere writable",
+    "EIO": "input/output error from the storage; check the disk or file system, then rerun",
+    "ENOTCONN": "the file system is not connected; remount it, then rerun",
+    "ESTALE": "stale file handle on a network file system; rerun the command",
+}
+
+
+def operational_error(exc: OSError) -> InputError | None:
+    """An :class:`OSError` that the user can fix (full disk, permissions) as one line.
+
+    Returns None for other errors (those are bugs and keep their traceback).
+    """
+    import errno as _errno
+
+    name = _errno.errorcode.get(exc.errno or -1)
+    if name not in _OPERATIONAL:
+        return None
+    where = exc.filename or ""
+    err = InputError(f"{where + ': ' if where else ''}{_OPERATIONAL[name]}")
+    err.__cause__ = None
+    return err

@@ -11,7 +11,9 @@ the number of workers.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from . import store as _store
+from .blocks import BlockGrid, client_threads, describe, run_blocks
 from .errors import InputError
+from .outputs import write_text_atomic
 from .metrics import ConfusionHistogram, check_binary, count_block, default_scale, metrics
 
 #: Aim for blocks of about this many voxels (a few tens of MB per task with temporaries).
@@ -51,45 +55,37 @@ def _stored_threshold(pred) -> float | None:
 # --------------------------------------------------------------------------- blocks
 
 def plan_blocks(shape, block_shape, *, threads: int = 1, target_voxels: int = TARGET_BLOCK_VOXELS,
-                full_frames: bool = False) -> list[tuple[slice, ...]]:
-    """Split a (t, z, y, x) array into evaluation blocks aligned to ``block_shape``.
+                full_frames: bool = False) -> BlockGrid:
+    """The evaluation blocks of a (t, z, y, x) array: runs of whole ``block_shape`` shards.
 
-    A block is a run of whole shards: several time points when a shard holds every
-    depth slice, else several shards along z. It grows up to ``target_voxels`` while
-    leaving at least ``BLOCKS_PER_THREAD * threads`` blocks where the data allows.
-    With ``full_frames`` (clDice: a skeleton is not local) blocks span whole y, x.
+    A block spans several time points when a shard holds every depth slice, else several
+    shards along z. It grows up to ``target_voxels`` while leaving at least
+    ``BLOCKS_PER_THREAD * threads`` blocks where the data allows. With ``full_frames``
+    (clDice: a skeleton is not local) blocks span whole y, x.
     """
     T, Z, Y, X = shape
-    bt, bz, by, bx = (min(b, n) for b, n in zip(block_shape, shape))
+    bt, bz, by, bx = (max(1, min(b, n)) for b, n in zip(block_shape, shape))
     if full_frames:
-        by, bx = Y, X
+        by, bx = max(1, Y), max(1, X)
     frame = by * bx
     want = max(1, BLOCKS_PER_THREAD * threads)
     if bz >= Z:  # a shard holds every z: group time points
         per = max(1, target_voxels // max(1, bt * Z * frame))
         n_other = math.ceil(Y / by) * math.ceil(X / bx)
         per = min(per, max(1, math.ceil(T / bt) * n_other // want))
-        bt = bt * per
-        bz = Z
+        bt, bz = bt * per, max(1, Z)
     else:  # group shards along z, one time point-shard at a time
         per = max(1, target_voxels // max(1, bt * bz * frame))
         n_other = math.ceil(T / bt) * math.ceil(Y / by) * math.ceil(X / bx)
         per = min(per, max(1, math.ceil(Z / bz) * n_other // want))
         bz = min(Z, bz * per)
-    blocks = []
-    for t0 in range(0, T, bt):
-        for z0 in range(0, Z, bz):
-            for y0 in range(0, Y, by):
-                for x0 in range(0, X, bx):
-                    blocks.append((slice(t0, min(t0 + bt, T)), slice(z0, min(z0 + bz, Z)),
-                                   slice(y0, min(y0 + by, Y)), slice(x0, min(x0 + bx, X))))
-    return blocks
+    return BlockGrid(shape, (bt, bz, by, bx))
 
 
 @dataclass(frozen=True)
 class _Job:
-    """What a task needs: the arrays (zarr.Array objects pickle as store + metadata,
-    not data) and the counting parameters."""
+    """What a task needs: the arrays (they pickle as store + metadata, not data) and
+    the counting parameters."""
 
     truth: object
     mask: object | None
@@ -102,21 +98,17 @@ class _Job:
     truth_name: str
 
 
-def _describe(region) -> str:
-    names = "tzyx"
-    return ", ".join(f"{n}={s.start}..{s.stop - 1}" for n, s in zip(names, region))
-
-
-def count_region(job: _Job, region) -> tuple[dict, dict]:
-    """Task: read one block and count it per time point (and per z when asked).
+def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
+    """Process function: read block ``i`` and count it per time point (and per z).
 
     Returns ``(per_t, per_z)``: dicts from index to ConfusionHistogram.
     """
+    region = grid.region(i)
     truth = np.asarray(job.truth[region])
     try:
         check_binary(truth)
     except ValueError as exc:
-        raise InputError(f"{job.truth_name}: block {_describe(region)}: {exc}; the truth must "
+        raise InputError(f"{job.truth_name}: block {describe(region)}: {exc}; the truth must "
                          "be a binary mask (make it with `volseg convert --mask`)") from None
     prob = None if job.probability is None else np.asarray(job.probability[region])
     mask = None if job.mask is None else np.asarray(job.mask[region])
@@ -149,61 +141,6 @@ def _merge(into: dict, part: dict) -> None:
         into[k] = into[k] + c if k in into else c
 
 
-# --------------------------------------------------------------------------- running
-
-def _client_threads(client) -> int:
-    try:
-        return max(1, sum(client.nthreads().values()))
-    except Exception:  # a client whose workers have not arrived yet
-        return 1
-
-
-def _run(job: _Job, blocks, *, client, progress):
-    """Count every block and sum the counts as they arrive (streaming reduction)."""
-    per_t: dict = {}
-    per_z: dict = {}
-    total = len(blocks)
-    if progress:
-        progress(0, total)
-    if client is None:
-        for n, region in enumerate(blocks, 1):
-            a, b = count_region(job, region)
-            _merge(per_t, a)
-            _merge(per_z, b)
-            if progress:
-                progress(n, total)
-        return per_t, per_z
-
-    from distributed import as_completed
-
-    # A bounded window of futures: the scheduler holds a few tasks per thread, not
-    # the whole dataset's (10^5 blocks would otherwise all sit in memory as tasks).
-    # The job (array handles and parameters, ~2 KB) goes with each task rather than
-    # being scattered once: a scattered copy can be lost with an adaptive Slurm worker.
-    window = max(16, 4 * _client_threads(client))
-    todo = iter(blocks)
-    first = [client.submit(count_region, job, region, pure=False)
-             for region, _ in zip(todo, range(window))]
-    pending = as_completed(first)  # bound to these futures' client, not the default one
-    done = 0
-    try:
-        for fut in pending:
-            a, b = fut.result()
-            fut.release()
-            _merge(per_t, a)
-            _merge(per_z, b)
-            done += 1
-            if progress:
-                progress(done, total)
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.add(client.submit(count_region, job, nxt, pure=False))
-    except BaseException:
-        client.cancel(list(pending.futures))
-        raise
-    return per_t, per_z
-
-
 # --------------------------------------------------------------------------- API
 
 @dataclass(frozen=True)
@@ -229,9 +166,9 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
         try:
             threshold = float(threshold)
         except (TypeError, ValueError):
-            raise InputError(f"--threshold: {threshold!r} is not a number") from None
+            raise InputError(f"{threshold!r} is not a number", param="threshold") from None
         if not 0.0 <= threshold <= 1.0:
-            raise InputError(f"--threshold: {threshold} is outside [0, 1]")
+            raise InputError(f"{threshold} is outside [0, 1]", param="threshold")
     pred, truth, roi = _open_inputs(pred_path, truth_path, roi_path)
     prob = pred.probability
     shape = tuple(pred.mask.shape)
@@ -252,8 +189,9 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
     use_mask = threshold is None or (stored is not None
                                      and abs(threshold - stored) <= _SAME_THRESHOLD)
     if not use_mask and prob is None:
-        raise InputError(f"--threshold: {pred_path} has no probability array (mask only), so it "
-                         f"cannot be thresholded at {threshold}; drop --threshold")
+        raise InputError(f"{pred_path} has no probability array (mask only), so it cannot be "
+                         f"thresholded at {threshold}; use the stored threshold",
+                         param="threshold")
     scale = None
     if prob is not None:
         scale = float(prob.volseg.get("probability_scale") or default_scale(prob.dtype))
@@ -303,7 +241,7 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     cldice : bool
         Also compute clDice (skeletons of every 2D frame: several times slower).
     client : distributed.Client, optional
-        Run one task per block on this cluster; None runs the blocks one by one here.
+        Run one task per block on this cluster; None: threads of this process.
     progress : callable, optional
         ``progress(done, total)`` in blocks.
     target_voxels : int
@@ -312,18 +250,28 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     Returns
     -------
     dict
-        The report: DESIGN.md's keys (``tp fp tn fn accuracy sensitivity specificity
+        The report: the documented keys (``tp fp tn fn accuracy sensitivity specificity
         precision dice iou mcc roc_auc pr_auc best_threshold voxels``, ``per_timepoint``),
         ``balanced_accuracy``, ``best_dice``, clDice keys when asked, ``per_z`` when
         asked, the probability ``histogram`` and what was evaluated how.
     """
     ev = prepare(pred_path, truth_path, roi_path=roi_path, threshold=threshold,
                  per_z=per_z, cldice=cldice)
-    threads = 1 if client is None else _client_threads(client)
-    blocks = plan_blocks(ev.shape, ev.block_shape, threads=threads,
-                         target_voxels=target_voxels, full_frames=cldice)
+    threads = (os.cpu_count() or 1) if client is None else client_threads(client)
+    grid = plan_blocks(ev.shape, ev.block_shape, threads=threads,
+                       target_voxels=target_voxels, full_frames=cldice)
+    per_t: dict = {}
+    per_zd: dict = {}
+
+    def add(_, counts):  # a streaming reduction: integer counts add exactly, in any order
+        _merge(per_t, counts[0])
+        _merge(per_zd, counts[1])
+
     start = time.perf_counter()
-    per_t, per_zd = _run(ev.job, blocks, client=client, progress=progress)
+    # The job (array handles and parameters, ~2 KB) goes with each task rather than being
+    # scattered once: a scattered copy can be lost with an adaptive Slurm worker.
+    run_blocks(functools.partial(count_region, job=ev.job, grid=grid), range(len(grid)),
+               client=client, progress=progress, on_result=add, grid=grid, threads=threads)
     seconds = time.perf_counter() - start
 
     has_prob = ev.job.probability is not None
@@ -338,7 +286,7 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     report["histogram"] = None if total.histogram is None else {
         "bins": 256, "scale": "bin k = probability k/255",
         "background": total.histogram[0].tolist(), "structure": total.histogram[1].tolist()}
-    report["blocks"] = len(blocks)
+    report["blocks"] = len(grid)
     report["seconds"] = seconds
     report["voxels_per_second"] = total.voxels / seconds if seconds > 0 else None
     return report
@@ -358,17 +306,21 @@ def per_timepoint_rows(report: dict, key: str = "per_timepoint") -> tuple[list[s
 
 
 def write_json(report: dict, path) -> None:
+    """The report as JSON, written whole or not at all."""
     import json
 
-    Path(path).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def write_csv(report: dict, path, key: str = "per_timepoint") -> None:
+    """The per-time-point (or ``per_z``) metrics as CSV, written whole or not at all."""
     import csv
+    import io
 
     header, rows = per_timepoint_rows(report, key)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for row in rows:
-            w.writerow(["" if v is None else v for v in row])
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if v is None else v for v in row])
+    write_text_atomic(path, text.getvalue())

@@ -8,7 +8,8 @@ Two layouts:
   NGFF metadata), written page by page.
 
 Memory stays at a few frames whatever the size of the store: per-frame export runs
-groups of frames (one shard row each) on dask's threaded scheduler; the hyperstack is
+runs of frames (one shard row each) on threads of this process (resumable: a
+manifest marks the folder unfinished until the last frame is written); the hyperstack is
 written from a generator that reads the next group of frames while the current one is
 written. Files are written under a hidden ``.part`` name and renamed when complete, so an
 interrupted export never leaves a truncated file that looks finished.
@@ -17,6 +18,7 @@ interrupted export never leaves a truncated file that looks finished.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import warnings
@@ -28,7 +30,10 @@ import tifffile
 import zarr
 
 from . import store as st
+from .blocks import frame_runs, run_blocks
 from .errors import InputError
+from .outputs import write_text_atomic
+from .tiffio import EXPORT_MANIFEST
 
 #: ImageJ reads these pixel types (uint8, uint16, int16, float32).
 IMAGEJ_DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -183,11 +188,25 @@ def _is_tiff_file(path: Path) -> bool:
     return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _prepare_folder(out: Path, *, overwrite: bool) -> None:
-    """Check (and with ``overwrite`` clear) a per-frame output folder.
+#: A per-frame export folder's record of what it holds; ``complete`` is written last.
+MANIFEST = EXPORT_MANIFEST
 
-    Only volseg's own frame files (``tTTT_zZZZ.tif``) and its unfinished ``.part`` files
-    are ever deleted; a folder holding anything else is refused.
+
+def read_manifest(folder) -> dict | None:
+    """The export manifest of a folder (None if it has none or it is unreadable)."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _prepare_folder(out: Path, *, source: dict, overwrite: bool) -> bool:
+    """Check (and with ``overwrite`` clear) a per-frame output folder; True to resume.
+
+    An unfinished export of the same source is resumed (frames already written are
+    kept: each was renamed into place whole). Only volseg's own frame files
+    (``tTTT_zZZZ.tif``), its ``.part`` files and the manifest are ever deleted; a folder
+    holding anything else is refused.
     """
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; per-frame export writes a folder "
@@ -196,23 +215,32 @@ def _prepare_folder(out: Path, *, overwrite: bool) -> None:
         parent = out.parent if str(out.parent) else Path(".")
         if not parent.is_dir():
             raise InputError(f"{out}: parent folder {parent} does not exist")
-        return
+        return False
     entries = [p for p in out.iterdir()]
-    others = [p for p in entries if not (FRAME_RE.match(p.name) or _PART_RE.match(p.name))]
+    others = [p for p in entries if not (FRAME_RE.match(p.name) or _PART_RE.match(p.name)
+                                         or p.name == MANIFEST)]
     if others:
         raise InputError(f"{out}: folder holds other files (e.g. {others[0].name}); give a new "
                          "or empty folder (volseg only ever replaces its own tTTT_zZZZ.tif files)")
-    frames = [p for p in entries if FRAME_RE.match(p.name)]
-    if frames and not overwrite:
-        raise InputError(f"{out}: already holds {len(frames)} exported frame(s); use --overwrite "
-                         "to replace them, or choose another folder")
     if not os.access(out, os.W_OK | os.X_OK):
         raise InputError(f"{out}: folder is not writable")
+    manifest = read_manifest(out)
+    frames = [p for p in entries if FRAME_RE.match(p.name)]
+    if not overwrite:
+        if manifest is not None and not manifest.get("complete") and \
+                manifest.get("source") == source:
+            return True
+        if frames or manifest is not None:
+            state = "a complete export" if (manifest or {}).get("complete") else \
+                f"{len(frames)} exported frame(s) of another export"
+            raise InputError(f"{out}: already holds {state}; use --overwrite to replace it, or "
+                             "choose another folder")
     # Remove every old frame (not only those we will rewrite): a smaller export must not
     # leave stale frames behind for `volseg convert` to pick up.
     for p in entries:
         if p.is_file():
             p.unlink()
+    return False
 
 
 def _prepare_file(out: Path, *, overwrite: bool) -> None:
@@ -234,40 +262,40 @@ def _prepare_file(out: Path, *, overwrite: bool) -> None:
                              "even with --overwrite")
 
 
-def _frame_groups(shape, block_shape) -> list[tuple[int, int, int]]:
-    """(t, z0, z1) runs of whole frames, one shard row deep (each read is whole shards)."""
-    bz = block_shape[1]
-    return [(t, z0, min(z0 + bz, shape[1])) for t in range(shape[0])
-            for z0 in range(0, shape[1], bz)]
-
-
 # --------------------------------------------------------------------------- writing
 
-def _write_frames(i: int, *, array, groups, out: Path, shape, imagej: bool, meta: dict,
+def _write_frames(i: int, *, array, grid, out: Path, imagej: bool, meta: dict,
                   resolution) -> int:
-    """Task: read one group of frames and write each as a 2D TIFF (via a .part file)."""
-    t, z0, z1 = groups[i]
-    frames = np.asarray(array[t, z0:z1])
+    """Process function: read one run of frames and write each as a 2D TIFF.
+
+    Each file is written under a ``.part`` name and renamed when whole, so a file with
+    its final name is a finished frame: a resumed export skips it.
+    """
+    region = grid.region(i)
+    t, zs = region[0].start, region[1]
+    names = [frame_name(t, z, grid.shape) for z in range(zs.start, zs.stop)]
+    if all((out / name).exists() for name in names):
+        return 0
+    frames = np.asarray(array[t, zs])
     kw = dict(imagej=True, metadata={"axes": "YX", **meta}, resolution=resolution) if imagej \
         else dict(photometric="minisblack", metadata=None)
-    for k, z in enumerate(range(z0, z1)):
-        name = frame_name(t, z, shape)
+    for frame, name in zip(frames, names):
         part = out / f".{name}.part"
-        tifffile.imwrite(part, frames[k], **kw)
+        tifffile.imwrite(part, frame, **kw)
         os.replace(part, out / name)
     return int(frames.nbytes)
 
 
-def _frames_in_order(array, groups, progress, total_frames):
-    """Yield frames in (t, z) order, reading the next group while this one is written."""
+def _frames_in_order(array, grid, progress, total_frames):
+    """Yield frames in (t, z) order, reading the next run while this one is written."""
     done = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
-        read = lambda g: np.asarray(array[g[0], g[1]:g[2]])  # noqa: E731
-        future = pool.submit(read, groups[0])
-        for i in range(len(groups)):
+        read = lambda r: np.asarray(array[r[0].start, r[1]])  # noqa: E731
+        future = pool.submit(read, grid.region(0))
+        for i in range(len(grid)):
             frames = future.result()
-            if i + 1 < len(groups):
-                future = pool.submit(read, groups[i + 1])
+            if i + 1 < len(grid):
+                future = pool.submit(read, grid.region(i + 1))
             for frame in frames:
                 yield frame
             done += len(frames)
@@ -320,23 +348,28 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
     scale, units = physical_size(image)
     meta, resolution = imagej_metadata(scale, units)
     meta.update(_display_range(image))
-    groups = _frame_groups(shape, image.block_shape)
+    grid = frame_runs(shape, image.block_shape[1])
     nbytes = int(np.prod(shape)) * dtype.itemsize
     zarray = image.array
     truncated = False
     if not hyperstack:
-        _prepare_folder(out, overwrite=overwrite)
+        record = {"source": os.path.abspath(str(image.path)), "shape": list(shape),
+                  "dtype": str(dtype), "made": image.volseg.get("finished")}
+        resume = _prepare_folder(out, source=record, overwrite=overwrite)
         out.mkdir(exist_ok=True)
+        if not resume:
+            write_text_atomic(out / MANIFEST, json.dumps({**record, "complete": False}) + "\n")
+        else:
+            notes.append(f"resuming the unfinished export in {out}")
         imagej = dtype.name in IMAGEJ_DTYPES
         if not imagej:
             notes.append(f"pixel type {dtype} is not an ImageJ type: frames are plain TIFF "
                          "without pixel sizes")
-        task = functools.partial(_write_frames, array=zarray, groups=groups, out=out,
-                                 shape=shape, imagej=imagej, meta=meta, resolution=resolution)
-        from .blocks import run_blocks
-
-        # dask's threaded scheduler: zarr decoding and TIFF writing release the GIL
-        run_blocks(None, task, range(len(groups)), progress=progress, total=len(groups))
+        task = functools.partial(_write_frames, array=zarray, grid=grid, out=out,
+                                 imagej=imagej, meta=meta, resolution=resolution)
+        # threads of this process: zarr decoding and TIFF writing release the GIL
+        run_blocks(task, range(len(grid)), progress=progress, total=len(grid), grid=grid)
+        write_text_atomic(out / MANIFEST, json.dumps({**record, "complete": True}) + "\n")
         files = shape[0] * shape[1]
     else:
         _prepare_file(out, overwrite=overwrite)
@@ -355,7 +388,7 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*truncating ImageJ file")
                 with tifffile.TiffWriter(part, imagej=True) as tw:
-                    tw.write(_frames_in_order(zarray, groups, progress, total_frames),
+                    tw.write(_frames_in_order(zarray, grid, progress, total_frames),
                              shape=shape, dtype=dtype, resolution=resolution,
                              metadata={"axes": "TZYX", **meta}, truncate=truncated)
             os.replace(part, out)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .outputs import figure_metadata
+
 
 def _pyplot():
     import matplotlib
@@ -115,6 +117,10 @@ def plot_per_timepoint(rows, path, *, keys=("dice", "sensitivity", "precision", 
     return plot_per_index(rows, path, index="t", keys=keys)
 
 
+#: The files :func:`evaluation_figures` may write (per_z.png only with per-slice rows).
+EVALUATION_FIGURES = ("roc.png", "pr.png", "per_timepoint.png", "per_z.png")
+
+
 def evaluation_figures(report: dict, folder) -> list[Path]:
     """All evaluation figures of a report into ``folder``: roc.png, pr.png, per_timepoint.png
     (and per_z.png). ROC/PR need probabilities (a mask-only prediction has none)."""
@@ -140,6 +146,6 @@ def evaluation_figures(report: dict, folder) -> list[Path]:
 def _save(fig, plt, path) -> Path:
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata=figure_metadata())
     plt.close(fig)
     return path

@@ -8,8 +8,8 @@ done. Output shards equal the image's, so no two tasks write the same chunk, and
 graph has one small task per block whatever the dataset size.
 
 The model is loaded once per worker process (cached by file hash and precision) and is
-called through ``predict_on_batch`` (a compiled call: MEASURED.md shows
-``model.predict`` adds 30-55 ms per call).
+called through ``predict_on_batch``, a compiled call (``model.predict`` adds 30-55 ms
+per call: docs/decisions.md, "predict").
 
 Probabilities are stored as uint8 (value / 255; ``volseg.probability_scale`` = 255).
 The mask is ``probability_u8 >= ceil(255 * threshold)`` (``metrics.threshold_bin``), so
@@ -26,9 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from . import store as st
-from .errors import InputError
+from .blocks import BlockGrid, run_blocks
+from .errors import DamagedDataError, InputError
+from .integrity import nonfinite_counts
 from .metrics import quantise, threshold_bin
 from .model import file_sha256, read_model_info
+from .outputs import open_output
 from .tiling import default_tile, predict_frames, tile_plan
 
 PRECISIONS = ("float32", "bfloat16")
@@ -42,8 +45,8 @@ LOADS = {"count": 0}
 def configure_threads() -> None:
     """Size TensorFlow's thread pool to the cores given to this worker process.
 
-    MEASURED.md: 2 intra-op threads on 2 cores is best, 1 halves throughput, so one
-    model per process uses every core it is given. VOLSEG_THREADS (cores per worker
+    Two intra-op threads on 2 cores are best and one halves throughput
+    (docs/decisions.md, "predict"), so one model per process uses every core it is given. VOLSEG_THREADS (cores per worker
     process) is set by open_client; it must reach TensorFlow before TensorFlow starts,
     hence environment variables rather than tf.config.
     """
@@ -85,30 +88,54 @@ def predict_batch_fn(model):
 
 
 def predict_block(i: int, *, images: str, out: str, model_path: str, sha: str, precision: str,
-                  tile, halo: int, blend: int | None, multiple: int, threshold: float,
-                  probability: bool, block_shape, n_blocks: int, batch_size: int) -> int:
+                  tile, blend: int | None, multiple: int, threshold: float,
+                  probability: bool, grid: BlockGrid, batch_size: int) -> int:
     """Predict block ``i`` of ``images`` into the prediction store ``out``; returns pixels."""
     model = cached_model(model_path, sha, precision)
-    src = st.open_image(images).array
-    shape = src.shape
-    region = st.block_slices(shape, block_shape, i)
+    region, box = grid.region(i), grid.read_box(i)
     t, zs, ys, xs = region
-    ry0, ry1 = max(0, ys.start - halo), min(shape[2], ys.stop + halo)
-    rx0, rx1 = max(0, xs.start - halo), min(shape[3], xs.stop + halo)
-    if (ry0, ry1, rx0, rx1) == (0, shape[2], 0, shape[3]):
-        ry0 = rx0 = 0  # whole frames: no halo needed
-    frames = np.asarray(src[t.start, zs, ry0:ry1, rx0:rx1], dtype=np.float32)
-    plan = tile_plan(ry1 - ry0, rx1 - rx0, tile=tile, halo=halo, blend=blend, multiple=multiple)
+    frames = np.asarray(st.open_image(images).array[box], dtype=np.float32)[0]
+    bad = nonfinite_counts(frames)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DamagedDataError(f"{images}/0: frame t={t.start} z={zs.start + k} holds "
+                               f"{int(bad[k])} NaN or infinite pixel(s); the model would turn "
+                               "them into garbage: fix the image store (e.g. `volseg convert "
+                               "--nonfinite VALUE`)")
+    plan = tile_plan(box[2].stop - box[2].start, box[3].stop - box[3].start, tile=tile,
+                     halo=grid.halo[2], blend=blend, multiple=multiple)
     prob = predict_frames(frames, predict_batch_fn(model), plan, batch_size=batch_size)
-    prob = prob[:, ys.start - ry0: ys.stop - ry0, xs.start - rx0: xs.stop - rx0]
+    prob = prob[:, ys.start - box[2].start: ys.stop - box[2].start,
+                xs.start - box[3].start: xs.stop - box[3].start]
     p8 = quantise(prob)
     level = threshold_bin(threshold)  # evaluate's rule, so mask and histogram agree
     pred = st.open_prediction(out, require_complete=False, mode="r+")
     if probability:
         pred.probability.array[region] = p8[None]
     pred.mask.array[region] = (p8 >= level).astype(np.uint8)[None]
-    st.BlockLedger(pred.group, n_blocks).mark_done(i)
+    st.BlockLedger(pred.group, len(grid)).mark_done(i)
     return int(p8.size)
+
+
+def _check_parameters(precision, threshold, batch_size, halo, info) -> float:
+    """Validate predict's parameters; returns the threshold to use."""
+    if precision not in PRECISIONS:
+        raise InputError(f"must be one of {', '.join(PRECISIONS)}, not {precision!r}",
+                         param="precision")
+    if threshold in (None, "auto"):
+        threshold = float(info.get("threshold", 0.5))
+    else:
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise InputError(f"{threshold!r} is not a number or 'auto'", param="threshold") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"must be within [0, 1], got {threshold}", param="threshold")
+    if batch_size < 1:
+        raise InputError(f"must be at least 1, got {batch_size}", param="batch_size")
+    if halo is not None and halo < 0:
+        raise InputError(f"must be >= 0, got {halo}", param="halo")
+    return threshold
 
 
 def predict(images, model, out, *, threshold="auto", probability: bool = True,
@@ -125,7 +152,9 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     model : path-like
         A volseg ``.keras`` model file.
     out : path-like
-        The prediction store to write (``probability`` and ``mask`` image groups).
+        The prediction store to write (``probability`` and ``mask`` image groups). An
+        unfinished one of the same job is resumed; anything else is refused unless
+        ``overwrite`` (then the new store replaces it only once complete).
     threshold : float or "auto"
         Probability threshold of the mask; "auto" uses the model's stored threshold.
     probability : bool
@@ -138,8 +167,7 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     batch_size : int
         Tiles per model call.
     client : distributed.Client, optional
-        Default: a local cluster (one worker process, one block at a time, TensorFlow
-        on every core).
+        Default: one block at a time in this process (TensorFlow uses every core).
     resources : dict, optional
         Worker resources each block needs (e.g. ``{"GPU": 1}`` on a GPU cluster).
     progress : callable, optional
@@ -152,28 +180,14 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     """
     image = st.open_image(images)
     info = read_model_info(model)
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision: must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if threshold in (None, "auto"):
-        threshold = float(info.get("threshold", 0.5))
-    else:
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            raise InputError(f"--threshold: {threshold!r} is not a number or 'auto'") from None
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"--threshold: must be within [0, 1], got {threshold}")
-    if batch_size < 1:
-        raise InputError(f"--batch: must be at least 1, got {batch_size}")
+    threshold = _check_parameters(precision, threshold, batch_size, halo, info)
     multiple = int(info.get("multiple", 16))
     halo = int(info.get("margin", 32)) if halo is None else int(halo)
-    if halo < 0:
-        raise InputError(f"--halo: must be >= 0, got {halo}")
     shape = image.shape
-    block_shape = image.block_shape
+    grid = BlockGrid(shape, image.block_shape, halo=(0, 0, halo, halo))
     if tile is None:
-        tile = default_tile(min(shape[2], block_shape[2] + 2 * halo),
-                            min(shape[3], block_shape[3] + 2 * halo), multiple=multiple)
+        tile = default_tile(min(shape[2], grid.block[2] + 2 * halo),
+                            min(shape[3], grid.block[3] + 2 * halo), multiple=multiple)
     tile = tuple(int(v) for v in tile)
     if log and str(image.dtype) != info.get("input_dtype", str(image.dtype)):
         log(f"warning: {images} is {image.dtype} but the model was trained on "
@@ -187,47 +201,39 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     sources = [{"path": str(Path(images).resolve()),
                 "fingerprint": image.volseg.get("job", {}).get("fingerprint")}]
     job = st.make_job("predict", parameters=parameters, sources=sources, command=command)
-    state = st.prepare_output(out, job=job, overwrite=overwrite, what="prediction")
-    plan_desc = tile_plan(min(shape[2], block_shape[2]), min(shape[3], block_shape[3]),
-                          tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
-    if state == "new":
-        try:
-            st.create_prediction(out, shape=shape, chunks=image.chunks, shards=image.shards,
-                                 job=job, probability=probability, threshold=threshold,
+    plan_desc = tile_plan(grid.block[2], grid.block[3], tile=tile, halo=halo, blend=blend,
+                          multiple=multiple).as_dict()
+    with open_output(out, job=job, overwrite=overwrite, what="prediction",
+                     command=command) as dest:
+        if dest.state == "new":
+            st.create_prediction(dest.write_path, shape=shape, chunks=image.chunks,
+                                 shards=image.shards, job=job, probability=probability,
+                                 threshold=threshold,
                                  extra={"model": {"path": model, "sha256": sha,
                                                   "training": info.get("training", {}),
                                                   "provenance": info.get("provenance", {})},
                                         "tiling": plan_desc, "precision": precision,
                                         "mask_rule": f"probability_u8 >= {threshold_bin(threshold)}"})
-        except OSError as exc:
-            raise InputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
-    pred = st.open_prediction(out, require_complete=False, mode="r+")
-    n = st.n_blocks(shape, block_shape)
-    ledger = st.BlockLedger(pred.group, n)
-    todo = np.flatnonzero(~ledger.done()).tolist()
-    if log:
-        verb = "resuming" if state == "resume" else "writing"
-        log(f"{verb} {out}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, "
-            f"{len(todo)} of {n} blocks to predict (threshold {threshold:g}, {precision}, "
-            f"tiles {plan_desc['tile_shape']} per frame grid {plan_desc['grid']})")
-    task = functools.partial(predict_block, images=str(images), out=str(out), model_path=model,
-                             sha=sha, precision=precision, tile=tile, halo=halo, blend=blend,
-                             multiple=multiple, threshold=threshold, probability=probability,
-                             block_shape=block_shape, n_blocks=n, batch_size=batch_size)
-    from .blocks import run_blocks
-    from .cluster import open_client
-
-    kw = dict(progress=progress, resources=resources, done_before=n - len(todo), total=n)
-    if client is None:
-        with open_client("local", threads=1) as own:
-            run_blocks(own, task, todo, **kw)
-    else:
-        run_blocks(client, task, todo, **kw)
-    pred = st.open_prediction(out, require_complete=False, mode="r+")
-    if pred.probability is not None:
-        st.finish(pred.probability.group)
-    st.finish(pred.mask.group)
-    st.finish(pred.group, ledger)
-    return {"path": str(out), "shape": shape, "blocks": n, "computed": len(todo),
-            "skipped": n - len(todo), "threshold": threshold, "pixels": int(np.prod(shape)),
-            "precision": precision, "tiling": plan_desc}
+        pred = st.open_prediction(dest.write_path, require_complete=False, mode="r+")
+        ledger = st.BlockLedger(pred.group, len(grid))
+        todo = np.flatnonzero(~ledger.done()).tolist()
+        if log:
+            verb = "resuming" if dest.state == "resume" else "writing"
+            log(f"{verb} {out}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, "
+                f"{len(todo)} of {len(grid)} blocks to predict (threshold {threshold:g}, "
+                f"{precision}, tiles {plan_desc['tile_shape']} per frame grid {plan_desc['grid']})")
+        task = functools.partial(predict_block, images=str(images), out=str(dest.write_path),
+                                 model_path=model, sha=sha, precision=precision, tile=tile,
+                                 blend=blend, multiple=multiple, threshold=threshold,
+                                 probability=probability, grid=grid, batch_size=batch_size)
+        # In this process, one block at a time: TensorFlow already uses every core.
+        run_blocks(task, todo, client=client, threads=1 if client is None else None,
+                   progress=progress, resources=resources, done_before=len(grid) - len(todo),
+                   total=len(grid), grid=grid)
+        for part in pred.parts:
+            st.finish(part.group)
+        st.finish(pred.group, ledger)
+        dest.commit()
+    return {"path": str(out), "shape": shape, "blocks": len(grid), "computed": len(todo),
+            "skipped": len(grid) - len(todo), "threshold": threshold,
+            "pixels": int(np.prod(shape)), "precision": precision, "tiling": plan_desc}

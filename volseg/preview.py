@@ -20,6 +20,7 @@ import numpy as np
 
 from . import store as st
 from .errors import InputError
+from .outputs import figure_metadata
 
 #: Okabe-Ito colours (RGB 0..1) and how opaque each class is drawn on the image.
 COLOURS = {
@@ -403,4 +404,4 @@ def _save(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)  # Agg, whatever backend pyplot would pick
-    fig.savefig(path, dpi=fig.dpi)
+    fig.savefig(path, dpi=fig.dpi, metadata=figure_metadata())

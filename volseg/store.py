@@ -3,14 +3,14 @@
 Callers never touch paths or codecs: they create or open an :class:`ImageStore` (an
 OME-NGFF 0.5 image group whose full-resolution array is ``0``, dims t, z, y, x) or a
 :class:`Prediction` (a group holding the ``probability`` and ``mask`` image groups), and
-work block by block.
+work block by block (:mod:`volseg.blocks`). Their ``array`` is a
+:class:`~volseg.integrity.CheckedArray`: every read refuses missing or damaged chunks.
 
 A *block* is one shard of the full-resolution array: the unit of work of every stage.
 Blocks never share a chunk, so tasks can write them concurrently without locks. Each
 finished block is recorded in a small ledger array (``volseg_done``, one chunk per block,
 written after the block's data; zarr writes files atomically), so a rerun skips what is
-done. Chunk files themselves cannot serve as markers: zarr skips chunks equal to the fill
-value. When every block is done the ledger is deleted and ``volseg.complete`` is set to
+done. When every block is done the ledger is deleted and ``volseg.complete`` is set to
 true, last; every reader refuses a store where it is not true.
 """
 
@@ -19,17 +19,17 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import __version__
 from .errors import InputError
+from .integrity import INTEGRITY, CheckedArray
+from .outputs import read_node
 
 AXES = ("t", "z", "y", "x")
 _AXIS_TYPES = {"t": "time", "z": "space", "y": "space", "x": "space"}
@@ -53,6 +53,11 @@ def default_compressor():
     lz4: 299 MB/s but ratio 1.00). Masks and real images compress far better.
     """
     return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def default_codecs() -> list:
+    """Compression, then a CRC32C checksum of every chunk (damage is caught on read)."""
+    return [default_compressor(), Crc32cCodec()]
 
 
 def default_chunks(shape, dtype) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -100,24 +105,6 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-# --------------------------------------------------------------------------- blocks
-
-def block_grid(shape, block_shape) -> tuple[int, ...]:
-    """Number of blocks along each axis."""
-    return tuple(math.ceil(n / b) for n, b in zip(shape, block_shape))
-
-
-def block_slices(shape, block_shape, index: int) -> tuple[slice, ...]:
-    """The region of block number ``index`` (C order over the block grid)."""
-    grid = block_grid(shape, block_shape)
-    pos = np.unravel_index(index, grid)
-    return tuple(slice(p * b, min((p + 1) * b, n)) for p, b, n in zip(pos, block_shape, shape))
-
-
-def n_blocks(shape, block_shape) -> int:
-    return int(np.prod(block_grid(shape, block_shape)))
-
-
 # --------------------------------------------------------------------------- jobs
 
 def fingerprint(job: dict) -> str:
@@ -138,59 +125,6 @@ def source_record(paths) -> list[dict]:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _is_zarr_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
-
-
-def prepare_output(path, *, job: dict, overwrite: bool = False, what: str = "output") -> str:
-    """Decide what to do with an output path before writing: "new" or "resume".
-
-    * missing: "new";
-    * an unfinished store of the same job (same inputs and parameters): "resume";
-    * a complete store, an unfinished one of another job, or something else: refused
-      with an :class:`InputError`, unless ``overwrite`` (then it is deleted: "new").
-      Even with ``overwrite`` only a Zarr store is ever deleted, never another folder.
-    """
-    path = Path(path)
-    if not path.exists():
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.exists():
-            raise InputError(f"{path}: parent folder {parent} does not exist")
-        if not _writable(parent):
-            raise InputError(f"{path}: folder {parent} is not writable")
-        return "new"
-    if not _is_zarr_store(path):
-        raise InputError(f"{path}: exists and is not a Zarr store; choose another output path "
-                         "(volseg never deletes it, even with --overwrite)")
-    if not _writable(path):
-        raise InputError(f"{path}: not writable")
-    attrs = _read_volseg_attrs(path)
-    if overwrite:
-        shutil.rmtree(path)
-        return "new"
-    if attrs.get("complete"):
-        raise InputError(f"{path}: already exists and is complete; use --overwrite to replace it, "
-                         f"or choose another {what} path")
-    if attrs.get("job", {}).get("fingerprint") == job["fingerprint"]:
-        return "resume"
-    raise InputError(f"{path}: an unfinished {what} from other inputs or parameters is there; "
-                     "rerun the original command to finish it, or use --overwrite to start again")
-
-
-def _writable(path: Path) -> bool:
-    import os
-
-    return os.access(path, os.W_OK | os.X_OK)
-
-
-def _read_volseg_attrs(path: Path) -> dict:
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta.get("attributes", {}).get("volseg", {}) or {}
 
 
 def make_job(kind: str, *, parameters: dict, sources=(), command: str | None = None) -> dict:
@@ -231,8 +165,16 @@ class ImageStore:
     group: zarr.Group
 
     @property
-    def array(self) -> zarr.Array:
-        return self.group["0"]
+    def array(self) -> CheckedArray:
+        """The full-resolution array; reads refuse missing or damaged chunks."""
+        try:
+            zarray = self.group["0"]
+        except Exception as exc:  # zarr raises several types for unreadable metadata
+            raise InputError(f"{self.path}/0: cannot open the array ({_reason(exc)}); the "
+                             "store's metadata is damaged: recreate or restore it") from None
+        promise = self.volseg.get("integrity") or {}
+        return CheckedArray(zarray, f"{self.path}/0",
+                            require_chunks=bool(promise.get("every_chunk_written")))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -252,7 +194,7 @@ class ImageStore:
 
     @property
     def block_shape(self) -> tuple[int, ...]:
-        return self.array.shards or self.array.chunks
+        return self.array.block_shape
 
     @property
     def volseg(self) -> dict:
@@ -262,13 +204,10 @@ class ImageStore:
     def complete(self) -> bool:
         return bool(self.volseg.get("complete"))
 
-    def update_volseg(self, **items) -> None:
-        attrs = self.volseg
-        attrs.update(items)
-        self.group.attrs["volseg"] = attrs
-
-    def reopen(self, mode: str = "r+") -> "ImageStore":
-        return ImageStore(self.path, zarr.open_group(str(self.path), mode=mode))
+    @property
+    def checksummed(self) -> bool:
+        """Every chunk was written with a checksum (stores of this volseg version)."""
+        return bool((self.volseg.get("integrity") or {}).get("every_chunk_written"))
 
 
 def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, name=None,
@@ -277,7 +216,8 @@ def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, nam
 
     ``chunks``/``shards`` default to :func:`default_chunks`. ``job`` (see
     :func:`make_job`) is recorded under ``volseg.job``; ``extra`` adds keys under
-    ``volseg`` (for example ``probability_scale``).
+    ``volseg`` (for example ``probability_scale``). Every chunk is written, even one
+    equal to the fill value, and checksummed (``volseg.integrity``): absence means loss.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4:
@@ -286,34 +226,43 @@ def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, nam
     chunks = tuple(chunks) if chunks is not None else dchunks
     # a shard must hold whole chunks: round the default shard up to the chosen chunks
     shards = tuple(_round_up(s, c) for s, c in zip(shards or dshards, chunks))
-    volseg = {"version": __version__, "complete": False, "created": _now(), "job": job}
+    volseg = {"version": __version__, "complete": False, "created": _now(), "job": job,
+              "integrity": dict(INTEGRITY)}
     volseg.update(extra or {})
     attrs = {"ome": _ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units),
              "volseg": volseg}
     if group is None:
         g = zarr.create_group(str(path), zarr_format=3, attributes=attrs)
-        gpath = Path(path)
     else:
         g = group.create_group(name, attributes=attrs)
-        gpath = Path(path)
     zarr.create_array(g.store, name=f"{g.path}/0" if g.path else "0", shape=shape, dtype=dtype,
-                      chunks=chunks, shards=shards, compressors=default_compressor(),
+                      chunks=chunks, shards=shards, compressors=default_codecs(),
                       fill_value=0, dimension_names=AXES)
-    return ImageStore(gpath, g)
+    return ImageStore(Path(path), g)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def open_group(path, *, mode: str = "r", what: str = "store", made_by: str = "volseg convert"):
+    """Open a Zarr v3 group; :class:`InputError` (one line) for anything unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such {what}")
+    if read_node(path) is None:  # also reports a damaged zarr.json
+        raise InputError(f"{path}: not a Zarr store (no zarr.json); make one with `{made_by}`")
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except Exception as exc:  # zarr raises several types for unreadable metadata
+        raise InputError(f"{path}: cannot open as a Zarr v3 group ({_reason(exc)})") from None
 
 
 def open_image(path, *, require_complete: bool = True, mode: str = "r", what="image store") -> ImageStore:
     """Open a volseg/NGFF image store; :class:`InputError` if it is missing or unfinished."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such {what}")
-    if not _is_zarr_store(path):
-        raise InputError(f"{path}: not a Zarr store (no zarr.json); make one with `volseg convert`")
-    try:
-        g = zarr.open_group(str(path), mode=mode)
-    except Exception as exc:  # zarr raises several types for unreadable metadata
-        raise InputError(f"{path}: cannot open as a Zarr v3 group ({exc})") from None
-    if "0" not in g or "ome" not in g.attrs:
+    g = open_group(path, mode=mode, what=what)
+    if "ome" not in g.attrs or read_node(path / "0") is None:
         raise InputError(f"{path}: not an OME-Zarr image group with a full-resolution array '0'")
     store = ImageStore(path, g)
     if store.array.ndim != 4:
@@ -327,7 +276,11 @@ def open_image(path, *, require_complete: bool = True, mode: str = "r", what="im
 # --------------------------------------------------------------------------- ledger
 
 class BlockLedger:
-    """Which blocks of a store are written: one tiny chunk per finished block."""
+    """Which blocks of a store are written: one tiny chunk per finished block.
+
+    The ledger is the output's own statement of done-ness (daisy's idea): a block is
+    marked only after its data is written, so a rerun skips exactly the finished blocks.
+    """
 
     def __init__(self, group: zarr.Group, n: int):
         self.n = n
@@ -340,13 +293,18 @@ class BlockLedger:
         if self.array.shape != (n,):
             raise InputError(f"{group.store}: block ledger does not match this job; use --overwrite")
 
-    @classmethod
-    def open_path(cls, path, n: int) -> "BlockLedger":
-        return cls(zarr.open_group(str(path), mode="r+"), n)
-
     def done(self) -> np.ndarray:
-        """Boolean array: block i is written."""
-        return self.array[:] == 1
+        """Boolean array: block i is written (an unreadable mark counts as not written)."""
+        try:
+            return self.array[:] == 1
+        except Exception:  # a mark torn by a full disk or a kill: redo that block
+            marks = np.zeros(self.n, dtype=bool)
+            for i in range(self.n):
+                try:
+                    marks[i] = self.array[i] == 1
+                except Exception:
+                    marks[i] = False
+            return marks
 
     def mark_done(self, index: int) -> None:
         self.array[index] = 1
@@ -390,15 +348,16 @@ class Prediction:
         return ImageStore(self.path / "mask", self.group["mask"])
 
     @property
+    def parts(self) -> list[ImageStore]:
+        return ([self.probability] if self.probability is not None else []) + [self.mask]
+
+    @property
     def volseg(self) -> dict:
         return dict(self.group.attrs.get("volseg", {}))
 
     @property
     def complete(self) -> bool:
-        if not self.volseg.get("complete"):
-            return False
-        parts = [self.mask] + ([self.probability] if self.probability is not None else [])
-        return all(p.complete for p in parts)
+        return bool(self.volseg.get("complete")) and all(p.complete for p in self.parts)
 
     @property
     def threshold(self) -> float | None:
@@ -428,17 +387,21 @@ def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bo
     return Prediction(Path(path), root)
 
 
+def _is_prediction(group: zarr.Group, path: Path) -> bool:
+    return read_node(path / "mask") is not None
+
+
 def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> Prediction:
     """Open a prediction store; :class:`InputError` if missing, not one, or unfinished."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such prediction store")
-    if not _is_zarr_store(path):
-        raise InputError(f"{path}: not a Zarr store (no zarr.json); make one with `volseg predict`")
-    g = zarr.open_group(str(path), mode=mode)
-    if "mask" not in g:
+    g = open_group(path, mode=mode, what="prediction store", made_by="volseg predict")
+    if not _is_prediction(g, path):
         raise InputError(f"{path}: not a volseg prediction store (no 'mask' group)")
     pred = Prediction(path, g)
+    for part in ("probability", "mask"):
+        if read_node(path / part) is not None and read_node(path / part / "0") is None:
+            raise InputError(f"{path}/{part}: has no array '0'; the store is damaged: "
+                             "recreate it with `volseg predict --overwrite`")
     if require_complete and not pred.complete:
         raise InputError(f"{path}: incomplete prediction (an interrupted `volseg predict`?); "
                          "rerun the same predict command to finish it")
@@ -448,13 +411,9 @@ def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> 
 def open_any(path):
     """Open an image or prediction store for `volseg info` (complete or not)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such store")
-    if not _is_zarr_store(path):
-        raise InputError(f"{path}: not a Zarr store (no zarr.json)")
-    g = zarr.open_group(str(path), mode="r")
-    if "mask" in g:
-        return Prediction(path, g)
+    g = open_group(path)
+    if _is_prediction(g, path):
+        return open_prediction(path, require_complete=False)
     return open_image(path, require_complete=False)
 
 

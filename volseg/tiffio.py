@@ -1,6 +1,6 @@
 """Reading TIFF stacks: finding the frames of a 4D (t, z, y, x) dataset in TIFF files.
 
-Three input forms (DESIGN.md): a folder of 2D frames with time and depth in the file
+Three input forms: a folder of 2D frames with time and depth in the file
 names (``t002_z015.tif``), one multi-page TIFF per time point (several files, or a folder
 of them), or one hyperstack (ImageJ / OME-TIFF, axes from its metadata). Discovery reads
 only file headers; pixels are read frame by frame, inside the tasks that write them,
@@ -42,6 +42,9 @@ class TiffStack:
     layout: str = "frames"
     units: dict = field(default_factory=dict)
     scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    #: The numbers in the file names of each time point and slice, where they are not
+    #: simply 0, 1, 2, ... (``{"t": [1, 2, 3], "z": [0, 1]}``); None otherwise.
+    source_indices: dict | None = None
 
     def frame_name(self, t: int, z: int) -> str:
         fi, idx = self.frames[t][z]
@@ -93,7 +96,7 @@ def _read_frame(tif, idx: tuple[int, ...]) -> np.ndarray:
 def pattern_regex(pattern: str) -> re.Pattern:
     """``t{t}_z{z}`` -> a regex with named integer groups ``t`` and ``z``."""
     if "{t}" not in pattern and "{z}" not in pattern:
-        raise InputError(f"--pattern: {pattern!r} names neither {{t}} nor {{z}}")
+        raise InputError(f"{pattern!r} names neither {{t}} nor {{z}}", param="pattern")
     parts = re.split(r"(\{t\}|\{z\})", pattern)
     rx = "".join(f"(?P<{p[1]}>\\d+)" if p in ("{t}", "{z}") else re.escape(p) for p in parts)
     return re.compile(rx)
@@ -103,7 +106,25 @@ def _natural_key(path: Path):
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", path.name)]
 
 
+#: What ``volseg export`` leaves in a per-frame folder; ``complete`` is false until the
+#: last frame is written (volseg.export writes it).
+EXPORT_MANIFEST = ".volseg-export.json"
+
+
+def _check_not_unfinished_export(folder: Path) -> None:
+    import json
+
+    try:
+        manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(manifest, dict) and not manifest.get("complete", True):
+        raise InputError(f"{folder}: holds an unfinished `volseg export` (interrupted?); rerun "
+                         "that export to finish it before converting the folder")
+
+
 def _list_folder(folder: Path) -> list[Path]:
+    _check_not_unfinished_export(folder)
     files = []
     for p in sorted(folder.iterdir(), key=_natural_key):
         if p.name.startswith("."):
@@ -203,7 +224,7 @@ def _plan_axes(h: _Header, channel: int | None):
             raise InputError(f"{h.path}: has {n} channels (RGB or multichannel, axes {axes}); "
                              f"pick one with --channel 0..{n - 1}")
         if not 0 <= channel < n:
-            raise InputError(f"--channel: {channel} is out of range for {h.path} ({n} channels)")
+            raise InputError(f"{channel} is out of range for {h.path} ({n} channels)", param="channel")
     return t_axis, z_axis, c_axis
 
 
@@ -225,7 +246,48 @@ def _index(h: _Header, t_axis, z_axis, c_axis, t: int, z: int, channel) -> tuple
     return tuple(idx)
 
 
-def discover(inputs, *, pattern: str = DEFAULT_PATTERN, channel: int | None = None) -> TiffStack:
+def check_numbering(found: dict, *, where, allow_gaps: bool) -> dict | None:
+    """Refuse gaps in the numbers of time points or slices found in file names.
+
+    Parameters
+    ----------
+    found : dict
+        ``{"t": sorted numbers, "z": sorted numbers}`` as read from the file names.
+    where : str
+        The folder or files, for the message.
+    allow_gaps : bool
+        Accept gaps: indices then map in sorted order (the i-th number found becomes
+        index i), and the numbers are recorded.
+
+    Returns
+    -------
+    dict or None
+        The numbers per axis when they are not exactly 0, 1, 2, ... (to record in the
+        store), else None.
+
+    Raises
+    ------
+    InputError
+        Naming the missing numbers, unless ``allow_gaps``.
+    """
+    for axis, values in found.items():
+        if len(values) < 2 or allow_gaps:
+            continue
+        missing = sorted(set(range(values[0], values[-1] + 1)) - set(values))
+        if missing:
+            shown = ", ".join(str(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            name = "time points" if axis == "t" else "slices"
+            raise InputError(f"{where}: {name} {axis}={shown} are missing ({len(values)} found, "
+                             f"numbered {values[0]}..{values[-1]}); add the missing files, or "
+                             "pass --allow-gaps to number the ones found 0, 1, 2, ... in order "
+                             "(the original numbers are recorded in the store)")
+    if all(list(v) == list(range(len(v))) for v in found.values()):
+        return None
+    return {axis: [int(v) for v in values] for axis, values in found.items()}
+
+
+def discover(inputs, *, pattern: str = DEFAULT_PATTERN, channel: int | None = None,
+             allow_gaps: bool = False) -> TiffStack:
     """Find the frames of a dataset given the INPUT paths of ``volseg convert``.
 
     Parameters
@@ -236,6 +298,8 @@ def discover(inputs, *, pattern: str = DEFAULT_PATTERN, channel: int | None = No
         File-name pattern of per-frame files, with ``{t}`` and/or ``{z}``.
     channel : int, optional
         Channel to take from RGB or multichannel files.
+    allow_gaps : bool
+        Accept missing numbers in the file names (see :func:`check_numbering`).
     """
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -256,10 +320,10 @@ def discover(inputs, *, pattern: str = DEFAULT_PATTERN, channel: int | None = No
     plane_first = _plane(headers[0])
     n_frames = _frames_in(headers[0])
     if len(files) > 1 and n_frames == 1:
-        return _from_frame_files(headers, pattern, channel)
+        return _from_frame_files(headers, pattern, channel, allow_gaps)
     if len(files) == 1:
         return _from_one_file(headers[0], channel)
-    return _from_timepoint_files(headers, plane_first, pattern, channel)
+    return _from_timepoint_files(headers, plane_first, channel, allow_gaps)
 
 
 def _plane(h: _Header) -> tuple[int, int]:
@@ -292,7 +356,7 @@ def _check_planes(headers):
                              f"{headers[0].path.name} ({first[0]}x{first[1]})")
 
 
-def _from_frame_files(headers, pattern, channel) -> TiffStack:
+def _from_frame_files(headers, pattern, channel, allow_gaps) -> TiffStack:
     rx = pattern_regex(pattern)
     found: dict[tuple[int, int], int] = {}
     for i, h in enumerate(headers):
@@ -311,6 +375,8 @@ def _from_frame_files(headers, pattern, channel) -> TiffStack:
     dtype = _stack_dtype(headers)
     ts = sorted({k[0] for k in found})
     zs = sorted({k[1] for k in found})
+    indices = check_numbering({"t": ts, "z": zs}, where=headers[0].path.parent,
+                              allow_gaps=allow_gaps)
     frames = []
     for t in ts:
         row = []
@@ -328,7 +394,8 @@ def _from_frame_files(headers, pattern, channel) -> TiffStack:
     t_ax, z_ax, c_ax = _plan_axes(h0, channel)
     return TiffStack(files=tuple(str(h.path) for h in headers), shape=(len(ts), len(zs), y, x),
                      dtype=dtype, frames=tuple(frames), channel=_sample_channel(h0, c_ax, channel),
-                     layout="frames", units=h0.units, scale=_scale_tuple(h0.scale))
+                     layout="frames", units=h0.units, scale=_scale_tuple(h0.scale),
+                     source_indices=indices)
 
 
 def _sample_channel(h, c_axis, channel):
@@ -351,8 +418,26 @@ def _from_one_file(h: _Header, channel) -> TiffStack:
                      units=h.units, scale=_scale_tuple(h.scale))
 
 
-def _from_timepoint_files(headers, plane, pattern, channel) -> TiffStack:
+def _timepoint_numbers(headers) -> list[int] | None:
+    """The last number in each file name (``embryo2_t007.tif`` -> 7), if all have one."""
+    numbers = []
+    for h in headers:
+        found = re.findall(r"\d+", h.path.stem)
+        if not found:
+            return None
+        numbers.append(int(found[-1]))
+    return numbers if len(set(numbers)) == len(numbers) else None
+
+
+def _from_timepoint_files(headers, plane, channel, allow_gaps) -> TiffStack:
     _check_planes(headers)
+    numbers = _timepoint_numbers(headers)
+    indices = None
+    if numbers is not None:
+        order = np.argsort(numbers, kind="stable")
+        headers = [headers[i] for i in order]
+        indices = check_numbering({"t": sorted(numbers)}, where=headers[0].path.parent,
+                                  allow_gaps=allow_gaps)
     dtype = _stack_dtype(headers)
     nz = _frames_in(headers[0])
     frames = []
@@ -370,4 +455,5 @@ def _from_timepoint_files(headers, plane, pattern, channel) -> TiffStack:
     _, _, c_ax = _plan_axes(h0, channel)
     return TiffStack(files=tuple(str(h.path) for h in headers), shape=(len(headers), nz) + plane,
                      dtype=dtype, frames=tuple(frames), channel=_sample_channel(h0, c_ax, channel),
-                     layout="timepoints", units=h0.units, scale=_scale_tuple(h0.scale))
+                     layout="timepoints", units=h0.units, scale=_scale_tuple(h0.scale),
+                     source_indices=indices)

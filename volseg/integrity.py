@@ -1,0 +1,217 @@
+"""Checked reads: a chunk that is missing, empty or damaged is never read as data.
+
+Zarr returns the fill value for a chunk that is not there, so a deleted shard file
+would read as black frames (or as "no structure" in a truth store) and every number
+computed from it would be silently wrong. volseg therefore writes every chunk, even one
+equal to the fill value (``write_empty_chunks``), and protects each one with a CRC32C
+checksum (the shard index has its own). A store written that way says so in its
+attributes (``volseg.integrity``), and every read of it through :class:`CheckedArray`:
+
+* checks that each shard file the read touches is present and not empty (one ``stat``
+  per shard: the read itself costs far more);
+* turns a failed checksum or decoding into :class:`~volseg.errors.DamagedDataError`
+  naming the store, the array and the frames (t, z) affected.
+
+Stores made by older volseg versions or by other tools carry no such promise: a missing
+chunk there may be a legitimately empty one, so only decoding is checked (and
+``volseg verify`` says so).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DamagedDataError
+
+#: What ``volseg.integrity`` holds for stores whose every chunk is written and checksummed.
+INTEGRITY = {"every_chunk_written": True, "checksum": "crc32c"}
+
+_ADVICE = ("recreate the store (rerun the command that made it) or restore it from a backup; "
+           "`volseg verify` lists every damaged frame")
+
+
+def _box(key, shape) -> tuple[slice, ...]:
+    """The bounding box (one slice per axis, step 1) of a basic-indexing key."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(n for n, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
+    key = key + (slice(None),) * (len(shape) - len(key))
+    box = []
+    for k, n in zip(key, shape):
+        if isinstance(k, slice):
+            start, stop, _ = k.indices(n)
+            box.append(slice(start, max(start, stop)))
+        else:
+            i = int(k) + n if int(k) < 0 else int(k)
+            box.append(slice(i, i + 1))
+    return tuple(box)
+
+
+def _grid_range(box, step) -> list[range]:
+    return [range(s.start // b, -(-s.stop // b)) for s, b in zip(box, step)]
+
+
+def format_frames(frames) -> str:
+    """``{(1, 0), (1, 1), (1, 2), (3, 5)}`` -> ``"t=1 z=0-2; t=3 z=5"`` (at most 6 groups)."""
+    by_t: dict[int, list[int]] = {}
+    for t, z in sorted(frames):
+        by_t.setdefault(t, []).append(z)
+    groups = [f"t={t} z={_runs(zs)}" for t, zs in by_t.items()]
+    text = "; ".join(groups[:6])
+    if len(groups) > 6:
+        text += f"; ... ({len(frames)} frames in {len(groups)} time points)"
+    return text
+
+
+def _runs(values) -> str:
+    out = []
+    for _, grp in itertools.groupby(enumerate(values), key=lambda p: p[1] - p[0]):
+        vals = [v for _, v in grp]
+        out.append(str(vals[0]) if len(vals) == 1 else f"{vals[0]}-{vals[-1]}")
+    return ",".join(out)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Frames of one array that cannot be read, and why."""
+
+    frames: frozenset  # of (t, z)
+    missing: frozenset  # the subset whose chunk data is absent or empty
+
+    def __bool__(self) -> bool:
+        return bool(self.frames)
+
+    def describe(self, label: str) -> str:
+        damaged = self.frames - self.missing
+        parts = []
+        if self.missing:
+            parts.append(f"chunk data missing or empty for frames {format_frames(self.missing)}")
+        if damaged:
+            parts.append(f"damaged chunks (checksum or decoding failed) in frames "
+                         f"{format_frames(damaged)}")
+        return f"{label}: {' and '.join(parts)}; {_ADVICE}"
+
+
+class CheckedArray:
+    """A Zarr array (dims t, z, y, x) whose reads refuse missing or damaged chunks.
+
+    Indexing (ints and slices) reads like the Zarr array; assignment writes every chunk,
+    fill-valued ones included. Other attributes (``shape``, ``dtype``, ``chunks``,
+    ``shards``, ``compressors`` ...) are the Zarr array's. Pickles small (the array's
+    store and path, not its data), so tasks can take it.
+
+    Parameters
+    ----------
+    array : zarr.Array
+    label : str
+        How messages name it (``truth.zarr/0``).
+    require_chunks : bool
+        The store promises that every chunk was written (``volseg.integrity``): a missing
+        or empty chunk file is damage, not emptiness.
+    """
+
+    def __init__(self, array, label: str, *, require_chunks: bool):
+        self.zarray = array
+        self.label = label
+        self.require_chunks = require_chunks
+
+    def __getattr__(self, name):
+        if name in ("zarray", "label", "require_chunks"):  # not yet set (unpickling)
+            raise AttributeError(name)
+        return getattr(self.zarray, name)
+
+    def __repr__(self) -> str:
+        return f"<CheckedArray {self.label} shape={self.zarray.shape} dtype={self.zarray.dtype}>"
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """The unit of storage and of work: one shard (or chunk when unsharded)."""
+        return tuple(self.zarray.shards or self.zarray.chunks)
+
+    def __getitem__(self, key):
+        box = _box(key, self.zarray.shape)
+        if self.require_chunks:
+            missing = self._missing(box)
+            if missing:
+                raise DamagedDataError(Damage(missing, missing).describe(self.label))
+        try:
+            return self.zarray[key]
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            damage = self.damage(box)
+            if damage:
+                raise DamagedDataError(damage.describe(self.label)) from None
+            raise exc
+
+    def __setitem__(self, key, value) -> None:
+        self.zarray.with_config({"write_empty_chunks": True})[key] = value
+
+    # ------------------------------------------------------------------ checks
+
+    def _shard_keys(self, box):
+        step = self.block_shape
+        ranges = _grid_range(box, step)
+        for coords in itertools.product(*ranges):
+            key = self.zarray.metadata.encode_chunk_key(coords)
+            path = self.zarray.store_path.path
+            yield coords, f"{path}/{key}" if path else key
+
+    def _frames_of(self, coords, box, step) -> set:
+        t_lo, z_lo = (max(b.start, c * s) for b, c, s in zip(box[:2], coords[:2], step[:2]))
+        t_hi, z_hi = (min(b.stop, (c + 1) * s) for b, c, s in zip(box[:2], coords[:2], step[:2]))
+        return {(t, z) for t in range(t_lo, t_hi) for z in range(z_lo, z_hi)}
+
+    def _missing(self, box) -> frozenset:
+        """Frames in ``box`` whose shard file is absent or empty (one size query per shard)."""
+        from zarr.core.sync import sync
+
+        store = self.zarray.store_path.store
+        step = self.block_shape
+        lost: set = set()
+        for coords, key in self._shard_keys(box):
+            try:
+                size = sync(store.getsize(key))
+            except FileNotFoundError:
+                size = 0
+            if size == 0:
+                lost |= self._frames_of(coords, box, step)
+        return frozenset(lost)
+
+    def damage(self, box=None) -> Damage:
+        """Every frame in ``box`` (default: all) that is missing, empty or fails to decode.
+
+        Reads chunk by chunk, so it is as slow as reading the data: used to name the
+        frames after a read failed, and by ``volseg verify``.
+        """
+        box = box or tuple(slice(0, n) for n in self.zarray.shape)
+        missing = set(self._missing(box)) if self.require_chunks else set()
+        bad: set = set()
+        chunks = self.zarray.chunks
+        for coords in itertools.product(*_grid_range(box, chunks)):
+            region = tuple(slice(max(b.start, c * s), min(b.stop, (c + 1) * s))
+                           for b, c, s in zip(box, coords, chunks))
+            frames = {(t, z) for t in range(region[0].start, region[0].stop)
+                      for z in range(region[1].start, region[1].stop)}
+            if frames <= missing:
+                continue
+            try:
+                self.zarray[region]
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception:
+                bad |= frames
+        return Damage(frozenset(missing | bad), frozenset(missing))
+
+
+def nonfinite_counts(frames: np.ndarray) -> np.ndarray:
+    """NaN or infinite pixels per frame of a (..., y, x) array (zeros for integer data)."""
+    lead = int(np.prod(frames.shape[:-2])) if frames.ndim > 2 else 1
+    if frames.dtype.kind not in "fc":
+        return np.zeros(lead, dtype=np.int64)
+    return (~np.isfinite(frames)).reshape(lead, -1).sum(axis=1)

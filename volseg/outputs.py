@@ -1,0 +1,375 @@
+"""Where results go: one writer per output, resume, and ``overwrite`` that loses nothing.
+
+Every command that writes a store goes through :func:`open_output`:
+
+* **One writer.** A lock file beside the output (``.NAME.lock``, created with
+  ``O_EXCL``, which is atomic on local disks and on NFS v3+) names the command, host,
+  process and start time. While the writer runs, a thread refreshes the file's
+  modification time every :data:`HEARTBEAT` seconds. A second writer is refused
+  with that information. A lock is stale, and is taken over, when its process is gone
+  (same host) or its heartbeat is older than :data:`STALE_AFTER` seconds (another
+  host: a killed Slurm job, a crashed node). This needs clocks within a minute of each
+  other, which NTP gives every cluster.
+* **Resume.** An unfinished store of the same job (inputs and parameters, see
+  :func:`volseg.store.make_job`) is resumed; anything else is refused unless
+  ``overwrite``.
+* **Overwrite loses nothing.** The new store is built beside the old one
+  (``.NAME.volseg-new``) and swapped in only once complete, so a run that fails or is
+  interrupted leaves the old store as it was (rerunning with ``overwrite`` resumes the
+  new one). Only stores volseg made are replaced, and only entries that Zarr owns are
+  ever deleted: a folder holding anything else is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+#: Seconds between refreshes of a lock's modification time.
+HEARTBEAT = 10.0
+#: A lock whose heartbeat is older than this is stale (its writer died on another host).
+STALE_AFTER = 90.0
+
+_NEW = ".volseg-new"
+_OLD = ".volseg-old"
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}{suffix}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- lock
+
+@dataclass
+class WriterLock:
+    """The lock file that keeps a second writer away from an output."""
+
+    path: Path
+    info: dict
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def acquire(cls, output: Path, *, command: str | None) -> "WriterLock":
+        path = _sibling(output, ".lock")
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
+                "command": command or "volseg"}
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder is not None and not _stale(path, holder):
+                    raise InputError(
+                        f"{output}: another volseg is writing it: `{holder.get('command')}` "
+                        f"(process {holder.get('pid')} on {holder.get('host')}, since "
+                        f"{holder.get('since')}); wait for it to finish, or stop it first")
+                path.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            except OSError as exc:
+                raise InputError(f"{output}: cannot write there ({exc.strerror or exc})") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+            lock = cls(path, info)
+            lock._thread = threading.Thread(target=lock._beat, daemon=True,
+                                            name="volseg-lock-heartbeat")
+            lock._thread.start()
+            return lock
+        raise InputError(f"{output}: cannot take the writer lock {path}; remove it if no "
+                         "volseg is running")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if _read_lock(self.path) == self.info:
+            self.path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # vanished, or half-written by a writer that died at once
+
+
+def _stale(path: Path, holder: dict) -> bool:
+    """The holder is gone: its process ended (same host) or its heartbeat stopped."""
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, OverflowError):
+            pass
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return True
+    return age > STALE_AFTER  # also catches a reused process number on this host
+
+
+# --------------------------------------------------------------------------- ownership
+
+def read_node(path: Path) -> dict | None:
+    """A Zarr v3 node's metadata, or None when ``path`` holds none.
+
+    Raises
+    ------
+    InputError
+        When ``zarr.json`` exists but cannot be read or parsed.
+    """
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        node = json.loads(meta.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {meta.name} ({exc.strerror or exc})") from None
+    except ValueError:
+        raise InputError(f"{meta}: damaged metadata (not valid JSON); restore the store from a "
+                         "backup or recreate it") from None
+    if not isinstance(node, dict):
+        raise InputError(f"{meta}: damaged metadata (not a JSON object)")
+    return node
+
+
+def foreign_entries(path: Path) -> list[Path]:
+    """Files under a Zarr store that Zarr does not own (a user's notes, other data)."""
+    found: list[Path] = []
+
+    def walk(node_dir: Path) -> None:
+        node = read_node(node_dir) or {}
+        for entry in node_dir.iterdir():
+            if entry.name == "zarr.json":
+                continue
+            if node.get("node_type") == "array" and entry.name == "c" and entry.is_dir():
+                continue  # chunk keys: Zarr's
+            if entry.is_dir() and not entry.is_symlink() and (entry / "zarr.json").is_file():
+                walk(entry)
+                continue
+            found.append(entry)
+
+    walk(path)
+    return found
+
+
+def remove_store(path: Path) -> None:
+    """Delete a store volseg made; refuses (and deletes nothing) if it holds other files."""
+    others = foreign_entries(path)
+    if others:
+        raise InputError(f"{path}: holds files that are not part of the store (e.g. "
+                         f"{others[0].relative_to(path)}); volseg deletes only its own stores: "
+                         "move them out first")
+    shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- outputs
+
+@dataclass
+class Output:
+    """An output being written: ``write_path`` is where blocks go until :meth:`commit`."""
+
+    path: Path
+    write_path: Path
+    state: str  # "new" or "resume"
+    lock: WriterLock
+
+    @property
+    def replacing(self) -> bool:
+        return self.write_path != self.path
+
+    def commit(self) -> None:
+        """Put a complete store in place (swapping out the one it replaces)."""
+        if not self.replacing:
+            return
+        old = _sibling(self.path, _OLD)
+        if old.exists():
+            remove_store(old)
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.write_path, self.path)
+        if old.exists():
+            remove_store(old)
+
+
+def _volseg_attrs(path: Path) -> dict | None:
+    node = read_node(path)
+    if node is None:
+        return None
+    attrs = (node.get("attributes") or {}).get("volseg")
+    return attrs if isinstance(attrs, dict) else None
+
+
+def _decide(path: Path, job: dict, overwrite: bool, what: str) -> str:
+    """"new", "resume" or "replace" for an existing store (or an InputError)."""
+    if read_node(path) is None:
+        raise InputError(f"{path}: exists and is not a Zarr store; choose another output path "
+                         "(volseg never deletes it, even with --overwrite)")
+    attrs = _volseg_attrs(path)
+    if attrs is None:
+        raise InputError(f"{path}: a Zarr store not made by volseg is there; volseg never "
+                         "deletes it, even with --overwrite: choose another output path")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: not writable")
+    same_job = (attrs.get("job") or {}).get("fingerprint") == job["fingerprint"]
+    if overwrite:
+        others = foreign_entries(path)
+        if others:
+            raise InputError(f"{path}: holds files that are not part of the store (e.g. "
+                             f"{others[0].relative_to(path)}); volseg replaces only its own "
+                             "stores: move them out, or choose another output path")
+        return "replace"
+    if attrs.get("complete"):
+        raise InputError(f"{path}: already exists and is complete; use --overwrite to replace "
+                         f"it, or choose another {what} path")
+    if same_job:
+        return "resume"
+    raise InputError(f"{path}: an unfinished {what} from other inputs or parameters is there; "
+                     "rerun the original command to finish it, or use --overwrite to start again")
+
+
+def _recover_swap(path: Path) -> None:
+    """Finish or undo a swap that a crash interrupted between its two renames."""
+    old = _sibling(path, _OLD)
+    if not old.exists():
+        return
+    if path.exists():
+        remove_store(old)
+    else:
+        os.replace(old, path)  # the new store is still beside: the old one comes back
+
+
+@contextmanager
+def open_output(path, *, job: dict, overwrite: bool = False, what: str = "output",
+                command: str | None = None):
+    """Take the output ``path`` for writing; yields an :class:`Output`.
+
+    The lock is held until the ``with`` block ends. Call ``Output.commit()`` once the
+    store at ``write_path`` is complete.
+
+    Raises
+    ------
+    InputError
+        The output is a symbolic link, its folder is missing or read-only, another volseg
+        writes it, or what is there may not be replaced (see module docstring).
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise InputError(f"{path}: is a symbolic link; give the real path of the output "
+                         f"({os.path.realpath(path)})")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{path}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: folder {parent} is not writable")
+    lock = WriterLock.acquire(path, command=command)
+    try:
+        _recover_swap(path)
+        if not path.exists():
+            state, write_path = "new", path
+        else:
+            state = _decide(path, job, overwrite, what)
+            write_path = path
+            if state == "replace":
+                write_path = _sibling(path, _NEW)
+                state = "new"
+                attrs = _volseg_attrs(write_path) if write_path.exists() else None
+                if attrs is not None and (attrs.get("job") or {}).get("fingerprint") == \
+                        job["fingerprint"] and not attrs.get("complete"):
+                    state = "resume"
+                elif write_path.exists():
+                    remove_store(write_path)
+        yield Output(path, write_path, state, lock)
+    finally:
+        lock.release()
+
+
+# --------------------------------------------------------------------------- report files
+
+def check_replaceable(path, *, marker, overwrite: bool, what: str) -> None:
+    """Refuse to replace a file volseg did not write, unless ``overwrite``.
+
+    Parameters
+    ----------
+    path : path-like
+        The file about to be written.
+    marker : callable
+        ``marker(path) -> bool``: the existing file is one volseg wrote.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name for the {what}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{path}: folder {parent} does not exist")
+    if path.exists() and not overwrite and not marker(path):
+        raise InputError(f"{path}: exists and was not written by volseg; use --overwrite to "
+                         f"replace it, or choose another {what} path")
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write a whole file or nothing (a full disk never leaves half a report)."""
+    path = Path(path)
+    part = path.with_name(f".{path.name}.part")
+    try:
+        part.write_text(text)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def json_by_volseg(path) -> bool:
+    """A JSON report volseg wrote (an object with ``per_timepoint``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "per_timepoint" in data
+
+
+def csv_by_volseg(path) -> bool:
+    """A per-time-point (or per-slice) CSV volseg wrote: its first column is ``t`` or ``z``."""
+    try:
+        with open(path, newline="") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.split(",")[0].strip() in ("t", "z")
+
+
+def png_by_volseg(path) -> bool:
+    """A PNG figure volseg wrote: its ``Software`` text chunk names volseg."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"Software\x00volseg" in head
+
+
+#: The ``metadata=`` of every figure volseg saves (how :func:`png_by_volseg` knows it).
+def figure_metadata() -> dict:
+    from . import __version__
+
+    return {"Software": f"volseg {__version__}"}
