@@ -126,7 +126,7 @@ def read_cluster(client, pred_path, truth_path, *, with_mask):
 
 
 def read_inprocess(pred_path, truth_path, *, with_mask=False):
-    """Read the arrays block by block in this process (the MEASURED.md anchor; zarr
+    """Read the arrays block by block in this process (the read-only anchor; zarr
     decodes in its own threads)."""
     arrays, blocks = _blocks(pred_path, truth_path, 2, with_mask=with_mask)
     return sum(_read_task(arrays, b) for b in blocks)

@@ -273,68 +273,58 @@ def child_agree(p: dict) -> dict:
 
 
 def child_phases(p: dict) -> dict:
-    """The steps of `volseg.predict.predict_block`, timed one by one in this process."""
+    """The steps of `volseg.predict.predict_block`, timed one by one in this process.
+
+    Calls the library's own steps (``read_block``, ``block_probabilities``,
+    ``write_block``) on the same block grid, halo included, as ``predict`` does.
+    """
     from volseg import store as st
-    from volseg.metrics import quantise, threshold_bin
-    from volseg.predict import cached_model
+    from volseg.blocks import BlockGrid
     from volseg.model import file_sha256, read_model_info
-    from volseg.tiling import default_tile, predict_frames, tile_plan
+    from volseg.predict import (block_probabilities, cached_model, predict_batch_fn,
+                                read_block, write_block)
+    from volseg.tiling import default_tile
 
     work = Path(p["work"])
+    images = str(work / "images.zarr")
     info = read_model_info(p["model"])
     model = cached_model(p["model"], file_sha256(p["model"]), p["precision"])
-    image = st.open_image(work / "images.zarr")
-    shape, block = image.shape, image.block_shape
+    image = st.open_image(images)
+    shape = image.shape
+    halo, multiple = int(info["margin"]), int(info["multiple"])
+    grid = BlockGrid(shape, image.block_shape, halo=(0, 0, halo, halo))
     out = work / "phases.zarr"
     shutil.rmtree(out, ignore_errors=True)
     job = st.make_job("bench-phases", parameters={})
     st.create_prediction(out, shape=shape, chunks=image.chunks, shards=image.shards, job=job,
                          threshold=0.5)
-    pred = st.open_prediction(out, require_complete=False, mode="r+")
-    n = st.n_blocks(shape, block)
-    ledger = st.BlockLedger(pred.group, n)
-    halo, multiple = int(info["margin"]), int(info["multiple"])
     tile = default_tile(shape[2], shape[3], multiple=multiple)
-    plan = tile_plan(shape[2], shape[3], tile=tile, halo=halo, multiple=multiple)
-    clock = {k: 0.0 for k in ("open stores", "zarr read", "tiling+blend", "model", "quantize+mask",
-                              "zarr write prob", "zarr write mask", "ledger")}
+    clock = {k: 0.0 for k in ("zarr read", "tiling+blend+quantize", "model",
+                              "zarr write + ledger")}
+    run_model = predict_batch_fn(model)
 
     def timed_model(batch):
         t0 = time.perf_counter()
-        r = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        r = run_model(batch)
         clock["model"] += time.perf_counter() - t0
         return r
 
-    model.predict_on_batch(np.zeros((BATCH, *plan.tile_shape, 1), np.float32))  # trace
-    blocks = list(range(min(n, p["blocks"])))
+    kw = dict(grid=grid, tile=tile, blend=None, multiple=multiple, batch_size=BATCH)
+    block_probabilities(read_block(images, grid, 0), run_model, i=0, **kw)  # trace
+    blocks = list(range(min(len(grid), p["blocks"])))
     pixels = 0
     total0 = time.perf_counter()
     for i in blocks:
         t0 = time.perf_counter()
-        src = st.open_image(work / "images.zarr").array
-        dst = st.open_prediction(out, require_complete=False, mode="r+")
+        frames = read_block(images, grid, i)
         t1 = time.perf_counter()
-        clock["open stores"] += t1 - t0
-        region = st.block_slices(shape, block, i)
-        frames = np.asarray(src[region[0].start, region[1]], dtype=np.float32)
-        t2 = time.perf_counter()
-        clock["zarr read"] += t2 - t1
+        clock["zarr read"] += t1 - t0
         m0 = clock["model"]
-        prob = predict_frames(frames, timed_model, plan, batch_size=BATCH)
-        t3 = time.perf_counter()
-        clock["tiling+blend"] += (t3 - t2) - (clock["model"] - m0)
-        p8 = quantise(prob)
-        mask = (p8 >= threshold_bin(0.5)).astype(np.uint8)
-        t4 = time.perf_counter()
-        clock["quantize+mask"] += t4 - t3
-        dst.probability.array[region] = p8[None]
-        t5 = time.perf_counter()
-        clock["zarr write prob"] += t5 - t4
-        dst.mask.array[region] = mask[None]
-        t6 = time.perf_counter()
-        clock["zarr write mask"] += t6 - t5
-        ledger.mark_done(i)
-        clock["ledger"] += time.perf_counter() - t6
+        p8 = block_probabilities(frames, timed_model, i=i, **kw)
+        t2 = time.perf_counter()
+        clock["tiling+blend+quantize"] += (t2 - t1) - (clock["model"] - m0)
+        write_block(str(out), grid, i, p8, threshold=0.5, probability=True)
+        clock["zarr write + ledger"] += time.perf_counter() - t2
         pixels += p8.size
     total = time.perf_counter() - total0
     return {"seconds": total, "pixels": pixels, "blocks": len(blocks), "phases": clock}

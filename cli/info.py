@@ -1,5 +1,6 @@
 """volseg info: what a store holds."""
 
+from volseg.errors import InputError
 from volseg.info import describe
 
 from ._progress import say  # noqa: F401
@@ -21,19 +22,25 @@ def run(args) -> int:
     info = describe(args.store)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
-        return 0
-    for line in format_info(info):
-        print(line)
+    else:
+        for line in format_info(info):
+            print(line)
+    if info["damaged"]:  # presence only (one stat per shard); `volseg verify` reads everything
+        raise InputError(info["damaged"][0])
     return 0
 
 
 def format_info(info, indent=""):
-    lines = [f"{indent}{info['path']}  ({info['kind']}, {'complete' if info['complete'] else 'INCOMPLETE'})"]
+    state = "complete" if info["complete"] else "INCOMPLETE"
+    if info.get("damaged"):
+        state += ", DAMAGED: chunks missing"
+    lines = [f"{indent}{info['path']}  ({info['kind']}, {state})"]
     for arr in info.get("arrays", []):
         lines += [f"{indent}  {arr['name']}: shape {arr['shape']} (t, z, y, x), {arr['dtype']}",
                   f"{indent}    chunks {arr['chunks']}, shards {arr['shards']}, codec {arr['codec']}",
                   f"{indent}    stored {_size(arr['stored_bytes'])} of {_size(arr['raw_bytes'])} raw "
-                  f"({arr['ratio']:.1f}x), {'complete' if arr['complete'] else 'INCOMPLETE'}"]
+                  f"({arr['ratio']:.1f}x), {'complete' if arr['complete'] else 'INCOMPLETE'}",
+                  f"{indent}    integrity: {arr['integrity']}"]
         for k, v in arr.get("attributes", {}).items():
             lines.append(f"{indent}    {k}: {v}")
     job = info.get("job") or {}

@@ -18,7 +18,7 @@ def add_parser(sub):
                    help="the image store the prediction was made from")
     p.add_argument("--truth", metavar="TRUTH.zarr", help="binary truth store (`convert --mask`)")
     p.add_argument("--t", default="0", metavar="T",
-                   help="time point(s): 3, 0:4 (stop excluded), 1,3,5 or all (default 0)")
+                   help="time point(s): 3, 0-3 (both ends included), 1,3,5 or all (default 0)")
     p.add_argument("--z", default="0", metavar="Z",
                    help="depth slice(s), same forms as --t (default 0)")
     p.add_argument("-o", "--output", required=True, metavar="FIG.png",

@@ -9,6 +9,7 @@ import tifffile
 from conftest import make_image_store, make_prediction
 from volseg import export as ex
 from volseg import store as st
+from volseg.tiffio import frame_file_name
 from volseg.convert import convert
 from volseg.errors import InputError
 
@@ -95,9 +96,9 @@ def test_pixel_sizes_and_units_survive(tmp_path):
 
 
 def test_frame_names_pad_beyond_three_digits():
-    assert ex.frame_name(7, 3, (10, 5, 1, 1)) == "t007_z003.tif"
-    assert ex.frame_name(7, 3, (1001, 5, 1, 1)) == "t0007_z003.tif"
-    assert ex.frame_name(7, 3, (1000, 5, 1, 1)) == "t007_z003.tif"  # 0..999 fit in 3 digits
+    assert frame_file_name(7, 3, timepoints=10, depth=5) == "t007_z003.tif"
+    assert frame_file_name(7, 3, timepoints=1001, depth=5) == "t0007_z003.tif"
+    assert frame_file_name(7, 3, timepoints=1000, depth=5) == "t007_z003.tif"  # 0..999 fit
 
 
 def test_many_groups_run_in_order_with_progress(tmp_path):

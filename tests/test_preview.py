@@ -10,6 +10,7 @@ from conftest import make_image_store, make_prediction
 from volseg import preview as pv
 from volseg import store as st
 from volseg.errors import InputError
+from volseg.indices import format_ranges, parse_indices
 
 SHAPE = (3, 4, 24, 40)
 
@@ -91,7 +92,7 @@ def test_mask_only_prediction_has_no_probability_panel(stores, cli):
 
 def test_ranges_write_one_file_per_frame_or_a_grid(stores, cli):
     code, stdout, err = cli("preview", stores / "pred.zarr", "--images", stores / "images.zarr",
-                            "--t", "0:2", "--z", "1,3", "-o", stores / "f.png", "-q")
+                            "--t", "0-1", "--z", "1,3", "-o", stores / "f.png", "-q")
     assert code == 0, err
     assert stdout == ""
     names = sorted(p.name for p in stores.glob("f_*.png"))
@@ -128,17 +129,22 @@ def test_dice_and_confusion():
 
 
 @pytest.mark.parametrize("spec,expected", [
-    ("3", [3]), (2, [2]), ("0:4", [0, 1, 2, 3]), ("1,3,5", [1, 3, 5]), ("all", list(range(6))),
-    ("4:", [4, 5]), (":2", [0, 1]), ("0:6:2", [0, 2, 4]), ("1, 1, 0:2", [1, 0]), ([5, 0], [5, 0]),
+    ("3", [3]), (2, [2]), ("0-3", [0, 1, 2, 3]), ("1,3,5", [1, 3, 5]), ("all", list(range(6))),
+    ("4-5", [4, 5]), ("1, 1, 0-1", [1, 0]), ([5, 0], [5, 0]), ("2 - 3", [2, 3]),
 ])
 def test_parse_indices(spec, expected):
-    assert pv.parse_indices(spec, 6) == expected
+    assert parse_indices(spec, 6, param="t") == expected
 
 
-@pytest.mark.parametrize("spec", ["6", "-1", "0:7", "3:3", "x", "1;2", "", "2:1"])
+@pytest.mark.parametrize("spec", ["6", "-1", "0-6", "3-2", "x", "1;2", "", "0:4"])
 def test_parse_indices_rejects(spec):
-    with pytest.raises(InputError, match="--t"):
-        pv.parse_indices(spec, 6)
+    with pytest.raises(InputError, match="^t: "):
+        parse_indices(spec, 6, param="t")
+
+
+def test_format_ranges_round_trips():
+    assert format_ranges([14, 15, 16, 19, 3]) == "3,14-16,19"
+    assert parse_indices(format_ranges([0, 2, 3, 4, 9]), 10, param="t") == [0, 2, 3, 4, 9]
 
 
 # ----------------------------------------------------------------- bad input

@@ -33,7 +33,7 @@ from . import store as st
 from .blocks import frame_runs, run_blocks
 from .errors import InputError
 from .outputs import write_text_atomic
-from .tiffio import EXPORT_MANIFEST
+from .tiffio import EXPORT_MANIFEST, frame_file_name
 
 #: ImageJ reads these pixel types (uint8, uint16, int16, float32).
 IMAGEJ_DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -172,13 +172,6 @@ def _display_range(image: st.ImageStore) -> dict:
 
 # --------------------------------------------------------------------------- outputs
 
-def frame_name(t: int, z: int, shape) -> str:
-    """``tTTT_zZZZ.tif``: 3-digit zero padding, more digits where needed."""
-    wt = max(3, len(str(shape[0] - 1)))
-    wz = max(3, len(str(shape[1] - 1)))
-    return f"t{t:0{wt}d}_z{z:0{wz}d}.tif"
-
-
 def _is_tiff_file(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -273,7 +266,8 @@ def _write_frames(i: int, *, array, grid, out: Path, imagej: bool, meta: dict,
     """
     region = grid.region(i)
     t, zs = region[0].start, region[1]
-    names = [frame_name(t, z, grid.shape) for z in range(zs.start, zs.stop)]
+    names = [frame_file_name(t, z, timepoints=grid.shape[0], depth=grid.shape[1])
+             for z in range(zs.start, zs.stop)]
     if all((out / name).exists() for name in names):
         return 0
     frames = np.asarray(array[t, zs])

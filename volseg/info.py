@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import store as st
+from .integrity import Damage
 
 
 def _describe_array(name: str, image: st.ImageStore) -> dict:
@@ -14,11 +15,15 @@ def _describe_array(name: str, image: st.ImageStore) -> dict:
     codecs = [type(c).__name__ + (f"({c.cname.value}, level {c.clevel})" if hasattr(c, "cname") else "")
               for c in arr.compressors]
     attrs = {k: v for k, v in image.volseg.items()
-             if k not in ("job", "complete", "version", "created", "finished")}
+             if k not in ("job", "complete", "version", "created", "finished", "integrity")}
+    missing = arr.missing_frames() if image.complete else frozenset()
     return {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
             "shards": list(arr.shards) if arr.shards else None, "codec": ", ".join(codecs) or "none",
             "raw_bytes": raw, "stored_bytes": stored, "ratio": raw / max(stored, 1),
-            "complete": image.complete, "attributes": attrs}
+            "complete": image.complete, "attributes": attrs,
+            "integrity": "every chunk written, CRC32C" if image.checksummed else
+                         "not recorded (missing chunks cannot be detected)",
+            "damage": Damage(missing, missing).describe(arr.label) if missing else None}
 
 
 def describe(path) -> dict:
@@ -35,6 +40,7 @@ def describe(path) -> dict:
         meta = obj.volseg
         kind = meta.get("content", "image")
     return {"path": str(path), "kind": kind, "complete": obj.complete, "arrays": arrays,
+            "damaged": [a["damage"] for a in arrays if a["damage"]],
             "job": meta.get("job"), "version": meta.get("version"), "created": meta.get("created"),
             "finished": meta.get("finished"),
             **({"threshold": meta.get("threshold")} if "threshold" in meta else {})}

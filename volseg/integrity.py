@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DamagedDataError
+from .indices import format_ranges
 
 #: What ``volseg.integrity`` holds for stores whose every chunk is written and checksummed.
 INTEGRITY = {"every_chunk_written": True, "checksum": "crc32c"}
@@ -61,19 +62,11 @@ def format_frames(frames) -> str:
     by_t: dict[int, list[int]] = {}
     for t, z in sorted(frames):
         by_t.setdefault(t, []).append(z)
-    groups = [f"t={t} z={_runs(zs)}" for t, zs in by_t.items()]
+    groups = [f"t={t} z={format_ranges(zs)}" for t, zs in by_t.items()]
     text = "; ".join(groups[:6])
     if len(groups) > 6:
         text += f"; ... ({len(frames)} frames in {len(groups)} time points)"
     return text
-
-
-def _runs(values) -> str:
-    out = []
-    for _, grp in itertools.groupby(enumerate(values), key=lambda p: p[1] - p[0]):
-        vals = [v for _, v in grp]
-        out.append(str(vals[0]) if len(vals) == 1 else f"{vals[0]}-{vals[-1]}")
-    return ",".join(out)
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ class CheckedArray:
     def __getitem__(self, key):
         box = _box(key, self.zarray.shape)
         if self.require_chunks:
-            missing = self._missing(box)
+            missing = self.missing_frames(box)
             if missing:
                 raise DamagedDataError(Damage(missing, missing).describe(self.label))
         try:
@@ -167,10 +160,17 @@ class CheckedArray:
         t_hi, z_hi = (min(b.stop, (c + 1) * s) for b, c, s in zip(box[:2], coords[:2], step[:2]))
         return {(t, z) for t in range(t_lo, t_hi) for z in range(z_lo, z_hi)}
 
-    def _missing(self, box) -> frozenset:
-        """Frames in ``box`` whose shard file is absent or empty (one size query per shard)."""
+    def missing_frames(self, box=None) -> frozenset:
+        """Frames in ``box`` (default: all) whose shard file is absent or empty.
+
+        One size query per shard: cheap next to reading the data. Empty for stores that
+        do not promise every chunk (``require_chunks`` false).
+        """
         from zarr.core.sync import sync
 
+        if not self.require_chunks:
+            return frozenset()
+        box = box or tuple(slice(0, n) for n in self.zarray.shape)
         store = self.zarray.store_path.store
         step = self.block_shape
         lost: set = set()
@@ -190,7 +190,7 @@ class CheckedArray:
         frames after a read failed, and by ``volseg verify``.
         """
         box = box or tuple(slice(0, n) for n in self.zarray.shape)
-        missing = set(self._missing(box)) if self.require_chunks else set()
+        missing = set(self.missing_frames(box))
         bad: set = set()
         chunks = self.zarray.chunks
         for coords in itertools.product(*_grid_range(box, chunks)):

@@ -87,33 +87,65 @@ def predict_batch_fn(model):
     return run
 
 
-def predict_block(i: int, *, images: str, out: str, model_path: str, sha: str, precision: str,
-                  tile, blend: int | None, multiple: int, threshold: float,
-                  probability: bool, grid: BlockGrid, batch_size: int) -> int:
-    """Predict block ``i`` of ``images`` into the prediction store ``out``; returns pixels."""
-    model = cached_model(model_path, sha, precision)
-    region, box = grid.region(i), grid.read_box(i)
-    t, zs, ys, xs = region
+def read_block(images: str, grid: BlockGrid, i: int) -> np.ndarray:
+    """Block ``i``'s read box of the image store as float32 frames (z, y, x).
+
+    Raises
+    ------
+    DamagedDataError
+        A missing or damaged chunk, or NaN / infinite pixels (the model would turn them
+        into garbage around each one).
+    """
+    box = grid.read_box(i)
     frames = np.asarray(st.open_image(images).array[box], dtype=np.float32)[0]
     bad = nonfinite_counts(frames)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise DamagedDataError(f"{images}/0: frame t={t.start} z={zs.start + k} holds "
+        raise DamagedDataError(f"{images}/0: frame t={box[0].start} z={box[1].start + k} holds "
                                f"{int(bad[k])} NaN or infinite pixel(s); the model would turn "
                                "them into garbage: fix the image store (e.g. `volseg convert "
                                "--nonfinite VALUE`)")
+    return frames
+
+
+def block_probabilities(frames: np.ndarray, run_model, *, grid: BlockGrid, i: int, tile,
+                        blend: int | None, multiple: int, batch_size: int) -> np.ndarray:
+    """The uint8 probabilities (value / 255) of block ``i``'s region from its read box.
+
+    ``run_model`` maps a ``(b, H, W, 1)`` float32 batch to probabilities
+    (:func:`predict_batch_fn`).
+    """
+    region, box = grid.region(i), grid.read_box(i)
     plan = tile_plan(box[2].stop - box[2].start, box[3].stop - box[3].start, tile=tile,
                      halo=grid.halo[2], blend=blend, multiple=multiple)
-    prob = predict_frames(frames, predict_batch_fn(model), plan, batch_size=batch_size)
+    prob = predict_frames(frames, run_model, plan, batch_size=batch_size)
+    ys, xs = region[2], region[3]
     prob = prob[:, ys.start - box[2].start: ys.stop - box[2].start,
                 xs.start - box[3].start: xs.stop - box[3].start]
-    p8 = quantise(prob)
+    return quantise(prob)
+
+
+def write_block(out: str, grid: BlockGrid, i: int, p8: np.ndarray, *, threshold: float,
+                probability: bool) -> None:
+    """Write block ``i``'s probability and mask, then mark it done in the ledger."""
+    region = grid.region(i)
     level = threshold_bin(threshold)  # evaluate's rule, so mask and histogram agree
     pred = st.open_prediction(out, require_complete=False, mode="r+")
     if probability:
         pred.probability.array[region] = p8[None]
     pred.mask.array[region] = (p8 >= level).astype(np.uint8)[None]
     st.BlockLedger(pred.group, len(grid)).mark_done(i)
+
+
+def predict_block(i: int, *, images: str, out: str, model_path: str, sha: str, precision: str,
+                  tile, blend: int | None, multiple: int, threshold: float,
+                  probability: bool, grid: BlockGrid, batch_size: int) -> int:
+    """Process function: predict block ``i`` of ``images`` into ``out``; returns pixels."""
+    model = cached_model(model_path, sha, precision)
+    frames = read_block(images, grid, i)
+    p8 = block_probabilities(frames, predict_batch_fn(model), grid=grid, i=i, tile=tile,
+                             blend=blend, multiple=multiple, batch_size=batch_size)
+    write_block(out, grid, i, p8, threshold=threshold, probability=probability)
     return int(p8.size)
 
 

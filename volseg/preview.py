@@ -20,6 +20,7 @@ import numpy as np
 
 from . import store as st
 from .errors import InputError
+from .indices import parse_indices
 from .outputs import figure_metadata
 
 #: Okabe-Ito colours (RGB 0..1) and how opaque each class is drawn on the image.
@@ -46,58 +47,6 @@ _FOOTER = 0.50     # legend and probability colour bar
 
 
 # --------------------------------------------------------------------------- frame choice
-
-def parse_indices(spec, n: int, *, option: str = "--t", axis: str = "time point") -> list[int]:
-    """Frame numbers from ``3``, ``"0:4"`` (stop excluded), ``"0:10:2"``, ``"1,3,5"`` or ``"all"``.
-
-    Parameters
-    ----------
-    spec : int, sequence of int, or str
-        Comma-separated items, each a number or a ``START:STOP[:STEP]`` range (an empty
-        START is 0, an empty STOP is ``n``).
-    n : int
-        Length of the axis.
-    option, axis : str
-        For error messages.
-
-    Raises
-    ------
-    InputError
-        Malformed text, or indices outside ``0..n-1``.
-    """
-    last = f"the last {axis} is {n - 1}" if n else f"there are no {axis}s"
-    if isinstance(spec, (int, np.integer)):
-        items: list[int] = [int(spec)]
-    elif isinstance(spec, str):
-        text = spec.strip().lower()
-        if text == "all":
-            return list(range(n))
-        items = []
-        for part in text.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(-?\d*):(-?\d*)(?::(\d+))?", part)
-            try:
-                if m:
-                    start = int(m.group(1)) if m.group(1) else 0
-                    stop = int(m.group(2)) if m.group(2) else n
-                    step = int(m.group(3)) if m.group(3) else 1
-                    if step < 1 or start < 0 or stop > n or start >= stop:
-                        raise InputError(f"{option}: range {part!r} is outside 0:{n} or empty "
-                                         f"({last}; ranges stop before STOP, like Python)")
-                    items.extend(range(start, stop, step))
-                else:
-                    items.append(int(part))
-            except ValueError:
-                raise InputError(f"{option}: {spec!r} is not a frame number, a range like 0:4, "
-                                 "a list like 1,3,5 or 'all'") from None
-    else:
-        items = [int(i) for i in spec]
-    if not items:
-        raise InputError(f"{option}: {spec!r} selects no {axis}")
-    for i in items:
-        if not 0 <= i < n:
-            raise InputError(f"{option}: {axis} {i} is out of range ({last})")
-    return list(dict.fromkeys(items))  # unique, in the order given
 
 
 # --------------------------------------------------------------------------- per-frame data
@@ -348,7 +297,8 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
     truth : path-like, optional
         A binary truth store: adds the ground-truth panel, the error overlay and Dice.
     t, z : int, sequence of int, or str
-        Frames to show, see :func:`parse_indices` (``"0:4"``, ``"1,3,5"``, ``"all"``).
+        Frames to show, see :func:`volseg.indices.parse_indices` (``"0-3"``, ``"1,3,5"``,
+        ``"all"``).
     out : path-like
         Figure file (.png, .pdf or .svg). Several frames without ``grid`` write one
         file per frame, ``OUT_t000_z003.png``.
@@ -369,8 +319,8 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
     out = _check_output(out)
     p, im, gt = open_inputs(pred, images, truth)
     shape = p.mask.shape
-    ts = parse_indices(t, shape[0], option="--t", axis="time point")
-    zs = parse_indices(z, shape[1], option="--z", axis="depth slice")
+    ts = parse_indices(t, shape[0], param="t", axis="time point")
+    zs = parse_indices(z, shape[1], param="z", axis="depth slice")
     pairs = [(ti, zi) for ti in ts for zi in zs]
     if grid and len(pairs) > MAX_GRID_ROWS:
         raise InputError(f"--grid: {len(pairs)} frames make too many rows (at most "

@@ -93,6 +93,17 @@ def _read_frame(tif, idx: tuple[int, ...]) -> np.ndarray:
     return tif.asarray(series=0, key=page)
 
 
+def frame_file_name(t: int, z: int, *, timepoints: int, depth: int) -> str:
+    """File name of frame (t, z) in the default pattern: ``tTTT_zZZZ.tif``.
+
+    Zero-padded to 3 digits, more where the series needs them, so names sort in order.
+    ``volseg synth`` and ``volseg export`` write it; ``volseg convert`` reads it.
+    """
+    tw = max(3, len(str(max(timepoints - 1, 0))))
+    zw = max(3, len(str(max(depth - 1, 0))))
+    return f"t{t:0{tw}d}_z{z:0{zw}d}.tif"
+
+
 def pattern_regex(pattern: str) -> re.Pattern:
     """``t{t}_z{z}`` -> a regex with named integer groups ``t`` and ``z``."""
     if "{t}" not in pattern and "{z}" not in pattern:

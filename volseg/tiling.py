@@ -67,8 +67,8 @@ __all__ = [
     "DEFAULT_TILE_SIDE",
 ]
 
-#: A whole padded frame up to this many pixels is predicted as one tile. MEASURED.md:
-#: the U-Net's throughput on 2 CPU cores is flat from 256^2 to 1024^2 (1.7-1.85 Mpx/s
+#: A whole padded frame up to this many pixels is predicted as one tile. Measured
+#: (docs/decisions.md, "predict"): the U-Net's throughput on 2 CPU cores is flat from 256^2 to 1024^2 (1.7-1.85 Mpx/s
 #: fp32), so one tile per frame costs nothing in speed and needs no overlap at all;
 #: 1.1 Mpx keeps peak memory near the measured 1024^2 figures (3.7 GB at batch 8 fp32).
 DEFAULT_MAX_PIXELS = 1_100_000
@@ -261,7 +261,7 @@ def default_tile(
     """Largest tile shape to use for frames of ``height x width``.
 
     The whole frame (padded to ``multiple``) when that has at most ``max_pixels``
-    pixels: throughput does not depend on tile size (MEASURED.md), and one tile per
+    pixels: throughput does not depend on tile size (docs/decisions.md), and one tile per
     frame needs no overlap. Otherwise ``side x side`` tiles (1024 by default: same
     speed as smaller tiles, less overlap overhead); an axis that fits within ``side``
     is kept whole and the other axis gets the rest of the ``max_pixels`` budget.
