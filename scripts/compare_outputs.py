@@ -1,0 +1,119 @@
+"""Check that a refactoring changed no result: run convert, predict and evaluate with two
+source trees of volseg on the same data, and compare what they wrote.
+
+    python scripts/compare_outputs.py OLD_TREE [NEW_TREE] [--work DIR]
+
+OLD_TREE / NEW_TREE are checkouts (e.g. ``git worktree add /tmp/old REV``); NEW_TREE
+defaults to this repository. Both run with this interpreter's packages (TensorFlow,
+zarr ...), each in its own subprocess that imports volseg from its tree. Data: a small
+``volseg synth`` series (2 time points x 4 slices x 160 x 224), images and labels; a
+tiny seeded U-Net (filters 4, depth 2) made once and used by both.
+
+Compared: the decoded arrays of the image store, the truth store, the prediction's
+probability and mask (exactly equal), and the evaluation reports (every key except
+timings and paths). Stored bytes may differ on purpose (a codec change): the script
+says whether they do. Exit 0 when every result is identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = r"""
+import json, os, sys, tempfile
+tree, data, out = sys.argv[1:4]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# import volseg from TREE, not from the installed (editable) one
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+links = tempfile.mkdtemp()
+os.symlink(os.path.join(tree, "volseg"), os.path.join(links, "volseg"))
+os.symlink(os.path.join(tree, "cli"), os.path.join(links, "volseg_cli"))
+sys.path.insert(0, links)
+import volseg
+assert volseg.__file__.startswith(links), volseg.__file__
+from volseg.convert import convert
+from volseg.predict import predict
+from volseg.evaluate import evaluate
+convert([os.path.join(data, "images")], os.path.join(out, "images.zarr"))
+convert([os.path.join(data, "labels")], os.path.join(out, "truth.zarr"), mask=True)
+predict(os.path.join(out, "images.zarr"), os.path.join(data, "model.keras"),
+        os.path.join(out, "pred.zarr"), threshold=0.5)
+report = evaluate(os.path.join(out, "pred.zarr"), os.path.join(out, "truth.zarr"))
+with open(os.path.join(out, "report.json"), "w") as fh:
+    json.dump(report, fh, default=str)
+"""
+
+_VOLATILE = {"seconds", "voxels_per_second", "prediction", "truth", "roi", "blocks"}
+
+
+def _prepare(data: Path) -> None:
+    if (data / "model.keras").exists():
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_tiny_model
+    from volseg.synth import write_synth
+
+    write_synth(data, timepoints=2, depth=4, height=160, width=224, seed=5)
+    make_tiny_model(data / "model.keras", depth=2, filters=4)
+
+
+def _arrays(out: Path) -> dict:
+    import numpy as np
+    import zarr
+
+    found = {}
+    for name in ("images.zarr/0", "truth.zarr/0", "pred.zarr/probability/0", "pred.zarr/mask/0"):
+        found[name] = np.asarray(zarr.open_array(str(out / name), mode="r")[...])
+    return found
+
+
+def _stored(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("c/**/*"))
+            if p.is_file()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path, nargs="?", default=ROOT)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench-output" / "compare")
+    args = ap.parse_args(argv)
+    import numpy as np
+
+    data = args.work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    _prepare(data)
+    outs = {}
+    for tag, tree in (("old", args.old), ("new", args.new)):
+        out = args.work / tag
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        out.mkdir(parents=True)
+        subprocess.run([sys.executable, "-c", _CHILD, str(tree.resolve()), str(data), str(out)],
+                       check=True)
+        outs[tag] = out
+    same = True
+    a_old, a_new = _arrays(outs["old"]), _arrays(outs["new"])
+    for name in a_old:
+        equal = a_old[name].shape == a_new[name].shape and np.array_equal(a_old[name], a_new[name])
+        same &= equal
+        print(f"{name:28} {'identical' if equal else 'DIFFERENT'}  {a_old[name].shape}")
+    r_old = json.loads((outs["old"] / "report.json").read_text())
+    r_new = json.loads((outs["new"] / "report.json").read_text())
+    keys = sorted((set(r_old) | set(r_new)) - _VOLATILE)
+    differ = [k for k in keys if r_old.get(k) != r_new.get(k)]
+    same &= not differ
+    print(f"{'evaluate report':28} {'identical' if not differ else 'DIFFERENT: ' + ', '.join(differ)}"
+          f"  ({len(keys)} keys)")
+    s_old, s_new = _stored(outs["old"]), _stored(outs["new"])
+    print(f"{'stored chunk bytes':28} {'identical' if s_old == s_new else 'differ (codec or layout change)'}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
