@@ -39,6 +39,13 @@ def _rebuild(cls, message, param):
     return cls(message, param=param)
 
 
+class OperationalError(InputError):
+    """The machine's state, not the input (a full disk, a permission): fix it and rerun.
+
+    Work done so far is kept, so the rerun resumes.
+    """
+
+
 class DamagedDataError(InputError):
     """A store's chunk is missing, empty or fails its checksum: never computed on.
 
@@ -61,7 +68,7 @@ _OPERATIONAL = {
 }
 
 
-def operational_error(exc: OSError) -> InputError | None:
+def operational_error(exc: OSError) -> OperationalError | None:
     """An :class:`OSError` that the user can fix (full disk, permissions) as one line.
 
     Returns None for other errors (those are bugs and keep their traceback).
@@ -72,6 +79,6 @@ def operational_error(exc: OSError) -> InputError | None:
     if name not in _OPERATIONAL:
         return None
     where = exc.filename or ""
-    err = InputError(f"{where + ': ' if where else ''}{_OPERATIONAL[name]}")
+    err = OperationalError(f"{where + ': ' if where else ''}{_OPERATIONAL[name]}")
     err.__cause__ = None
     return err

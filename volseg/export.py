@@ -221,7 +221,7 @@ def _prepare_folder(out: Path, *, source: dict, overwrite: bool) -> bool:
     frames = [p for p in entries if FRAME_RE.match(p.name)]
     if not overwrite:
         if manifest is not None and not manifest.get("complete") and \
-                manifest.get("source") == source:
+                {k: manifest.get(k) for k in source} == source:
             return True
         if frames or manifest is not None:
             state = "a complete export" if (manifest or {}).get("complete") else \

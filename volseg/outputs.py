@@ -222,6 +222,8 @@ def _volseg_attrs(path: Path) -> dict | None:
 
 def _decide(path: Path, job: dict, overwrite: bool, what: str) -> str:
     """"new", "resume" or "replace" for an existing store (or an InputError)."""
+    if path.is_dir() and not any(path.iterdir()):
+        return "new"  # an empty folder (made by the user, or left by a failed start)
     if read_node(path) is None:
         raise InputError(f"{path}: exists and is not a Zarr store; choose another output path "
                          "(volseg never deletes it, even with --overwrite)")
@@ -299,9 +301,50 @@ def open_output(path, *, job: dict, overwrite: bool = False, what: str = "output
                     state = "resume"
                 elif write_path.exists():
                     remove_store(write_path)
-        yield Output(path, write_path, state, lock)
+        output = Output(path, write_path, state, lock)
+        try:
+            yield output
+        except BaseException as exc:
+            if state == "new" and _worthless(write_path, exc):
+                _discard(write_path)
+            raise
     finally:
         lock.release()
+
+
+def _blocks_done(store: Path) -> int:
+    """Blocks marked done in a store's ledger (its chunk files; 0 without a ledger)."""
+    from .store import LEDGER
+
+    ledger = store / LEDGER / "c"
+    return sum(1 for p in ledger.iterdir() if p.name.isdigit()) if ledger.is_dir() else 0
+
+
+def _worthless(store: Path, exc: BaseException) -> bool:
+    """A store this run created is not worth keeping for a resume after ``exc``.
+
+    Bad input (NaN pixels, a mask with other values, a damaged model) needs a rerun
+    with other inputs or parameters, which could not resume it anyway: keeping it would
+    only block that rerun. An interruption or a full disk keeps whatever blocks are
+    done, so the same command resumes; with none done there is nothing to keep.
+    """
+    from .errors import OperationalError
+
+    if isinstance(exc, InputError) and not isinstance(exc, OperationalError):
+        return True
+    try:
+        return _blocks_done(store) == 0
+    except OSError:
+        return False
+
+
+def _discard(store: Path) -> None:
+    """Remove a store this run created (only Zarr's own entries; never raises)."""
+    try:
+        if store.exists() and not foreign_entries(store):
+            shutil.rmtree(store)
+    except (OSError, InputError):
+        pass
 
 
 # --------------------------------------------------------------------------- report files

@@ -28,6 +28,7 @@ import numpy as np
 from . import store as st
 from .blocks import BlockGrid, run_blocks
 from .errors import DamagedDataError, InputError
+from .forest import FeatureSpec, forest_probabilities, load_forest, tile_features
 from .integrity import nonfinite_counts
 from .metrics import quantise, threshold_bin
 from .model import file_sha256, read_model_info
@@ -213,28 +214,24 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     image = st.open_image(images)
     info = read_model_info(model)
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
-    multiple = int(info.get("multiple", 16))
-    halo = int(info.get("margin", 32)) if halo is None else int(halo)
-    shape = image.shape
-    grid = BlockGrid(shape, image.block_shape, halo=(0, 0, halo, halo))
-    if tile is None:
-        tile = default_tile(min(shape[2], grid.block[2] + 2 * halo),
-                            min(shape[3], grid.block[3] + 2 * halo), multiple=multiple)
-    tile = tuple(int(v) for v in tile)
     if log and str(image.dtype) != info.get("input_dtype", str(image.dtype)):
         log(f"warning: {images} is {image.dtype} but the model was trained on "
             f"{info.get('input_dtype')} images; predicting anyway (raw intensities go "
             f"through the model's normalisation {info.get('normalization')})")
     model = str(Path(model).resolve())
     sha = file_sha256(model)
+    if info.get("kind", "unet") == "forest":
+        method = _forest_method(info, halo=halo)
+    else:
+        method = _unet_method(info, image.shape, image.block_shape, precision=precision,
+                              tile=tile, halo=halo, blend=blend, batch_size=batch_size)
+    shape = image.shape
+    grid = BlockGrid(shape, image.block_shape, halo=(0, 0, method["halo"], method["halo"]))
     parameters = {"model_sha256": sha, "threshold": threshold, "probability": probability,
-                  "precision": precision, "tile": list(tile), "halo": halo, "blend": blend,
-                  "batch_size": batch_size}
+                  **method["parameters"]}
     sources = [{"path": str(Path(images).resolve()),
                 "fingerprint": image.volseg.get("job", {}).get("fingerprint")}]
     job = st.make_job("predict", parameters=parameters, sources=sources, command=command)
-    plan_desc = tile_plan(grid.block[2], grid.block[3], tile=tile, halo=halo, blend=blend,
-                          multiple=multiple).as_dict()
     with open_output(out, job=job, overwrite=overwrite, what="prediction",
                      command=command) as dest:
         if dest.state == "new":
@@ -242,9 +239,10 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
                                  shards=image.shards, job=job, probability=probability,
                                  threshold=threshold,
                                  extra={"model": {"path": model, "sha256": sha,
+                                                  "kind": info.get("kind", "unet"),
                                                   "training": info.get("training", {}),
                                                   "provenance": info.get("provenance", {})},
-                                        "tiling": plan_desc, "precision": precision,
+                                        **method["extra"],
                                         "mask_rule": f"probability_u8 >= {threshold_bin(threshold)}"})
         pred = st.open_prediction(dest.write_path, require_complete=False, mode="r+")
         ledger = st.BlockLedger(pred.group, len(grid))
@@ -253,13 +251,11 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, "
                 f"{len(todo)} of {len(grid)} blocks to predict (threshold {threshold:g}, "
-                f"{precision}, tiles {plan_desc['tile_shape']} per frame grid {plan_desc['grid']})")
-        task = functools.partial(predict_block, images=str(images), out=str(dest.write_path),
-                                 model_path=model, sha=sha, precision=precision, tile=tile,
-                                 blend=blend, multiple=multiple, threshold=threshold,
-                                 probability=probability, grid=grid, batch_size=batch_size)
-        # In this process, one block at a time: TensorFlow already uses every core.
-        run_blocks(task, todo, client=client, threads=1 if client is None else None,
+                f"{method['describe']})")
+        task = functools.partial(method["process"], images=str(images), out=str(dest.write_path),
+                                 model_path=model, sha=sha, threshold=threshold,
+                                 probability=probability, grid=grid, **method["kwargs"])
+        run_blocks(task, todo, client=client, threads=method["threads"] if client is None else None,
                    progress=progress, resources=resources, done_before=len(grid) - len(todo),
                    total=len(grid), grid=grid)
         for part in pred.parts:
@@ -268,4 +264,70 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
         dest.commit()
     return {"path": str(out), "shape": shape, "blocks": len(grid), "computed": len(todo),
             "skipped": len(grid) - len(todo), "threshold": threshold,
-            "pixels": int(np.prod(shape)), "precision": precision, "tiling": plan_desc}
+            "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"),
+            "precision": method["extra"].get("precision"), "tiling": method["extra"].get("tiling")}
+
+
+def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batch_size) -> dict:
+    """How a U-Net predicts: tiles through the model, one block at a time per process."""
+    multiple = int(info.get("multiple", 16))
+    halo = int(info.get("margin", 32)) if halo is None else int(halo)
+    by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
+    if tile is None:
+        tile = default_tile(min(shape[2], by + 2 * halo), min(shape[3], bx + 2 * halo),
+                            multiple=multiple)
+    tile = tuple(int(v) for v in tile)
+    plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
+    return {"halo": halo, "process": predict_block, "threads": 1,  # TF uses every core
+            "kwargs": dict(precision=precision, tile=tile, blend=blend, multiple=multiple,
+                           batch_size=batch_size),
+            "parameters": {"precision": precision, "tile": list(tile), "halo": halo,
+                           "blend": blend, "batch_size": batch_size},
+            "extra": {"tiling": plan, "precision": precision},
+            "describe": f"{precision}, tiles {plan['tile_shape']} per frame grid {plan['grid']}"}
+
+
+def _forest_method(info, *, halo) -> dict:
+    """How a forest predicts: features per tile with their halo, blocks on every core."""
+    spec = FeatureSpec.from_dict(info["features"])
+    halo = spec.halo if halo is None else int(halo)
+    if halo < spec.halo:
+        raise InputError(f"must be at least {spec.halo} for this forest (its largest filter "
+                         "reaches that far), or left out", param="halo")
+    return {"halo": halo, "process": forest_block, "threads": None,
+            "kwargs": dict(spec=spec.as_dict()),
+            "parameters": {"halo": halo, "features": spec.as_dict()},
+            "extra": {"features": spec.as_dict()},
+            "describe": f"random forest on {spec.n_features} features"}
+
+
+_FORESTS: dict = {}
+
+
+def cached_forest(model_path: str, sha: str):
+    """The forest of ``sha``, loaded at most once in this process."""
+    with _MODEL_LOCK:
+        if sha not in _FORESTS:
+            _FORESTS[sha] = load_forest(model_path)[0]
+            LOADS["count"] += 1
+        return _FORESTS[sha]
+
+
+def forest_block(i: int, *, images: str, out: str, model_path: str, sha: str, spec: dict,
+                 threshold: float, probability: bool, grid: BlockGrid) -> int:
+    """Process function: a forest's prediction of block ``i``; returns pixels."""
+    forest = cached_forest(model_path, sha)
+    spec = FeatureSpec.from_dict(spec)
+    frames = read_block(images, grid, i)
+    region, box = grid.region(i), grid.read_box(i)
+    ys = slice(region[2].start - box[2].start, region[2].stop - box[2].start)
+    xs = slice(region[3].start - box[3].start, region[3].stop - box[3].start)
+    prob = np.empty((len(frames), ys.stop - ys.start, xs.stop - xs.start), np.float32)
+    for k, frame in enumerate(frames):
+        for ty, tx, feats in tile_features(lambda a, b: frame[a, b], *frame.shape, spec,
+                                           ys=ys, xs=xs):
+            prob[k, ty.start - ys.start: ty.stop - ys.start,
+                 tx.start - xs.start: tx.stop - xs.start] = forest_probabilities(forest, feats)
+    p8 = quantise(prob)
+    write_block(out, grid, i, p8, threshold=threshold, probability=probability)
+    return int(p8.size)
