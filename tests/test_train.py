@@ -10,15 +10,8 @@ import pytest
 from volseg.errors import InputError
 from volseg.model import file_sha256, load_model, read_model_info
 from volseg.store import create_image, finish, make_job, open_image
-from volseg.train import (
-    BINS,
-    best_threshold,
-    dice_at,
-    dice_curve,
-    make_loss,
-    probability_bins,
-    train,
-)
+from volseg.metrics import quantise, threshold_bin
+from volseg.train import make_loss, train
 
 TINY = ["--filters", "4", "--depth", "2", "--patch", "32", "--batch", "4"]
 
@@ -70,26 +63,6 @@ def trained(data):
                  "--steps-per-epoch", "8", "--learning-rate", "0.003", "-q", *TINY])
     assert code == 0
     return out
-
-
-def test_dice_curve_matches_brute_force():
-    rng = np.random.default_rng(0)
-    prob = rng.random(5000).astype(np.float32)
-    truth = rng.random(5000) < prob ** 2
-    bins = probability_bins(prob)
-    fg = np.bincount(bins[truth], minlength=BINS)
-    bg = np.bincount(bins[~truth], minlength=BINS)
-    thresholds, dice = dice_curve(fg, bg)
-    for k in (1, 100, 512, 700, 1023):
-        pred = prob >= thresholds[k - 1]
-        ref = 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
-        assert dice[k - 1] == pytest.approx(ref, abs=1e-12)
-        assert dice_at(fg, bg, thresholds[k - 1]) == pytest.approx(ref, abs=1e-12)
-    thr, best = best_threshold(fg, bg)
-    assert best == pytest.approx(np.nanmax(dice))
-    assert thr == pytest.approx(thresholds[np.nanargmax(dice)])
-    empty = np.zeros(BINS)
-    assert best_threshold(empty, empty)[0] == 0.5
 
 
 def test_losses_respect_weights():
@@ -149,17 +122,19 @@ def test_stored_threshold_maximises_val_dice(trained, data):
     # Validation = time point 2, inside the ROI; 48 is a multiple of 4: one tile, no padding.
     prob = np.asarray(model.predict_on_batch(images[2, :, :, :, None].astype(np.float32)))[..., 0]
     inside = np.broadcast_to(roi[0, 0] > 0, prob.shape)
-    p, truth = prob[inside], labels[2][inside].astype(bool)
+    # As `volseg predict` stores them: uint8 levels, mask = level >= threshold_bin(t).
+    p, truth = quantise(prob)[inside], labels[2][inside].astype(bool)
 
-    def dice(thr):
-        pred = p >= thr
+    def dice(level):
+        pred = p >= level
         return 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
 
     stored = info["threshold"]
-    best = dice(stored)
-    grid = [dice(k / BINS) for k in range(1, BINS)]
-    assert best >= max(grid) - 1e-12  # exact over the 1/1024 grid
-    assert best >= dice(0.5)
+    level = threshold_bin(stored)
+    assert stored == level / 255  # the stored threshold names exactly one level
+    best = dice(level)
+    assert best >= max(dice(k) for k in range(256)) - 1e-12  # exact over every level
+    assert best >= dice(threshold_bin(0.5))
     assert info["training"]["val_dice"] == pytest.approx(best, abs=1e-6)
 
 

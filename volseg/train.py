@@ -12,8 +12,9 @@ Outline of :func:`train`:
    ``fit()`` in float32 fell to one core on this machine; ``train_on_batch`` kept both
    busy (re-measured in benchmarks/bench_train.py).
 5. After each epoch, predict the validation frames whole (tiled like ``volseg predict``
-   when larger than ~1.1 Mpx) and histogram the probabilities of foreground and
-   background pixels inside the ROI (1024 bins): Dice at 0.5 picks the best epoch and
+   when larger than ~1.1 Mpx), quantise the probabilities to the uint8 levels that
+   ``predict`` stores and count them per class inside the ROI
+   (:mod:`volseg.thresholds`): Dice at 0.5 picks the best epoch and
    drives learning-rate halving and early stopping. Whole frames, not a fixed set of
    validation patches, because that is exactly what ``predict`` + ``evaluate`` will
    measure (borders, padding and tiling included), and it costs only a few seconds
@@ -21,7 +22,7 @@ Outline of :func:`train`:
    evenly spread over it (``max_val_pixels``).
 6. Keep the best weights; at the end (time limit, early stop, last epoch or Ctrl-C)
    restore them, re-validate with the float32 model that is saved, pick the threshold
-   maximising validation Dice exactly over the 1024 histogram bins, and write the
+   maximising validation Dice exactly over the 256 levels (ties: nearest 0.5), write the
    model, ``<stem>.history.csv``/``.json`` and ``<stem>.curves.png`` beside it.
 """
 
@@ -37,9 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .thresholds import LEVELS, best_threshold, class_histograms, dice_at, quantise
 
-#: Probability histogram bins for validation: thresholds are exact at k / BINS.
-BINS = 1024
 LOSSES = ("bce", "dice", "bce+dice")
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
@@ -89,60 +89,6 @@ def make_loss(kind: str = "bce+dice"):
     return fn
 
 
-# --------------------------------------------------------------------------- thresholds
-
-def dice_curve(fg_hist, bg_hist) -> tuple[np.ndarray, np.ndarray]:
-    """Dice of ``probability >= k / bins`` for every k, from per-class histograms.
-
-    ``fg_hist[i]`` (``bg_hist[i]``) counts foreground (background) pixels whose
-    probability falls in bin ``i = min(floor(p * bins), bins - 1)``. Returns thresholds
-    ``k / bins`` for k = 1 .. bins - 1 and their exact Dice (NaN when undefined).
-    """
-    fg = np.asarray(fg_hist, dtype=np.float64)
-    bg = np.asarray(bg_hist, dtype=np.float64)
-    bins = fg.size
-    tp = np.cumsum(fg[::-1])[::-1]  # tp[k] = foreground with bin >= k
-    fp = np.cumsum(bg[::-1])[::-1]
-    fn = fg.sum() - tp
-    k = np.arange(1, bins)
-    denom = 2 * tp[k] + fp[k] + fn[k]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(denom > 0, 2 * tp[k] / denom, np.nan)
-    return k / bins, dice
-
-
-def best_threshold(fg_hist, bg_hist) -> tuple[float, float]:
-    """The threshold (a multiple of 1 / bins) that maximises Dice, and that Dice.
-
-    Ties go to the threshold nearest 0.5. With no foreground and no positives at all
-    Dice is undefined everywhere: returns (0.5, nan).
-    """
-    thresholds, dice = dice_curve(fg_hist, bg_hist)
-    if np.all(np.isnan(dice)):
-        return 0.5, float("nan")
-    best = np.nanmax(dice)
-    candidates = np.flatnonzero(dice >= best - 1e-12)
-    i = candidates[np.argmin(np.abs(thresholds[candidates] - 0.5))]
-    return float(thresholds[i]), float(dice[i])
-
-
-def dice_at(fg_hist, bg_hist, threshold: float = 0.5) -> float:
-    """Dice of ``probability >= threshold`` (threshold a multiple of 1 / bins)."""
-    bins = len(fg_hist)
-    k = int(round(threshold * bins))
-    fg = np.asarray(fg_hist, np.float64)
-    bg = np.asarray(bg_hist, np.float64)
-    tp, fp = fg[k:].sum(), bg[k:].sum()
-    fn = fg.sum() - tp
-    denom = 2 * tp + fp + fn
-    return float(2 * tp / denom) if denom > 0 else float("nan")
-
-
-def probability_bins(prob: np.ndarray, bins: int = BINS) -> np.ndarray:
-    """Histogram bin of each probability: ``min(floor(p * bins), bins - 1)``."""
-    return np.minimum((np.asarray(prob, np.float32) * bins).astype(np.int64), bins - 1)
-
-
 # --------------------------------------------------------------------------- validation
 
 def choose_val_frames(frames, frame_pixels: int, max_pixels: int | None):
@@ -181,8 +127,13 @@ class Validator:
                               self.plan, batch_size=self.batch_size)[0]
 
     def run(self, model) -> dict:
-        fg = np.zeros(BINS, np.int64)
-        bg = np.zeros(BINS, np.int64)
+        """Validate ``model``: Dice at 0.5, the best threshold and its Dice, histograms.
+
+        Probabilities are quantised to uint8 levels as ``volseg predict`` stores them,
+        so the best threshold selects on the stored probabilities exactly the mask it
+        was chosen for (:mod:`volseg.thresholds`).
+        """
+        hist = np.zeros((2, LEVELS), np.int64)
         start = time.monotonic()
         for t, z in self.frames:
             prob = self.probabilities(model, t, z)
@@ -193,12 +144,11 @@ class Validator:
                 inside = np.asarray(self.roi[rt, rz]) > 0
             else:
                 inside = np.ones(lab.shape, bool)
-            bins = probability_bins(prob)
-            fg += np.bincount(bins[inside & lab], minlength=BINS)
-            bg += np.bincount(bins[inside & ~lab], minlength=BINS)
-        threshold, dice_best = best_threshold(fg, bg)
-        return {"dice": dice_at(fg, bg, 0.5), "best_threshold": threshold,
-                "best_dice": dice_best, "fg_hist": fg, "bg_hist": bg,
+            hist += class_histograms(quantise(prob)[inside], lab[inside])
+        # Without foreground in the validation frames no threshold is better than 0.5.
+        threshold, dice_best = best_threshold(hist) or (0.5, float("nan"))
+        return {"dice": dice_at(hist, 0.5), "best_threshold": threshold,
+                "best_dice": dice_best, "histogram": hist,
                 "seconds": time.monotonic() - start}
 
 
