@@ -299,8 +299,8 @@ def test_no_sbatch_on_path_is_one_line_exit_2(data, cli, tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("-o", "model.h5", "-o model.h5: the model file must end in .keras"),
-    ("-o", "no/such/folder/m.keras", "-o no/such/folder/m.keras: folder no/such/folder does not exist"),
+    ("-o", "model.h5", "-o: the model file must end in .keras, not 'model.h5'"),
+    ("-o", "no/such/folder/m.keras", "-o: folder no/such/folder does not exist"),
     ("--truth", "missing.zarr", "missing.zarr: no such truth store (--truth)"),
 ])
 def test_train_on_slurm_checks_paths_before_submitting(data, cli, tmp_path, monkeypatch,

@@ -86,9 +86,7 @@ def train_on_cluster(client, images_path, truth_path, out_path, *, progress=None
 
     if resources is _AUTO:
         resources = gpu_resources(client)
-    check_train_inputs(images_path, truth_path, out_path, roi_path=train_kwargs.get("roi_path"),
-                       init=train_kwargs.get("init"),
-                       overwrite=train_kwargs.get("overwrite", False))
+    check_train_inputs(images_path, truth_path, out_path, **train_kwargs)
     for key in _PATH_OPTIONS:
         if train_kwargs.get(key) is not None:
             train_kwargs[key] = absolute(train_kwargs[key])
@@ -126,27 +124,15 @@ def train_on_cluster(client, images_path, truth_path, out_path, *, progress=None
     return summary
 
 
-def check_train_inputs(images_path, truth_path, out_path, *, roi_path=None, init=None,
-                       overwrite: bool = False) -> None:
-    """The checks of :func:`volseg.train.train` that need no data read, done here
-    before a job is submitted (it may wait in the queue for hours before the worker
-    would find the same mistakes). :class:`InputError` on the first one that fails."""
-    from .model import read_model_info
-    from .store import open_image
+def check_train_inputs(images_path, truth_path, out_path, **train_kwargs) -> None:
+    """Everything :func:`volseg.train.train` checks before reading pixel data (its
+    :class:`~volseg.train.TrainConfig` and :func:`~volseg.train.open_inputs`), done
+    here before a job is submitted: it may wait in the queue for hours before the
+    worker would find the same mistakes. :class:`InputError` on the first that fails.
+    """
+    from .train import TrainConfig, open_inputs
 
-    out = Path(out_path)
-    if out.suffix != ".keras":
-        raise InputError(f"-o {out_path}: the model file must end in .keras")
-    if not out.parent.is_dir():
-        raise InputError(f"-o {out_path}: folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise InputError(f"-o {out_path}: exists; use --overwrite to replace it")
-    open_image(images_path, what="image store (--images)")
-    open_image(truth_path, what="truth store (--truth)")
-    if roi_path is not None:
-        open_image(roi_path, what="ROI store (--roi)")
-    if init is not None:
-        read_model_info(init)
+    open_inputs(TrainConfig(images_path, truth_path, out_path, **train_kwargs))
 
 
 def absolute(path) -> str:
@@ -272,11 +258,12 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
     from distributed import Event, get_worker
 
     from .predict import configure_threads
-    from .train import train
+    from .train import StopSignal, train
 
     worker = get_worker()
     counter = itertools.count()
-    stop = Event(f"{topic}-stop")
+    cancel = Event(f"{topic}-stop")
+    stop = StopSignal()
 
     def send(kind, **data):
         worker.log_event(topic, {"seq": next(counter), "kind": kind, **data})
@@ -307,14 +294,13 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
             send("progress", done=int(done), total=int(total))
         if done >= 1 and now - state["checked"] >= 1.0:
             state["checked"] = now
-            if stop.is_set():
-                # train() stops at a KeyboardInterrupt in its step loop (where it
-                # reports steps >= 1) and keeps the best model so far, as on Ctrl-C
-                # locally.
-                raise KeyboardInterrupt
+            if cancel.is_set():
+                # The client's Ctrl-C: stop after this step and keep the best model so
+                # far, as Ctrl-C does locally.
+                stop.request()
 
     try:
-        summary = train(images_path, truth_path, out_path, progress=progress,
+        summary = train(images_path, truth_path, out_path, progress=progress, stop=stop,
                         log=lambda text: send("log", text=str(text)), **kwargs)
     except KeyboardInterrupt:
         return {"interrupted": True}
