@@ -34,7 +34,7 @@ def trainer(args):
     if getattr(args, "cluster", "local") == "slurm":
         return functools.partial(run_on_slurm, args)
     if getattr(args, "jobqueue_config", None) is not None:
-        raise InputError("--jobqueue-config: only with --cluster slurm")
+        raise InputError("only for a Slurm cluster", param="jobqueue_config")
     from volseg.train import train
 
     return train

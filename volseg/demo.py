@@ -56,6 +56,9 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
              log=print, progress_factory=None) -> dict:
     """Run the whole pipeline into ``out_dir``; returns a summary with every path and score.
 
+    A linear script of the six steps, each a call of the library as a user would make
+    it; kept in one function so it reads as the pipeline it demonstrates.
+
     Parameters
     ----------
     out_dir : path
@@ -187,6 +190,6 @@ def format_summary(result: dict) -> list[str]:
     for k, v in result["paths"].items():
         if v:
             lines.append(f"  {k:14s}{v}")
-    lines.append(f"time per step (s): " + ", ".join(f"{k.split(' ')[1]} {v}"
+    lines.append("time per step (s): " + ", ".join(f"{k.split(' ')[1]} {v}"
                                                     for k, v in result["seconds"].items()))
     return lines

@@ -30,10 +30,8 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 from .errors import InputError
 
@@ -216,23 +214,24 @@ def _wait(client, future, stream: _Stream, where: dict, worker_timeout: float, p
                 no_workers_since = no_workers_since or now
                 if now - no_workers_since > worker_timeout:
                     stream.replay(where)
-                    raise InputError(_lost_message(client, where, worker_timeout))
+                    raise InputError(_lost_message(client, where, worker_timeout),
+                                     param="cluster")
     stream.replay(where)
     try:
         return future.result()
     except KilledWorker:
         raise InputError(
-            "--cluster slurm: the training killed its Dask worker several times (most often "
-            "out of memory): raise jobqueue.slurm.memory in the profile, or train with a "
-            "smaller --batch or --patch" + _job_log_hint(where)) from None
+            "the training killed its Dask worker several times (most often out of memory): "
+            "raise jobqueue.slurm.memory in the profile, or train with a smaller batch or "
+            "patch" + _job_log_hint(where), param="cluster") from None
 
 
 def _lost_message(client, where: dict, timeout: float) -> str:
     job = where.get("start", {}).get("job_id")
     what = f"Slurm job {job}" if job else "the job"
-    return (f"--cluster slurm: {what} running the training ended before the training did "
-            f"(cancelled, preempted or failed; no worker for {timeout:.0f} s); nothing was "
-            "saved" + _job_log_hint(where))
+    return (f"{what} running the training ended before the training did (cancelled, "
+            f"preempted or failed; no worker for {timeout:.0f} s); nothing was saved"
+            + _job_log_hint(where))
 
 
 def _job_log_hint(where: dict) -> str:
@@ -241,12 +240,12 @@ def _job_log_hint(where: dict) -> str:
     job = where.get("start", {}).get("job_id")
     if not job:
         return ""
-    from .cluster import _log_tail
+    from .cluster.waiting import log_tail
 
     log_dir = dask.config.get("jobqueue.slurm.log-directory", default=None)
     log_dir = os.path.expandvars(os.path.expanduser(log_dir)) if log_dir else None
     name = dask.config.get("jobqueue.slurm.name", default=None) or "worker"
-    return _log_tail(str(job), log_dir, name)
+    return log_tail(str(job), log_dir, name)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -257,6 +256,7 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
 
     from distributed import Event, get_worker
 
+    from .cluster.walltime import job_minutes_left
     from .predict import configure_threads
     from .train import StopSignal, train
 
@@ -305,33 +305,3 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
     except KeyboardInterrupt:
         return {"interrupted": True}
     return {"summary": summary}
-
-
-def job_minutes_left(job_id) -> float | None:
-    """Minutes until Slurm ends job ``job_id`` (its walltime), or None if unknown."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%L"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return parse_slurm_time(out.stdout.strip()) if out.returncode == 0 else None
-
-
-def parse_slurm_time(text: str) -> float | None:
-    """Slurm's ``[days-]hours:minutes:seconds`` (or ``minutes:seconds``) in minutes;
-    None for ``UNLIMITED``, ``NOT_SET`` or anything else."""
-    text = text.strip()
-    days = 0
-    if "-" in text:
-        head, text = text.split("-", 1)
-        if not head.isdigit():
-            return None
-        days = int(head)
-    parts = text.split(":")
-    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        return None
-    values = [int(p) for p in parts]
-    while len(values) < 3:
-        values.insert(0, 0)
-    hours, minutes, seconds = values
-    return days * 1440 + hours * 60 + minutes + seconds / 60

@@ -120,6 +120,10 @@ def _walk(rng, start, theta0, slope0, length, *, height, width, zlo, zhi):
 def _network(depth: int, height: int, width: int, seed: int) -> tuple:
     """The branching tube network of a seed, independent of time.
 
+    One long function on purpose: the branches are grown from one random stream in a
+    fixed order, so the network of a seed stays the same; split into pieces, that
+    order (and a dozen shared values) would have to be threaded through them.
+
     Returns a tuple of branches; each is a dict with ``points`` (n, 3) in physical
     (z, y, x) pixel units, ``radius`` (n,), ``arc`` (n,) arc length, ``brightness``,
     ``l0`` and ``speed`` (visible length at phase 0 and its growth over the series, so
@@ -409,6 +413,9 @@ def _blobs(rng, shape, count, brightness=(0.55, 1.1)):
 def synthesize_timepoint(t: int, *, timepoints: int = 4, depth: int = 8, height: int = 523,
                          width: int = 821, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Generate one time point of the synthetic data set.
+
+    Long because it is one imaging model applied in order (tubes, PSF, illumination,
+    texture, haze, noise), each step a few lines on the previous step's arrays.
 
     Parameters
     ----------

@@ -1,8 +1,9 @@
 """The epoch loop: train steps, validate, keep the best weights, decide when to stop.
 
 Steps run with ``train_on_batch`` (Keras' compiled train step) fed by worker threads
-that read and augment the next batches while the current one trains; see
-``docs/decisions.md``, section "Training step", for why not ``fit()``. After each
+that read and augment the next batches while the current one trains. Not ``fit()``:
+in float32 it kept only one of two CPU cores busy where ``train_on_batch`` kept both
+(docs/decisions.md, section "Training step"; benchmarks/bench_train.py re-measures). After each
 epoch the validation frames are predicted whole (:mod:`volseg.train.validation`):
 Dice at 0.5 picks the best epoch and drives learning-rate halving and early stopping.
 """
