@@ -1,7 +1,5 @@
 """The cluster options shared by predict, evaluate and train."""
 
-from volseg.errors import InputError
-
 
 def add_cluster_arguments(p, *, default_workers_help="1 process using every core"):
     g = p.add_argument_group("cluster")
@@ -19,21 +17,12 @@ def add_cluster_arguments(p, *, default_workers_help="1 process using every core
     return g
 
 
-def parse_adapt(text):
-    if text is None:
-        return None
-    try:
-        lo, hi = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise InputError(f"--adapt: expected MIN:MAX (e.g. 1:4), got {text!r}") from None
-    if not 0 <= lo <= hi or hi < 1:
-        raise InputError(f"--adapt: need 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
-    return lo, hi
-
-
 def cluster_kwargs(args) -> dict:
-    """Keyword arguments of volseg.cluster.open_client from parsed options."""
-    if args.cluster == "local" and (args.jobs is not None or args.adapt is not None):
-        raise InputError("--jobs/--adapt: only with --cluster slurm")
-    return dict(cluster=args.cluster, workers=args.workers, threads=args.threads, jobs=args.jobs,
-                adapt=parse_adapt(args.adapt), jobqueue_config=args.jobqueue_config)
+    """Keyword arguments of volseg.cluster.open_client from parsed options, checked now
+    (before any work starts) by the library's own rules."""
+    from volseg.cluster import check_options, parse_adapt
+
+    kwargs = dict(cluster=args.cluster, workers=args.workers, threads=args.threads,
+                  jobs=args.jobs, adapt=parse_adapt(args.adapt))
+    check_options(**kwargs)
+    return dict(kwargs, jobqueue_config=args.jobqueue_config)

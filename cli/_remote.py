@@ -34,7 +34,7 @@ def trainer(args):
     if getattr(args, "cluster", "local") == "slurm":
         return functools.partial(run_on_slurm, args)
     if getattr(args, "jobqueue_config", None) is not None:
-        raise InputError("--jobqueue-config: only with --cluster slurm")
+        raise InputError("only for a Slurm cluster", param="jobqueue_config")
     from volseg.train import train
 
     return train
@@ -46,10 +46,11 @@ def run_on_slurm(args, images_path, truth_path, out_path, **train_kwargs) -> dic
     from volseg.cluster import open_client
     from volseg.remote import check_train_inputs, train_on_cluster
 
-    # Fail on bad paths now, not after the job has waited in the queue.
-    check_train_inputs(images_path, truth_path, out_path, roi_path=train_kwargs.get("roi_path"),
-                       init=train_kwargs.get("init"),
-                       overwrite=train_kwargs.get("overwrite", False))
-    log = train_kwargs.get("log") or (lambda message: say(args, message))
+    options = dict(train_kwargs)
+    progress = options.pop("progress", None)
+    log = options.pop("log", None) or (lambda message: say(args, message))
+    # Fail on bad input now, not after the job has waited in the queue.
+    check_train_inputs(images_path, truth_path, out_path, **options)
     with open_client("slurm", jobs=1, jobqueue_config=args.jobqueue_config, log=log) as client:
-        return train_on_cluster(client, images_path, truth_path, out_path, **train_kwargs)
+        return train_on_cluster(client, images_path, truth_path, out_path, progress=progress,
+                                log=log, **options)

@@ -3,6 +3,9 @@
 import shlex
 import sys
 
+from volseg.model import PRECISIONS
+from volseg.train.config import LOSSES
+
 from ._progress import Progress, say
 from ._remote import add_slurm_options, trainer
 
@@ -32,7 +35,7 @@ def add_parser(sub):
     g.add_argument("--val-frames", metavar="LIST",
                    help="held-out z-frames when there is one time point, e.g. 14-19")
     g = p.add_argument_group("training")
-    g.add_argument("--loss", choices=["bce", "dice", "bce+dice"], default="bce+dice",
+    g.add_argument("--loss", choices=LOSSES, default="bce+dice",
                    help="loss (default %(default)s)")
     g.add_argument("--epochs", type=int, default=100, help="at most this many (default %(default)s)")
     g.add_argument("--steps-per-epoch", type=int, default=100, help="default %(default)s")
@@ -53,7 +56,7 @@ def add_parser(sub):
     g.add_argument("--seed", type=int, default=0, help="default %(default)s")
     g.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop in time, keeping the best model")
-    g.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    g.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                    help="training precision; bfloat16 (mixed) is ~1.4x faster on CPUs with "
                         "AVX-512 BF16 and much slower on CPUs without (default %(default)s)")
     g.add_argument("--workers", type=int, default=2,

@@ -18,8 +18,9 @@ import dask
 import pytest
 import yaml
 
-from volseg.cluster import (_cluster_job_ids, gpu_resources, gpus_per_job, job_script,
-                            open_client)
+from volseg.cluster import (check_options, gpu_resources, gpus_per_job, job_script,
+                            open_client, parse_adapt)
+from volseg.cluster.waiting import cluster_job_ids
 from volseg.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,12 +91,39 @@ def test_local_worker_processes_know_their_thread_count():
 
 
 def test_local_client_refuses_slurm_options():
-    with pytest.raises(InputError, match="--jobs/--adapt"):
+    with pytest.raises(InputError, match="jobs: only for a Slurm cluster"):
         with open_client("local", jobs=2):
             pass
-    with pytest.raises(InputError, match="--cluster"):
+    with pytest.raises(InputError, match="cluster: unknown cluster 'pbs'"):
         with open_client("pbs"):
             pass
+
+
+@pytest.mark.parametrize("options, param, message", [
+    (dict(cluster="local", adapt=(1, 2)), "adapt", "only for a Slurm cluster"),
+    (dict(cluster="slurm", jobs=1, adapt=(1, 2)), "adapt", "not both"),
+    (dict(cluster="slurm", adapt=(3, 2)), "adapt", "need 0 <= MIN <= MAX"),
+    (dict(cluster="slurm", adapt=(0, 0)), "adapt", "MAX >= 1"),
+    (dict(cluster="slurm", jobs=0), "jobs", "must be at least 1, got 0"),
+    (dict(cluster="local", workers=0), "workers", "must be at least 1, got 0"),
+])
+def test_cluster_options_are_checked_in_one_place(options, param, message):
+    with pytest.raises(InputError) as exc:
+        check_options(**options)
+    assert exc.value.param == param and message in exc.value.message
+    assert parse_adapt("1:8") == (1, 8) and parse_adapt(None) is None
+    with pytest.raises(InputError, match="adapt: expected MIN:MAX"):
+        parse_adapt("8")
+
+
+def test_cli_reports_cluster_options_as_flags(cli, tmp_path):
+    code, _, err = cli("predict", tmp_path / "i.zarr", "--model", tmp_path / "m.keras", "-o",
+                       tmp_path / "p.zarr", "--adapt", "1:4")
+    assert (code, err) == (2, "volseg predict: error: --adapt: only for a Slurm cluster\n")
+    code, _, err = cli("predict", tmp_path / "i.zarr", "--model", tmp_path / "m.keras", "-o",
+                       tmp_path / "p.zarr", "--cluster", "slurm", "--adapt", "4:1")
+    assert code == 2 and err == ("volseg predict: error: --adapt: need 0 <= MIN <= MAX and "
+                                 "MAX >= 1, got 4:1\n")
 
 
 # --------------------------------------------------------------------------- profile
@@ -252,7 +280,7 @@ def test_cancelled_job_under_adapt_is_replaced_and_result_is_complete(slurm_prof
         client.wait_for_workers(2, timeout=20)
         while sum(f.done() for f in futures) < 20:
             time.sleep(0.05)
-        before = _cluster_job_ids(client.cluster)
+        before = cluster_job_ids(client.cluster)
         assert len(before) == 2
         victim = max(before, key=int)
         subprocess.run(["scancel", victim], check=True)
@@ -261,7 +289,7 @@ def test_cancelled_job_under_adapt_is_replaced_and_result_is_complete(slurm_prof
         # Adaptive scaling submitted a job in place of the cancelled one.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            now = _cluster_job_ids(client.cluster)
+            now = cluster_job_ids(client.cluster)
             if victim not in now and now - before:
                 break
             time.sleep(0.2)

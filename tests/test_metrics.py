@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from volseg.thresholds import histogram_uint8
+
 from volseg.metrics import (
     ConfusionHistogram,
     check_binary,
     count_block,
     curve_metrics,
-    histogram_uint8,
     metrics,
     quantise,
     threshold_bin,
@@ -139,8 +140,9 @@ def test_best_threshold_maximises_dice_brute_force():
     dices = [skm.f1_score(y, (prob.ravel() >= k).astype(np.uint8), zero_division=0)
              for k in range(256)]
     assert got["best_dice"] == pytest.approx(max(dices), abs=1e-12)
-    k = round(got["best_threshold"] * 255)
+    k = threshold_bin(got["best_threshold"])
     assert dices[k] == pytest.approx(max(dices), abs=1e-12)
+    assert got["best_threshold"] == k / 255
 
 
 def test_other_threshold_from_histogram_equals_thresholding_the_array():
@@ -224,4 +226,5 @@ def test_curve_metrics_from_histogram_only():
     hist[1, 200] = 10  # structure at 200/255: perfectly separated
     got = curve_metrics(hist)
     assert got["roc_auc"] == 1.0 and got["pr_auc"] == 1.0 and got["best_dice"] == 1.0
-    assert threshold_bin(got["best_threshold"]) == 200  # the highest perfect threshold
+    # Levels 11..200 all separate perfectly: the tie rule takes the one nearest 0.5.
+    assert threshold_bin(got["best_threshold"]) == 128

@@ -83,7 +83,7 @@ def test_split_by_timepoints_and_frames():
     assert [z for _, z in s.train] == list(range(14))
     s = split_frames((4, 3, 8, 8), val_timepoints="0,2")
     assert {t for t, _ in s.val} == {0, 2} and {t for t, _ in s.train} == {1, 3}
-    with pytest.raises(InputError, match="--val-frames"):
+    with pytest.raises(InputError, match="val_frames"):
         split_frames((4, 3, 8, 8), val_frames="1")
     with pytest.raises(InputError, match="single frame"):
         split_frames((1, 1, 8, 8))

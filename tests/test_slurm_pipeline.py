@@ -201,15 +201,23 @@ def test_train_on_slurm_writes_a_model_and_streams_progress(data, profile, cli, 
 
 @needs_slurm
 def test_input_error_in_the_training_job_is_one_line_exit_2(data, profile, cli, tmp_path):
-    # A patch size that does not fit the depth is found by train() in the worker.
+    # A held-out time point the images do not have is found by train() in the worker
+    # (the split needs the store's shape, which the submitting side does not check).
+    code, out, err = cli("train", "--images", data["images"], "--truth", data["truth"],
+                         "-o", tmp_path / "m.keras", *TRAIN_ARGS, "--val-timepoints", "5",
+                         "--cluster", "slurm", "--jobqueue-config", profile.path)
+    assert code == 2
+    assert err == "volseg train: error: --val-timepoints: index 5 is out of range 0..2\n"
+    assert "training on " in out  # it did run in the job
+    assert not (tmp_path / "m.keras").exists()
+    # A patch size that does not fit the depth is found before any job is submitted,
+    # by the same checks train() makes.
     args = [a if a != "32" else "30" for a in TRAIN_ARGS]
     code, out, err = cli("train", "--images", data["images"], "--truth", data["truth"],
                          "-o", tmp_path / "m.keras", *args, "--cluster", "slurm",
                          "--jobqueue-config", profile.path)
-    assert code == 2
     assert err == "volseg train: error: --patch: 30x30 must be multiples of 4 (2**depth for depth 2)\n"
-    assert "training on " in out  # it did run in the job
-    assert not (tmp_path / "m.keras").exists()
+    assert code == 2 and "training on " not in out
 
 
 @needs_slurm
@@ -295,12 +303,12 @@ def test_no_sbatch_on_path_is_one_line_exit_2(data, cli, tmp_path, monkeypatch, 
                          "--jobqueue-config", write_profile(tmp_path / "p.yaml"))
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"volseg {which}: error: --cluster slurm: `sbatch` is not on PATH")
+    assert err.startswith(f"volseg {which}: error: --cluster: `sbatch` is not on PATH")
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("-o", "model.h5", "-o model.h5: the model file must end in .keras"),
-    ("-o", "no/such/folder/m.keras", "-o no/such/folder/m.keras: folder no/such/folder does not exist"),
+    ("-o", "model.h5", "-o: the model file must end in .keras, not 'model.h5'"),
+    ("-o", "no/such/folder/m.keras", "-o: folder no/such/folder does not exist"),
     ("--truth", "missing.zarr", "missing.zarr: no such truth store (--truth)"),
 ])
 def test_train_on_slurm_checks_paths_before_submitting(data, cli, tmp_path, monkeypatch,
@@ -315,7 +323,7 @@ def test_train_on_slurm_checks_paths_before_submitting(data, cli, tmp_path, monk
 
 
 def test_slurm_time_left_is_parsed_in_minutes():
-    from volseg.remote import parse_slurm_time
+    from volseg.cluster.walltime import parse_slurm_time
 
     assert parse_slurm_time("59:30") == 59.5
     assert parse_slurm_time("1:00:00") == 60

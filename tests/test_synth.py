@@ -10,7 +10,7 @@ import tifffile
 from scipy import ndimage
 
 from volseg.errors import InputError
-from volseg.synth import (best_threshold, frame_name, synthesize, synthesize_timepoint,
+from volseg.synth import (best_intensity, frame_name, synthesize, synthesize_timepoint,
                           threshold_baseline, threshold_histograms, write_synth)
 from volseg_cli.main import main
 
@@ -126,37 +126,38 @@ def test_threshold_baseline_matches_brute_force():
     rng = np.random.default_rng(0)
     labels = (rng.random((3, 40, 50)) < 0.1).astype(np.uint8)
     images = np.clip(rng.normal(60, 25, labels.shape) + 50 * labels, 0, 255).astype(np.uint8)
-    best = (-1, -1.0)
-    for thr in range(256):
-        d = _dice(images >= thr, labels)
-        if d > best[1]:
-            best = (thr, d)
+    dices = [_dice(images >= thr, labels) for thr in range(256)]
     thr, dice = threshold_baseline(images, labels)
-    assert thr == best[0]
-    assert dice == pytest.approx(best[1], abs=1e-12)
+    assert dice == pytest.approx(max(dices), abs=1e-12)
+    # The one tie rule (volseg.thresholds): of the levels with the best Dice, the
+    # nearest to the middle of the range.
+    tied = [k for k in range(256) if dices[k] >= max(dices) - 1e-12]
+    assert thr == min(tied, key=lambda k: (abs(2 * k - 255), -k))
 
 
 def test_threshold_baseline_perfect_and_histograms_add_up():
     images = np.array([[10, 200], [30, 220]], np.uint8)
     labels = np.array([[0, 1], [0, 1]], np.uint8)
     thr, dice = threshold_baseline(images, labels)
-    assert 30 < thr <= 200 and dice == 1.0
+    # Every level in 31..200 separates perfectly; the tie rule takes the middle one.
+    assert thr == 128 and dice == 1.0
     h = threshold_histograms(images, labels)
     assert h.shape == (2, 256) and h.sum() == 4 and h[1, 200] == 1 and h[0, 10] == 1
     # Histograms of pieces add up to the histogram of the whole.
     both = (threshold_histograms(images[:1], labels[:1])
             + threshold_histograms(images[1:], labels[1:]))
     np.testing.assert_array_equal(both, h)
-    assert best_threshold(both) == (thr, dice)
+    assert best_intensity(both) == (thr, dice)
 
 
 def test_threshold_baseline_rejects_bad_input():
     img = np.zeros((4, 4), np.uint8)
     with pytest.raises(ValueError, match="shape"):
         threshold_baseline(img, np.zeros((4, 5), np.uint8))
-    with pytest.raises(ValueError, match="0/1"):
+    with pytest.raises(ValueError, match="labels is not binary"):
         threshold_baseline(img, np.full((4, 4), 255, np.uint8))
-    assert np.isnan(threshold_baseline(img, np.zeros((4, 4), np.uint8))[1])
+    thr, dice = threshold_baseline(img, np.zeros((4, 4), np.uint8))
+    assert thr is None and np.isnan(dice)
 
 
 # ------------------------------------------------------------------ files

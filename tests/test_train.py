@@ -10,15 +10,9 @@ import pytest
 from volseg.errors import InputError
 from volseg.model import file_sha256, load_model, read_model_info
 from volseg.store import create_image, finish, make_job, open_image
-from volseg.train import (
-    BINS,
-    best_threshold,
-    dice_at,
-    dice_curve,
-    make_loss,
-    probability_bins,
-    train,
-)
+from volseg.metrics import quantise, threshold_bin
+from volseg.remote import check_train_inputs
+from volseg.train import StopSignal, TrainConfig, make_loss, train
 
 TINY = ["--filters", "4", "--depth", "2", "--patch", "32", "--batch", "4"]
 
@@ -70,26 +64,6 @@ def trained(data):
                  "--steps-per-epoch", "8", "--learning-rate", "0.003", "-q", *TINY])
     assert code == 0
     return out
-
-
-def test_dice_curve_matches_brute_force():
-    rng = np.random.default_rng(0)
-    prob = rng.random(5000).astype(np.float32)
-    truth = rng.random(5000) < prob ** 2
-    bins = probability_bins(prob)
-    fg = np.bincount(bins[truth], minlength=BINS)
-    bg = np.bincount(bins[~truth], minlength=BINS)
-    thresholds, dice = dice_curve(fg, bg)
-    for k in (1, 100, 512, 700, 1023):
-        pred = prob >= thresholds[k - 1]
-        ref = 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
-        assert dice[k - 1] == pytest.approx(ref, abs=1e-12)
-        assert dice_at(fg, bg, thresholds[k - 1]) == pytest.approx(ref, abs=1e-12)
-    thr, best = best_threshold(fg, bg)
-    assert best == pytest.approx(np.nanmax(dice))
-    assert thr == pytest.approx(thresholds[np.nanargmax(dice)])
-    empty = np.zeros(BINS)
-    assert best_threshold(empty, empty)[0] == 0.5
 
 
 def test_losses_respect_weights():
@@ -149,17 +123,19 @@ def test_stored_threshold_maximises_val_dice(trained, data):
     # Validation = time point 2, inside the ROI; 48 is a multiple of 4: one tile, no padding.
     prob = np.asarray(model.predict_on_batch(images[2, :, :, :, None].astype(np.float32)))[..., 0]
     inside = np.broadcast_to(roi[0, 0] > 0, prob.shape)
-    p, truth = prob[inside], labels[2][inside].astype(bool)
+    # As `volseg predict` stores them: uint8 levels, mask = level >= threshold_bin(t).
+    p, truth = quantise(prob)[inside], labels[2][inside].astype(bool)
 
-    def dice(thr):
-        pred = p >= thr
+    def dice(level):
+        pred = p >= level
         return 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
 
     stored = info["threshold"]
-    best = dice(stored)
-    grid = [dice(k / BINS) for k in range(1, BINS)]
-    assert best >= max(grid) - 1e-12  # exact over the 1/1024 grid
-    assert best >= dice(0.5)
+    level = threshold_bin(stored)
+    assert stored == level / 255  # the stored threshold names exactly one level
+    best = dice(level)
+    assert best >= max(dice(k) for k in range(256)) - 1e-12  # exact over every level
+    assert best >= dice(threshold_bin(0.5))
     assert info["training"]["val_dice"] == pytest.approx(best, abs=1e-6)
 
 
@@ -211,3 +187,73 @@ def test_bad_inputs_exit_2(data, tmp_path, cli):
     assert code == 2 and "--val-frames" in err
     code, _, err = cli(*base, "-o", tmp_path / "m.keras", "--init", tmp_path / "exists.keras")
     assert code == 2 and "exists.keras" in err
+
+
+def test_stop_signal_ends_training_after_the_current_step(data, tmp_path):
+    # What a remote cancellation does: request a stop from the progress callback.
+    stop = StopSignal()
+    lines = []
+
+    def progress(done, total):
+        if done == 3:
+            stop.request()
+
+    summary = train(data[0] / "i.zarr", data[0] / "t.zarr", tmp_path / "m.keras", epochs=50,
+                    steps_per_epoch=8, patch=32, batch=2, filters=2, depth=2, stop=stop,
+                    progress=progress, log=lines.append)
+    assert summary["stop_reason"] == "interrupted"
+    assert summary["epochs_run"] == 1 and summary["steps"] == 3  # epoch 1 validated, kept
+    assert "interrupted: keeping the best model so far" in lines
+    assert read_model_info(tmp_path / "m.keras")["training"]["stop_reason"] == "interrupted"
+
+
+def test_stop_signal_keeps_the_first_reason():
+    stop = StopSignal(time_limit=1e-6)
+    assert not stop.requested
+    assert stop.would_overrun(1.0) and stop.reason == "time limit"
+    stop.request("interrupted")
+    assert stop.reason == "time limit"
+    other = StopSignal()
+    with other.interruptible():
+        raise KeyboardInterrupt
+    assert other.reason == "interrupted" and not StopSignal().would_overrun(1e9)
+
+
+@pytest.mark.parametrize("options, param, message", [
+    (dict(batch=0), "batch", "must be at least 1, got 0"),
+    (dict(precision="fp16"), "precision", "must be one of float32, bfloat16, not 'fp16'"),
+    (dict(loss="focal"), "loss", "must be one of bce, dice, bce+dice"),
+    (dict(time_limit=-1), "time_limit", "must be positive minutes"),
+    (dict(foreground_share=2), "foreground_share", "must be in [0, 1]"),
+    (dict(patch="a"), "patch", "is not N or H,W"),
+])
+def test_config_errors_name_the_parameter(options, param, message):
+    with pytest.raises(InputError) as exc:
+        TrainConfig("i.zarr", "t.zarr", "m.keras", **options)
+    assert exc.value.param == param and message in exc.value.message
+
+
+def test_remote_checks_are_trains_checks(data, tmp_path):
+    # A patch that does not fit the depth, found before any job would be submitted,
+    # with the error train itself gives.
+    root = data[0]
+    args = (root / "i.zarr", root / "t.zarr", tmp_path / "m.keras")
+    with pytest.raises(InputError) as remote:
+        check_train_inputs(*args, patch=30, depth=2)
+    with pytest.raises(InputError) as local:
+        train(*args, patch=30, depth=2)
+    assert remote.value.param == local.value.param == "patch"
+    assert remote.value.message == local.value.message == \
+        "30x30 must be multiples of 4 (2**depth for depth 2)"
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_cli_names_the_flag(data, tmp_path, cli):
+    root = data[0]
+    code, _, err = cli("train", "--images", root / "i.zarr", "--truth", root / "t.zarr",
+                       "-o", tmp_path / "m.keras", "--batch", "0")
+    assert (code, err) == (2, "volseg train: error: --batch: must be at least 1, got 0\n")
+    code, _, err = cli("train", "--images", root / "i.zarr", "--truth", root / "t.zarr",
+                       "-o", tmp_path / "m.h5")
+    assert code == 2 and err == ("volseg train: error: -o: the model file must end in "
+                                 ".keras, not 'm.h5'\n")

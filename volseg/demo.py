@@ -40,21 +40,24 @@ SMALL = DemoSize(timepoints=2, depth=2, height=96, width=128, filters=4, patch=6
                  epochs=2, steps_per_epoch=4, minutes=1.0)
 
 
-def _threshold_baseline(images, truth, t: int | None = None) -> tuple[int, float]:
+def _threshold_baseline(images, truth, t: int | None = None) -> tuple[int | None, float]:
     """Best global intensity threshold and its Dice, streamed frame by frame."""
-    from .synth import best_threshold, threshold_histograms
+    from .synth import best_intensity, threshold_histograms
 
     hist = np.zeros((2, 256), dtype=np.int64)
     ts = range(images.shape[0]) if t is None else [t]
     for ti in ts:
         for z in range(images.shape[1]):
             hist += threshold_histograms(images.array[ti, z], truth.array[ti, z])
-    return best_threshold(hist)
+    return best_intensity(hist)
 
 
 def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool = False,
              log=print, progress_factory=None) -> dict:
     """Run the whole pipeline into ``out_dir``; returns a summary with every path and score.
+
+    A linear script of the six steps, each a call of the library as a user would make
+    it; kept in one function so it reads as the pipeline it demonstrates.
 
     Parameters
     ----------
@@ -187,6 +190,6 @@ def format_summary(result: dict) -> list[str]:
     for k, v in result["paths"].items():
         if v:
             lines.append(f"  {k:14s}{v}")
-    lines.append(f"time per step (s): " + ", ".join(f"{k.split(' ')[1]} {v}"
+    lines.append("time per step (s): " + ", ".join(f"{k.split(' ')[1]} {v}"
                                                     for k, v in result["seconds"].items()))
     return lines

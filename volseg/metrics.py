@@ -5,10 +5,11 @@ here is computed from counts that can be summed block by block:
 
 - the confusion matrix (tp, fp, tn, fn) at the operating threshold, counted from the
   binary mask that ``predict`` wrote;
-- per class (truth 0 / truth 1) a histogram of the probability in 256 bins. With uint8
-  probabilities (0..255) each value is its own bin, so ROC AUC, average precision and
-  the best threshold computed from the histograms are exact; float probabilities are
-  quantised to ``round(p * 255)`` first;
+- per class (truth 0 / truth 1) a histogram of the probability over the 256 uint8
+  levels (:mod:`volseg.thresholds`, which also holds the best-threshold rule). With
+  uint8 probabilities (0..255) each value is its own bin, so ROC AUC, average precision
+  and the best threshold computed from the histograms are exact; float probabilities
+  are quantised to ``round(p * 255)`` first;
 - optionally four skeleton counts for clDice, computed per 2D frame.
 
 :class:`ConfusionHistogram` holds those counts and adds with ``+`` (and ``sum``);
@@ -19,11 +20,17 @@ report's ratios. Everything here is pure numpy on in-memory arrays: no stores, n
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
-N_BINS = 256
+from .thresholds import (LEVELS, best_level, class_histograms, default_scale, level_threshold,
+                         quantise, scratch, threshold_bin)
+
+__all__ = ["ConfusionHistogram", "check_binary", "confusion_metrics", "count_block", "curve",
+           "curve_metrics", "cldice_metrics", "default_scale", "metrics", "quantise",
+           "threshold_bin"]
+
+N_BINS = LEVELS
 
 #: Keys of a metrics dict whose values are ratios (None when the denominator is 0).
 RATIO_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "dice", "iou",
@@ -31,14 +38,6 @@ RATIO_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "dice", "io
               "best_dice")
 COUNT_KEYS = ("tp", "fp", "tn", "fn", "voxels")
 CLDICE_KEYS = ("cldice", "cl_precision", "cl_sensitivity")
-
-# Below this many voxels the plain uint8 bincount is cheaper than the uint16-pair trick
-# (which allocates and folds a 65536-bin table).
-_PAIR_TRICK_MIN = 1 << 18
-# Voxels per piece of the pair histogram: its widened copy (4 bytes a voxel) is reused.
-_PIECE = 1 << 21
-_SCRATCH = threading.local()
-
 
 class ConfusionHistogram:
     """Integer counts of one block (or, summed, of a whole dataset).
@@ -140,82 +139,6 @@ def _equal_optional(a, b):
     if a is None or b is None:
         return a is None and b is None
     return bool(np.array_equal(a, b))
-
-
-def threshold_bin(threshold: float) -> int:
-    """First histogram bin ``k`` (0..256) with ``k / 255 >= threshold``."""
-    # A small tolerance so that a reported threshold k/255 (e.g. best_threshold)
-    # selects bin k again despite float rounding of (k / 255) * 255. The same rule
-    # thresholds integer probability arrays (see count_block), so counts from the
-    # histogram equal counts from the array.
-    return int(min(N_BINS, max(0, math.ceil(threshold * (N_BINS - 1) - 1e-9))))
-
-
-def default_scale(dtype) -> float:
-    """The value meaning probability 1.0 when a store does not say: 255 for uint8."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        return float(np.iinfo(dtype).max) if dtype.itemsize == 1 else 255.0
-    return 1.0
-
-
-def quantise(probability, *, scale=None) -> np.ndarray:
-    """Probabilities as uint8 bins 0..255 (``round(p * 255)``), the histogram's index.
-
-    ``scale`` is the stored value that means 1.0 (``volseg.probability_scale``);
-    uint8 data on the 0..255 scale is returned as is (its bins are exact).
-    """
-    probability = np.asarray(probability)
-    if scale is None:
-        scale = default_scale(probability.dtype)
-    if probability.dtype == np.uint8 and scale == N_BINS - 1:
-        return probability
-    factor = (N_BINS - 1) / float(scale)
-    q = np.rint(probability.astype(np.float32, copy=False) * np.float32(factor))
-    return np.clip(q, 0, N_BINS - 1, out=q).astype(np.uint8)
-
-
-def _scratch(name: str, n: int, dtype) -> np.ndarray:
-    """A reusable per-thread work buffer of at least ``n`` elements.
-
-    Dask workers run with ``MALLOC_TRIM_THRESHOLD_`` set, which makes glibc hand every
-    large temporary back to the kernel and fault it in again (zeroed) on the next
-    block; reusing buffers keeps counting free of those page faults.
-    """
-    buf = getattr(_SCRATCH, name, None)
-    if buf is None or buf.size < n:
-        buf = np.empty(max(n, 1), dtype)
-        setattr(_SCRATCH, name, buf)
-    return buf[:n]
-
-
-def histogram_uint8(values: np.ndarray) -> np.ndarray:
-    """Counts of each value 0..255 of a uint8 array, as int64 of length 256.
-
-    Counting adjacent pairs of bytes as uint16 halves the work of ``np.bincount``
-    (which widens every element to intp first): about 1.1 G voxels/s against 0.6 on
-    one core here; the 256 x 256 pair table is folded back into 256 bins. Pairs are
-    widened into a reused buffer, piece by piece, so memory stays bounded.
-    """
-    flat = np.ravel(values)
-    if flat.dtype != np.uint8:
-        raise TypeError(f"histogram_uint8 needs uint8, got {flat.dtype}")
-    n = flat.size
-    if n < _PAIR_TRICK_MIN or not flat.flags.c_contiguous:
-        return np.bincount(flat, minlength=N_BINS).astype(np.int64, copy=False)
-    even = n - (n & 1)
-    pairs16 = flat[:even].view(np.uint16)
-    table = np.zeros(N_BINS * N_BINS, np.int64)
-    for start in range(0, pairs16.size, _PIECE // 2):
-        piece = pairs16[start:start + _PIECE // 2]
-        wide = _scratch("intp", piece.size, np.intp)
-        np.copyto(wide, piece, casting="safe")
-        table += np.bincount(wide, minlength=N_BINS * N_BINS)
-    table = table.reshape(N_BINS, N_BINS)
-    hist = table.sum(axis=0) + table.sum(axis=1)
-    if n & 1:
-        hist[flat[-1]] += 1
-    return hist
 
 
 def check_binary(truth: np.ndarray, *, name: str = "truth") -> None:
@@ -324,24 +247,17 @@ def _gather(where, t, p, q):
 
 
 def _count_flat(t: np.ndarray, p: np.ndarray, q) -> ConfusionHistogram:
-    """Count 1D bool truth ``t``, bool prediction ``p`` and uint8 bins ``q``.
-
-    Foreground is sparse (a few % of voxels), so only foreground voxels are gathered
-    for the class-1 histogram; class 0 is "all minus class 1". One histogram pass over
-    all voxels plus a few cheap reductions: no per-voxel label<<8|value arithmetic.
-    """
+    """Count 1D bool truth ``t``, bool prediction ``p`` and uint8 levels ``q``
+    (:func:`volseg.thresholds.class_histograms`): a few cheap reductions, no per-voxel
+    label<<8|value arithmetic."""
     n = t.size
     n_true = int(np.count_nonzero(t))
     n_pred = int(np.count_nonzero(p))
-    tp = int(np.count_nonzero(np.logical_and(t, p, out=_scratch("bool", n, bool))))
+    tp = int(np.count_nonzero(np.logical_and(t, p, out=scratch("bool", n, bool))))
     fp = n_pred - tp
     fn = n_true - tp
     tn = n - tp - fp - fn
-    hist = None
-    if q is not None:
-        all_ = histogram_uint8(q)
-        fg = np.bincount(np.compress(t, q), minlength=N_BINS).astype(np.int64, copy=False)
-        hist = np.stack([all_ - fg, fg])
+    hist = None if q is None else class_histograms(q, t)
     return ConfusionHistogram(tp, fp, tn, fn, histogram=hist)
 
 
@@ -427,20 +343,21 @@ def curve_metrics(histogram) -> dict:
     within a bin give the diagonal step, as scikit-learn's ``roc_auc_score``);
     ``pr_auc`` is average precision, the step-wise sum
     ``sum_k (R_k - R_{k+1}) P_k`` of scikit-learn's ``average_precision_score``.
-    Both are exact for uint8 probabilities. None where a class is absent.
+    Both are exact for uint8 probabilities. ``best_threshold`` and ``best_dice`` come
+    from :func:`volseg.thresholds.best_level` (its tie rule: nearest 0.5). None where
+    a class is absent.
     """
     keys = ("roc_auc", "pr_auc", "best_threshold", "best_dice")
+    out = dict.fromkeys(keys)
     if histogram is None:
-        return dict.fromkeys(keys)
+        return out
     neg = [int(v) for v in histogram[0][::-1]]  # bins from 255 down to 0
     pos = [int(v) for v in histogram[1][::-1]]
     n_neg, n_pos = sum(neg), sum(pos)
-    out = dict.fromkeys(keys)
     # ROC: integer trapezoids (Python ints: no overflow, one rounding at the end).
     tp = fp = 0
     area2 = 0  # twice the area times n_pos * n_neg
     ap = 0.0
-    best = None  # (dice numerator, denominator, bin)
     for i in range(N_BINS):
         tp_prev, fp_prev = tp, fp
         tp += pos[i]
@@ -448,19 +365,12 @@ def curve_metrics(histogram) -> dict:
         area2 += (fp - fp_prev) * (tp + tp_prev)
         if pos[i]:
             ap += pos[i] * (tp / (tp + fp))
-        den = tp + fp + n_pos  # 2tp + fp + fn
-        if den:
-            k = N_BINS - 1 - i
-            # Maximise 2tp/den exactly by cross-multiplying; ties keep the highest
-            # threshold seen first (fewest predicted voxels).
-            if best is None or 2 * tp * best[1] > best[0] * den:
-                best = (2 * tp, den, k)
     if n_pos and n_neg:
         out["roc_auc"] = area2 / (2 * n_pos * n_neg)
     if n_pos:
         out["pr_auc"] = ap / n_pos
-        out["best_threshold"] = best[2] / (N_BINS - 1)
-        out["best_dice"] = best[0] / best[1]
+        level, out["best_dice"] = best_level(histogram)
+        out["best_threshold"] = level_threshold(level)
     return out
 
 
@@ -480,7 +390,7 @@ def cldice_metrics(skeleton) -> dict:
 
 
 def metrics(counts: ConfusionHistogram) -> dict:
-    """All report keys of one ConfusionHistogram (DESIGN.md's ``evaluate --json``)."""
+    """All report keys of one ConfusionHistogram (what ``evaluate --json`` writes)."""
     out = confusion_metrics(counts.tp, counts.fp, counts.tn, counts.fn)
     out.update(curve_metrics(counts.histogram))
     out.update(cldice_metrics(counts.skeleton))

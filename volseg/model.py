@@ -24,6 +24,10 @@ from pathlib import Path
 
 from .errors import InputError
 
+#: Precisions a model trains or predicts in, and the Keras dtype policy of each: bfloat16
+#: is mixed (float32 weights and outputs, bfloat16 compute).
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
 #: Name of the zip member holding volseg's metadata inside a ``.keras`` archive.
 INFO_MEMBER = "volseg.json"
 FORMAT = "volseg-model"
@@ -153,15 +157,6 @@ def model_normalization(model) -> tuple[float, float]:
     scale, offset = float(layer.scale), float(layer.offset)
     low = -offset / scale
     return low, low + 1.0 / scale
-
-
-def set_normalization(model, low: float, high: float) -> None:
-    """Change the raw-intensity range of ``model``'s Rescaling layer in place."""
-    if not high > low:
-        raise ValueError(f"normalization: high ({high}) must be greater than low ({low})")
-    layer = model.get_layer("normalize")
-    layer.scale = 1.0 / (high - low)
-    layer.offset = -low / (high - low)
 
 
 def base_info(*, depth: int, base_filters: int, dropout: float, batch_norm: bool,
@@ -311,21 +306,25 @@ def load_model(path, *, precision: str | None = None):
     return model, info
 
 
+def check_precision(precision: str) -> None:
+    """:class:`InputError` naming ``precision`` unless it is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise InputError(f"must be one of {', '.join(PRECISIONS)}, not {precision!r}",
+                         param="precision")
+
+
 def with_precision(model, precision: str, *, info: dict | None = None):
     """Return a copy of ``model`` built under ``precision`` ("float32" or "bfloat16")."""
     from ._quiet import import_keras
 
     keras = import_keras()
 
-    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-    if precision not in policies:
-        raise InputError(f"--precision: must be one of {', '.join(policies)}, "
-                         f"not {precision!r}")
+    check_precision(precision)
     arch = (info or {}).get("architecture")
     if arch is None:
         raise ValueError("with_precision needs the model's volseg info (architecture)")
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policies[precision])
+    keras.config.set_dtype_policy(PRECISIONS[precision])
     try:
         clone = build_unet(base_filters=arch["base_filters"], depth=arch["depth"],
                            dropout=arch["dropout"], batch_norm=arch["batch_norm"],

@@ -30,10 +30,8 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 from .errors import InputError
 
@@ -86,9 +84,7 @@ def train_on_cluster(client, images_path, truth_path, out_path, *, progress=None
 
     if resources is _AUTO:
         resources = gpu_resources(client)
-    check_train_inputs(images_path, truth_path, out_path, roi_path=train_kwargs.get("roi_path"),
-                       init=train_kwargs.get("init"),
-                       overwrite=train_kwargs.get("overwrite", False))
+    check_train_inputs(images_path, truth_path, out_path, **train_kwargs)
     for key in _PATH_OPTIONS:
         if train_kwargs.get(key) is not None:
             train_kwargs[key] = absolute(train_kwargs[key])
@@ -126,27 +122,15 @@ def train_on_cluster(client, images_path, truth_path, out_path, *, progress=None
     return summary
 
 
-def check_train_inputs(images_path, truth_path, out_path, *, roi_path=None, init=None,
-                       overwrite: bool = False) -> None:
-    """The checks of :func:`volseg.train.train` that need no data read, done here
-    before a job is submitted (it may wait in the queue for hours before the worker
-    would find the same mistakes). :class:`InputError` on the first one that fails."""
-    from .model import read_model_info
-    from .store import open_image
+def check_train_inputs(images_path, truth_path, out_path, **train_kwargs) -> None:
+    """Everything :func:`volseg.train.train` checks before reading pixel data (its
+    :class:`~volseg.train.TrainConfig` and :func:`~volseg.train.open_inputs`), done
+    here before a job is submitted: it may wait in the queue for hours before the
+    worker would find the same mistakes. :class:`InputError` on the first that fails.
+    """
+    from .train import TrainConfig, open_inputs
 
-    out = Path(out_path)
-    if out.suffix != ".keras":
-        raise InputError(f"-o {out_path}: the model file must end in .keras")
-    if not out.parent.is_dir():
-        raise InputError(f"-o {out_path}: folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise InputError(f"-o {out_path}: exists; use --overwrite to replace it")
-    open_image(images_path, what="image store (--images)")
-    open_image(truth_path, what="truth store (--truth)")
-    if roi_path is not None:
-        open_image(roi_path, what="ROI store (--roi)")
-    if init is not None:
-        read_model_info(init)
+    open_inputs(TrainConfig(images_path, truth_path, out_path, **train_kwargs))
 
 
 def absolute(path) -> str:
@@ -230,23 +214,24 @@ def _wait(client, future, stream: _Stream, where: dict, worker_timeout: float, p
                 no_workers_since = no_workers_since or now
                 if now - no_workers_since > worker_timeout:
                     stream.replay(where)
-                    raise InputError(_lost_message(client, where, worker_timeout))
+                    raise InputError(_lost_message(client, where, worker_timeout),
+                                     param="cluster")
     stream.replay(where)
     try:
         return future.result()
     except KilledWorker:
         raise InputError(
-            "--cluster slurm: the training killed its Dask worker several times (most often "
-            "out of memory): raise jobqueue.slurm.memory in the profile, or train with a "
-            "smaller --batch or --patch" + _job_log_hint(where)) from None
+            "the training killed its Dask worker several times (most often out of memory): "
+            "raise jobqueue.slurm.memory in the profile, or train with a smaller batch or "
+            "patch" + _job_log_hint(where), param="cluster") from None
 
 
 def _lost_message(client, where: dict, timeout: float) -> str:
     job = where.get("start", {}).get("job_id")
     what = f"Slurm job {job}" if job else "the job"
-    return (f"--cluster slurm: {what} running the training ended before the training did "
-            f"(cancelled, preempted or failed; no worker for {timeout:.0f} s); nothing was "
-            "saved" + _job_log_hint(where))
+    return (f"{what} running the training ended before the training did (cancelled, "
+            f"preempted or failed; no worker for {timeout:.0f} s); nothing was saved"
+            + _job_log_hint(where))
 
 
 def _job_log_hint(where: dict) -> str:
@@ -255,12 +240,12 @@ def _job_log_hint(where: dict) -> str:
     job = where.get("start", {}).get("job_id")
     if not job:
         return ""
-    from .cluster import _log_tail
+    from .cluster.waiting import log_tail
 
     log_dir = dask.config.get("jobqueue.slurm.log-directory", default=None)
     log_dir = os.path.expandvars(os.path.expanduser(log_dir)) if log_dir else None
     name = dask.config.get("jobqueue.slurm.name", default=None) or "worker"
-    return _log_tail(str(job), log_dir, name)
+    return log_tail(str(job), log_dir, name)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -271,12 +256,14 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
 
     from distributed import Event, get_worker
 
+    from .cluster.walltime import job_minutes_left
     from .predict import configure_threads
-    from .train import train
+    from .train import StopSignal, train
 
     worker = get_worker()
     counter = itertools.count()
-    stop = Event(f"{topic}-stop")
+    cancel = Event(f"{topic}-stop")
+    stop = StopSignal()
 
     def send(kind, **data):
         worker.log_event(topic, {"seq": next(counter), "kind": kind, **data})
@@ -307,45 +294,14 @@ def _train_task(topic, images_path, truth_path, out_path, kwargs) -> dict:
             send("progress", done=int(done), total=int(total))
         if done >= 1 and now - state["checked"] >= 1.0:
             state["checked"] = now
-            if stop.is_set():
-                # train() stops at a KeyboardInterrupt in its step loop (where it
-                # reports steps >= 1) and keeps the best model so far, as on Ctrl-C
-                # locally.
-                raise KeyboardInterrupt
+            if cancel.is_set():
+                # The client's Ctrl-C: stop after this step and keep the best model so
+                # far, as Ctrl-C does locally.
+                stop.request()
 
     try:
-        summary = train(images_path, truth_path, out_path, progress=progress,
+        summary = train(images_path, truth_path, out_path, progress=progress, stop=stop,
                         log=lambda text: send("log", text=str(text)), **kwargs)
     except KeyboardInterrupt:
         return {"interrupted": True}
     return {"summary": summary}
-
-
-def job_minutes_left(job_id) -> float | None:
-    """Minutes until Slurm ends job ``job_id`` (its walltime), or None if unknown."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%L"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return parse_slurm_time(out.stdout.strip()) if out.returncode == 0 else None
-
-
-def parse_slurm_time(text: str) -> float | None:
-    """Slurm's ``[days-]hours:minutes:seconds`` (or ``minutes:seconds``) in minutes;
-    None for ``UNLIMITED``, ``NOT_SET`` or anything else."""
-    text = text.strip()
-    days = 0
-    if "-" in text:
-        head, text = text.split("-", 1)
-        if not head.isdigit():
-            return None
-        days = int(head)
-    parts = text.split(":")
-    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        return None
-    values = [int(p) for p in parts]
-    while len(values) < 3:
-        values.insert(0, 0)
-    hours, minutes, seconds = values
-    return days * 1440 + hours * 60 + minutes + seconds / 60

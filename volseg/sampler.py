@@ -37,7 +37,7 @@ from .errors import InputError
 
 __all__ = [
     "Augment", "CoordinateTable", "PatchDataset", "PatchSampler", "Split", "TrainingIndex",
-    "block_shape_of", "iter_frame_blocks", "parse_index_list", "percentiles_from_histogram",
+    "block_shape_of", "check_foreground_share", "iter_frame_blocks", "parse_index_list", "percentiles_from_histogram",
     "prefetch", "scan_training_data", "split_frames",
 ]
 
@@ -57,8 +57,9 @@ class Split:
     val_indices: list[int]  # the held-out time points (or z indices when by == "frames")
 
 
-def parse_index_list(text: str, n: int, option: str) -> list[int]:
-    """Parse "14-19", "3,5,7" or "0-2,9" into sorted unique indices in ``range(n)``."""
+def parse_index_list(text: str, n: int, param: str) -> list[int]:
+    """Parse "14-19", "3,5,7" or "0-2,9" into sorted unique indices in ``range(n)``;
+    errors name ``param``."""
     out: set[int] = set()
     for part in str(text).split(","):
         part = part.strip()
@@ -66,16 +67,16 @@ def parse_index_list(text: str, n: int, option: str) -> list[int]:
             continue
         m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise InputError(f"{option}: cannot read {text!r}; use indices and ranges like "
-                             "'14-19' or '3,5,7'")
+            raise InputError(f"cannot read {text!r}; use indices and ranges like "
+                             "'14-19' or '3,5,7'", param=param)
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         for v in range(lo, hi + 1):
             if not 0 <= v < n:
-                raise InputError(f"{option}: index {v} is out of range 0..{n - 1}")
+                raise InputError(f"index {v} is out of range 0..{n - 1}", param=param)
             out.add(v)
     if not out:
-        raise InputError(f"{option}: no indices in {text!r}")
+        raise InputError(f"no indices in {text!r}", param=param)
     return sorted(out)
 
 
@@ -90,28 +91,31 @@ def split_frames(shape, *, val_fraction: float = 0.2, val_timepoints: str | None
     """
     t_count, z_count = int(shape[0]), int(shape[1])
     if val_timepoints is not None and val_frames is not None:
-        raise InputError("--val-timepoints and --val-frames: give only one of them")
+        raise InputError("give held-out time points or held-out frames, not both",
+                         param="val_frames")
     if val_frames is not None and t_count > 1:
-        raise InputError(f"--val-frames: the images have {t_count} time points; hold out whole "
-                         "time points with --val-timepoints (z-frames of one time point are "
-                         "only held out when there is a single time point)")
+        raise InputError(f"the images have {t_count} time points; hold out whole time points "
+                         "instead (z-frames of one time point are only held out when there is "
+                         "a single time point)", param="val_frames")
     by = "timepoints" if (t_count > 1 or val_timepoints is not None) else "frames"
     n = t_count if by == "timepoints" else z_count
     if n < 2:
-        raise InputError("--images: a single frame (1 time point, 1 z-slice) cannot be split "
-                         "into training and validation; give at least two frames")
+        raise InputError("a single frame (1 time point, 1 z-slice) cannot be split into "
+                         "training and validation; give at least two frames",
+                         param="images_path")
     if val_timepoints is not None:
-        held = parse_index_list(val_timepoints, t_count, "--val-timepoints")
+        held = parse_index_list(val_timepoints, t_count, "val_timepoints")
     elif val_frames is not None:
-        held = parse_index_list(val_frames, z_count, "--val-frames")
+        held = parse_index_list(val_frames, z_count, "val_frames")
     else:
         if not 0.0 < val_fraction < 1.0:
-            raise InputError(f"--val-fraction: must be between 0 and 1, got {val_fraction}")
+            raise InputError(f"must be between 0 and 1, got {val_fraction}",
+                             param="val_fraction")
         k = min(n - 1, max(1, math.ceil(val_fraction * n)))
         held = list(range(n - k, n))
     if len(held) >= n:
-        raise InputError(f"{'--val-timepoints' if by == 'timepoints' else '--val-frames'}: "
-                         "nothing left for training")
+        raise InputError("nothing left for training",
+                         param="val_timepoints" if by == "timepoints" else "val_frames")
     held_set = set(held)
     frames = [(t, z) for t in range(t_count) for z in range(z_count)]
     key = (lambda f: f[0]) if by == "timepoints" else (lambda f: f[1])
@@ -235,8 +239,8 @@ def percentiles_from_histogram(hist, q, *, offset: float = 0.0,
     hist = np.asarray(hist, dtype=np.float64)
     total = hist.sum()
     if total <= 0:
-        raise InputError("--images: no training pixels to compute the intensity range from "
-                         "(empty ROI?)")
+        raise InputError("no training pixels to compute the intensity range from "
+                         "(empty ROI?)", param="images_path")
     cum = np.cumsum(hist)
     lo_i = int(np.searchsorted(cum, total * q[0] / 100.0, side="left"))
     hi_i = int(np.searchsorted(cum, total * q[1] / 100.0, side="left"))
@@ -272,7 +276,8 @@ def _histogram_layout(image, frames, progress=None):
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
     if not np.isfinite(lo):
-        raise InputError("--images: no finite intensity values in the training frames")
+        raise InputError("no finite intensity values in the training frames",
+                         param="images_path")
     nbins = 65536
     step = (hi - lo) / (nbins - 1) if hi > lo else 1.0
     return lo, step, nbins
@@ -306,7 +311,7 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
     shape = tuple(image.shape)
     frames = list(frames)
     if not frames:
-        raise InputError("--images: no training frames")
+        raise InputError("no training frames", param="images_path")
     block = block_shape_of(truth)
     regions = list(iter_frame_blocks(shape, block, frames))
     yx_blocks = math.ceil(shape[2] / block[2]) * math.ceil(shape[3] / block[3])
@@ -324,10 +329,12 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
         img = _read(image, sel)
         lab = _read(truth, sel)
         if lab.dtype.kind not in "biu":
-            raise InputError(f"--truth: labels must be integers 0/1, found dtype {lab.dtype}")
+            raise InputError(f"labels must be integers 0/1, found dtype {lab.dtype}",
+                             param="truth_path")
         if lab.size and lab.max() > 1:
-            raise InputError(f"--truth: labels must be 0 or 1, found value {int(lab.max())}; "
-                             "convert annotations with `volseg convert --mask`")
+            raise InputError(f"labels must be 0 or 1, found value {int(lab.max())}; "
+                             "convert annotations with `volseg convert --mask`",
+                             param="truth_path")
         mask = _read(roi, _roi_sel(roi, *sel)) if roi is not None else None
         for t, z in members:
             i, j = t - t_sel.start, z - z_sel.start
@@ -351,7 +358,7 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
     if roi_table is not None:
         roi_table.freeze()
         if roi_table.total == 0:
-            raise InputError("--roi: the ROI is empty in every training frame")
+            raise InputError("the ROI is empty in every training frame", param="roi_path")
     return TrainingIndex(frames=frames, frame_shape=(shape[2], shape[3]), foreground=fg,
                          roi=roi_table, histogram=hist, histogram_offset=offset,
                          histogram_step=step, pixels=pixels)
@@ -404,8 +411,7 @@ class PatchSampler:
     def __init__(self, image, truth, index: TrainingIndex, *, patch=(256, 256), roi=None,
                  foreground_share: float = 1 / 3, normalization=(0.0, 255.0),
                  augment: Augment | None = None):
-        if not 0.0 <= foreground_share <= 1.0:
-            raise InputError(f"--foreground-share: must be in [0, 1], got {foreground_share}")
+        check_foreground_share(foreground_share)
         self.image, self.truth, self.roi, self.index = image, truth, roi, index
         self.patch = (int(patch[0]), int(patch[1]))
         self.foreground_share = float(foreground_share)
@@ -487,6 +493,12 @@ class PatchSampler:
             xs.append(x)
             ys.append(y)
         return np.stack(xs), np.stack(ys)
+
+
+def check_foreground_share(value: float) -> None:
+    """:class:`InputError` naming ``foreground_share`` unless it is within [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"must be in [0, 1], got {value}", param="foreground_share")
 
 
 def _window(centre: int, size: int, extent: int):

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
+from .thresholds import best_level, class_histograms
 
 __all__ = [
     "synthesize",
@@ -35,7 +36,7 @@ __all__ = [
     "write_synth",
     "threshold_baseline",
     "threshold_histograms",
-    "best_threshold",
+    "best_intensity",
     "frame_name",
 ]
 
@@ -118,6 +119,10 @@ def _walk(rng, start, theta0, slope0, length, *, height, width, zlo, zhi):
 @functools.lru_cache(maxsize=4)
 def _network(depth: int, height: int, width: int, seed: int) -> tuple:
     """The branching tube network of a seed, independent of time.
+
+    One long function on purpose: the branches are grown from one random stream in a
+    fixed order, so the network of a seed stays the same; split into pieces, that
+    order (and a dozen shared values) would have to be threaded through them.
 
     Returns a tuple of branches; each is a dict with ``points`` (n, 3) in physical
     (z, y, x) pixel units, ``radius`` (n,), ``arc`` (n,) arc length, ``brightness``,
@@ -409,6 +414,9 @@ def synthesize_timepoint(t: int, *, timepoints: int = 4, depth: int = 8, height:
                          width: int = 821, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Generate one time point of the synthetic data set.
 
+    Long because it is one imaging model applied in order (tubes, PSF, illumination,
+    texture, haze, noise), each step a few lines on the previous step's arrays.
+
     Parameters
     ----------
     t : int
@@ -530,7 +538,7 @@ def synthesize(*, timepoints: int = 4, depth: int = 8, height: int = 523, width:
 # --------------------------------------------------------------------------- baseline
 
 def threshold_histograms(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Histograms of uint8 intensities inside (row 1) and outside (row 0) the labels.
+    """Class histograms of uint8 intensities: outside (row 0) and inside (row 1) the labels.
 
     Parameters
     ----------
@@ -540,47 +548,22 @@ def threshold_histograms(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray of int64, shape (2, 256)
-        Add histograms of several pieces to treat them as one data set.
+        :func:`volseg.thresholds.class_histograms` with intensities as the levels. Add
+        histograms of several pieces to treat them as one data set.
     """
+    from .metrics import check_binary
+
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.shape != labels.shape:
         raise ValueError(f"images {images.shape} and labels {labels.shape} differ in shape")
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {images.dtype}")
-    flat_img = images.reshape(-1)
-    flat_lab = labels.reshape(-1)
-    hist = np.zeros(512, np.int64)
-    step = 1 << 22  # pieces of 4 M voxels keep the temporaries small for big arrays
-    for i in range(0, flat_img.size, step):
-        key = (flat_lab[i:i + step].astype(np.uint16) << 8) | flat_img[i:i + step]
-        counts = np.bincount(key, minlength=512)
-        if counts.size > 512:
-            raise ValueError("labels must be 0/1")
-        hist += counts
-    return hist.reshape(2, 256)
+    check_binary(labels, name="labels")
+    return class_histograms(images, labels)
 
 
-def best_threshold(hist: np.ndarray) -> tuple[int, float]:
-    """Best global threshold from :func:`threshold_histograms` output.
-
-    Predicting ``image >= threshold`` as structure, returns the threshold (0..255) with
-    the highest Dice and that Dice (NaN when there is no structure at all).
-    """
-    hist = np.asarray(hist, np.int64)
-    bg, fg = hist[0], hist[1]
-    n_fg = fg.sum()
-    if n_fg == 0:
-        return 255, float("nan")
-    # Counts at or above each threshold: reversed cumulative sums.
-    tp = np.cumsum(fg[::-1])[::-1]
-    fp = np.cumsum(bg[::-1])[::-1]
-    dice = 2.0 * tp / (tp + fp + n_fg)
-    thr = int(np.argmax(dice))
-    return thr, float(dice[thr])
-
-
-def threshold_baseline(images: np.ndarray, labels: np.ndarray) -> tuple[int, float]:
+def threshold_baseline(images: np.ndarray, labels: np.ndarray) -> tuple[int | None, float]:
     """Dice of the best global intensity threshold: how far plain thresholding gets.
 
     Parameters
@@ -591,12 +574,20 @@ def threshold_baseline(images: np.ndarray, labels: np.ndarray) -> tuple[int, flo
 
     Returns
     -------
-    threshold : int
-        The threshold (0..255) whose prediction ``images >= threshold`` has the best Dice.
+    threshold : int or None
+        The threshold (0..255) whose prediction ``images >= threshold`` has the best
+        Dice (:func:`volseg.thresholds.best_level`, ties nearest the middle level);
+        None when ``labels`` has no structure.
     dice : float
         That Dice (exact; NaN when ``labels`` has no structure).
     """
-    return best_threshold(threshold_histograms(images, labels))
+    return best_intensity(threshold_histograms(images, labels))
+
+
+def best_intensity(hist: np.ndarray) -> tuple[int | None, float]:
+    """:func:`volseg.thresholds.best_level` of intensity histograms, (None, NaN) when
+    there is no structure at all."""
+    return best_level(hist) or (None, float("nan"))
 
 
 # --------------------------------------------------------------------------- writing
@@ -681,7 +672,7 @@ def write_synth(out_dir, *, timepoints: int = 4, depth: int = 8, height: int = 5
             done += 1
             if progress is not None:
                 progress(done, total)
-    thr, dice = best_threshold(hist)
+    thr, dice = best_intensity(hist)
     voxels = int(hist.sum())
     fg = int(hist[1].sum())
     summary = dict(
