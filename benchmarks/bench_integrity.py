@@ -125,7 +125,8 @@ def main(argv=None) -> int:
 
     model = root / "unet.keras"
     save_model(build_unet(normalization=(0.0, 255.0)), model,
-               info=base_info(normalization=(0.0, 255.0), threshold=0.5))
+               info=base_info(depth=4, base_filters=16, dropout=0.1, batch_norm=True,
+                              normalization=(0.0, 255.0), threshold=0.5))
 
     cases = [("read probability", voxels, lambda made, kind: _read_all(made["pred"])),
              ("evaluate", voxels, lambda made, kind: _evaluate(made)),

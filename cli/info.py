@@ -9,7 +9,8 @@ from ._progress import say  # noqa: F401
 def add_parser(sub):
     p = sub.add_parser("info", help="describe a volseg store",
                        description="Shape, dtype, chunks, shards, codec, stored and raw size, "
-                                   "completeness and provenance of an image or prediction store.")
+                                   "completeness and provenance of an image or prediction store; "
+                                   "kind, threshold and training record of a model file.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(run=run)
@@ -25,12 +26,14 @@ def run(args) -> int:
     else:
         for line in format_info(info):
             print(line)
-    if info["damaged"]:  # presence only (one stat per shard); `volseg verify` reads everything
+    if info.get("damaged"):  # presence only (one stat per shard); `volseg verify` reads everything
         raise InputError(info["damaged"][0])
     return 0
 
 
 def format_info(info, indent=""):
+    if info["kind"].endswith("model"):
+        return _format_model(info, indent)
     state = "complete" if info["complete"] else "INCOMPLETE"
     if info.get("damaged"):
         state += ", DAMAGED: chunks missing"
@@ -62,3 +65,18 @@ def _size(n):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
+
+
+def _format_model(info, indent=""):
+    lines = [f"{indent}{info['path']}  ({info['kind']}, {_size(info['bytes'])})",
+             f"{indent}  threshold {info['threshold']}, input {info['input_dtype']}, "
+             f"normalisation {info['normalization']}"]
+    for key in ("architecture", "patch", "margin", "features"):
+        if info.get(key) is not None:
+            lines.append(f"{indent}  {key}: {info[key]}")
+    for key, value in (info.get("training") or {}).items():
+        lines.append(f"{indent}  training {key}: {value}")
+    for key, value in (info.get("provenance") or {}).items():
+        lines.append(f"{indent}  {key}: {value}")
+    lines.append(f"{indent}  volseg version: {info.get('volseg_version')}")
+    return lines

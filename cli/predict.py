@@ -3,6 +3,8 @@
 import shlex
 import sys
 
+from volseg.model import PRECISIONS
+
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
 
@@ -14,12 +16,13 @@ def add_parser(sub):
                     "PRED.zarr/probability (uint8, value/255) and PRED.zarr/mask (uint8 0/1). "
                     "Rerunning an interrupted prediction resumes it, skipping finished blocks.")
     p.add_argument("images", metavar="IMAGES.zarr", help="image store from `volseg convert`")
-    p.add_argument("--model", required=True, metavar="MODEL.keras", help="model from `volseg train`")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="model from `volseg train` (a U-Net or a forest: told apart by content)")
     p.add_argument("-o", "--output", required=True, metavar="PRED.zarr")
     p.add_argument("--threshold", default="auto",
                    help="mask threshold in [0, 1], or 'auto' for the model's (default)")
     p.add_argument("--no-probability", action="store_true", help="write only the mask")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                    help="inference precision; bfloat16 is ~1.5x faster on CPUs with AVX-512 BF16")
     p.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     p.add_argument("--tile", default=None, metavar="H,W",

@@ -12,18 +12,22 @@ from ._remote import add_slurm_options, trainer
 
 def add_parser(sub):
     p = sub.add_parser(
-        "train", help="train the U-Net on an image store and its truth store",
+        "train", help="train a U-Net (or a random forest) on an image store and its truth store",
         description="Train a U-Net on patches read straight from Zarr (never whole arrays), "
                     "with foreground oversampling and augmentation. Validation holds out whole "
                     "time points (whole z-frames when there is one time point). Writes "
                     "MODEL.keras (weights, normalisation, threshold, provenance) and, beside "
-                    "it, MODEL.history.csv/.json and MODEL.curves.png.")
+                    "it, MODEL.history.csv/.json and MODEL.curves.png. With --method forest: "
+                    "a random forest on multiscale filter features of a class-balanced pixel "
+                    "sample (any file name; CPU only, minutes).")
     p.add_argument("--images", required=True, metavar="IMAGES.zarr", help="image store")
     p.add_argument("--truth", required=True, metavar="TRUTH.zarr", help="0/1 truth store")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.keras", help="model to write")
     p.add_argument("--roi", metavar="ROI.zarr",
                    help="mask store of where labels are valid (e.g. a field of view); patches, "
                         "loss and validation count only inside it")
+    p.add_argument("--method", choices=("unet", "forest"), default="unet",
+                   help="the U-Net (default) or the random-forest baseline")
     p.add_argument("--init", metavar="MODEL.keras",
                    help="continue from this model (fine-tuning); its architecture and intensity "
                         "normalisation are kept, --filters/--depth/--dropout are ignored")
@@ -61,6 +65,10 @@ def add_parser(sub):
                         "AVX-512 BF16 and much slower on CPUs without (default %(default)s)")
     g.add_argument("--workers", type=int, default=2,
                    help="threads reading patches ahead of training (default %(default)s)")
+    g = p.add_argument_group("forest (--method forest)")
+    g.add_argument("--trees", type=int, default=100, help="trees (default %(default)s)")
+    g.add_argument("--max-samples", type=int, default=200_000,
+                   help="training pixels at most, half of each class (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.keras")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_slurm_options(p)
@@ -91,9 +99,33 @@ class _EpochProgress:
             self.bar = None
 
 
+def run_forest(args, command) -> int:
+    from volseg.forest import train_forest
+
+    with Progress("forest: sampling", unit="frame", quiet=args.quiet) as progress:
+        summary = train_forest(args.images, args.truth, args.output, roi_path=args.roi,
+                               val_fraction=args.val_fraction, val_timepoints=args.val_timepoints,
+                               val_frames=args.val_frames, trees=args.trees,
+                               max_samples=args.max_samples, seed=args.seed,
+                               overwrite=args.overwrite, command=command, progress=progress,
+                               log=lambda m: say(args, m))
+    dice = "n/a" if summary["val_dice"] is None else f"{summary['val_dice']:.4f}"
+    say(args, f"wrote {summary['path']}: random forest on {summary['samples']:,} pixels in "
+              f"{summary['seconds']:.0f} s (threshold {summary['threshold']:.4f}, validation "
+              f"Dice {dice})")
+    return 0
+
+
 def run(args) -> int:
 
     command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.method == "forest":
+        if args.cluster != "local":
+            from volseg.errors import InputError
+
+            raise InputError("a forest trains on this machine in minutes; drop --cluster",
+                             param="method")
+        return run_forest(args, command)
     progress = _EpochProgress(args.quiet)
 
     def log(message):

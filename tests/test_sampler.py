@@ -10,7 +10,6 @@ from volseg.sampler import (
     Augment,
     PatchDataset,
     PatchSampler,
-    parse_index_list,
     percentiles_from_histogram,
     prefetch,
     scan_training_data,
@@ -65,12 +64,13 @@ def stores(tmp_path):
             images, labels)
 
 
-def test_parse_index_list():
-    assert parse_index_list("14-19", 20, "--val-frames") == [14, 15, 16, 17, 18, 19]
-    assert parse_index_list("3, 1,2-3", 5, "x") == [1, 2, 3]
+def test_validation_lists_use_the_one_index_syntax():
+    s = split_frames((1, 20, 8, 8), val_frames="14-19")
+    assert s.by == "frames" and s.val_indices == [14, 15, 16, 17, 18, 19]
+    assert split_frames((5, 1, 8, 8), val_timepoints="3, 1,2-3").val_indices == [1, 2, 3]
     for bad in ("", "a", "5-2", "7"):
-        with pytest.raises(InputError):
-            parse_index_list(bad, 5, "--val-frames")
+        with pytest.raises(InputError, match="^val_timepoints: "):
+            split_frames((5, 1, 8, 8), val_timepoints=bad)
 
 
 def test_split_by_timepoints_and_frames():

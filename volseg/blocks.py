@@ -80,6 +80,36 @@ class BlockGrid:
         """The regions of all blocks, in order."""
         return (self.region(i) for i in range(len(self)))
 
+    def frame_spans(self, frames):
+        """Blocks that hold some of the wanted (t, z) ``frames``, narrowed to them.
+
+        Yields ``(region, members)``: the block's box with its t and z ranges cut to the
+        span of the wanted frames inside it (the span may include unwanted frames between
+        them), and those wanted frames, in block order.
+        """
+        by_block: dict = {}
+        for t, z in frames:
+            by_block.setdefault((t // self.block[0], z // self.block[1]), []).append((t, z))
+        counts = self.counts
+        for (bt, bz), members in sorted(by_block.items()):
+            ts = slice(min(t for t, _ in members), max(t for t, _ in members) + 1)
+            zs = slice(min(z for _, z in members), max(z for _, z in members) + 1)
+            for by in range(counts[2]):
+                for bx in range(counts[3]):
+                    i = int(np.ravel_multi_index((bt, bz, by, bx), counts))
+                    region = self.region(i)
+                    yield (ts, zs, region[2], region[3]), members
+
+
+def read_unit(array) -> tuple[int, ...]:
+    """The natural read unit of a (t, z, y, x) array: its shard, else its chunk, else
+    one frame (for plain numpy arrays)."""
+    shape = tuple(array.shape)
+    unit = getattr(array, "shards", None) or getattr(array, "chunks", None)
+    if not unit or len(unit) != 4:
+        return (1, 1, shape[2], shape[3])
+    return tuple(int(c) for c in unit)
+
 
 def frame_runs(shape, depth: int) -> BlockGrid:
     """Runs of up to ``depth`` whole frames of one time point (one shard row deep)."""

@@ -26,8 +26,33 @@ def _describe_array(name: str, image: st.ImageStore) -> dict:
             "damage": Damage(missing, missing).describe(arr.label) if missing else None}
 
 
+def describe_model(path) -> dict:
+    """Kind, threshold, inputs, training record and provenance of a model file."""
+    from pathlib import Path
+
+    from .model import read_model_info
+
+    info = read_model_info(path)
+    kind = info.get("kind", "unet")
+    if kind == "forest":
+        detail = {"features": info.get("features")}
+    else:
+        detail = {"architecture": info.get("architecture"), "patch": info.get("patch"),
+                  "margin": info.get("margin")}
+    return {"path": str(path), "kind": f"{kind} model", "bytes": Path(path).stat().st_size,
+            "threshold": info.get("threshold"), "input_dtype": info.get("input_dtype"),
+            "normalization": info.get("normalization"), **detail,
+            "training": info.get("training"), "provenance": info.get("provenance"),
+            "volseg_version": info.get("volseg_version")}
+
+
 def describe(path) -> dict:
-    """Shape, dtype, chunks, shards, codec, sizes, completeness and provenance of a store."""
+    """Shape, dtype, chunks, shards, codec, sizes, completeness and provenance of a store
+    (or, for a model file, :func:`describe_model`)."""
+    from pathlib import Path
+
+    if Path(path).is_file():
+        return describe_model(path)
     obj = st.open_any(path)
     if isinstance(obj, st.Prediction):
         arrays = [_describe_array("mask", obj.mask)]

@@ -167,10 +167,17 @@ def foreign_entries(path: Path) -> list[Path]:
             if entry.is_dir() and not entry.is_symlink() and (entry / "zarr.json").is_file():
                 walk(entry)
                 continue
+            if entry.is_dir() and not entry.is_symlink() and _empty_tree(entry):
+                continue  # a node a failed run began (a full disk): nothing of anyone's
             found.append(entry)
 
     walk(path)
     return found
+
+
+def _empty_tree(folder: Path) -> bool:
+    """A folder holding nothing but (possibly) empty folders."""
+    return all(p.is_dir() and not p.is_symlink() and _empty_tree(p) for p in folder.iterdir())
 
 
 def remove_store(path: Path) -> None:

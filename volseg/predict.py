@@ -31,11 +31,10 @@ from .errors import DamagedDataError, InputError
 from .forest import FeatureSpec, forest_probabilities, load_forest, tile_features
 from .integrity import nonfinite_counts
 from .metrics import quantise, threshold_bin
-from .model import file_sha256, read_model_info
+from .model import check_precision, file_sha256, read_model_info
 from .outputs import open_output
 from .tiling import default_tile, predict_frames, tile_plan
 
-PRECISIONS = ("float32", "bfloat16")
 
 # Worker-process cache: (sha, precision) -> keras model. One load per worker process.
 _MODELS: dict = {}
@@ -47,9 +46,10 @@ def configure_threads() -> None:
     """Size TensorFlow's thread pool to the cores given to this worker process.
 
     Two intra-op threads on 2 cores are best and one halves throughput
-    (docs/decisions.md, "predict"), so one model per process uses every core it is given. VOLSEG_THREADS (cores per worker
-    process) is set by open_client; it must reach TensorFlow before TensorFlow starts,
-    hence environment variables rather than tf.config.
+    (docs/decisions.md, "predict"), so one model per process uses every core it is
+    given. VOLSEG_THREADS (cores per worker process) is set by open_client; it must
+    reach TensorFlow before TensorFlow starts, hence environment variables rather than
+    tf.config.
     """
     n = os.environ.get("VOLSEG_THREADS")
     if n:
@@ -152,9 +152,7 @@ def predict_block(i: int, *, images: str, out: str, model_path: str, sha: str, p
 
 def _check_parameters(precision, threshold, batch_size, halo, info) -> float:
     """Validate predict's parameters; returns the threshold to use."""
-    if precision not in PRECISIONS:
-        raise InputError(f"must be one of {', '.join(PRECISIONS)}, not {precision!r}",
-                         param="precision")
+    check_precision(precision)
     if threshold in (None, "auto"):
         threshold = float(info.get("threshold", 0.5))
     else:

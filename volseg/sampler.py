@@ -28,16 +28,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .blocks import BlockGrid, read_unit
 from .errors import InputError
+from .indices import parse_indices
 
 __all__ = [
     "Augment", "CoordinateTable", "PatchDataset", "PatchSampler", "Split", "TrainingIndex",
-    "block_shape_of", "check_foreground_share", "iter_frame_blocks", "parse_index_list", "percentiles_from_histogram",
+    "check_foreground_share", "percentiles_from_histogram",
     "prefetch", "scan_training_data", "split_frames",
 ]
 
@@ -55,29 +56,6 @@ class Split:
     val: list[tuple[int, int]]
     by: str  # "timepoints" or "frames"
     val_indices: list[int]  # the held-out time points (or z indices when by == "frames")
-
-
-def parse_index_list(text: str, n: int, param: str) -> list[int]:
-    """Parse "14-19", "3,5,7" or "0-2,9" into sorted unique indices in ``range(n)``;
-    errors name ``param``."""
-    out: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise InputError(f"cannot read {text!r}; use indices and ranges like "
-                             "'14-19' or '3,5,7'", param=param)
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        for v in range(lo, hi + 1):
-            if not 0 <= v < n:
-                raise InputError(f"index {v} is out of range 0..{n - 1}", param=param)
-            out.add(v)
-    if not out:
-        raise InputError(f"no indices in {text!r}", param=param)
-    return sorted(out)
 
 
 def split_frames(shape, *, val_fraction: float = 0.2, val_timepoints: str | None = None,
@@ -104,9 +82,10 @@ def split_frames(shape, *, val_fraction: float = 0.2, val_timepoints: str | None
                          "training and validation; give at least two frames",
                          param="images_path")
     if val_timepoints is not None:
-        held = parse_index_list(val_timepoints, t_count, "val_timepoints")
+        held = sorted(parse_indices(val_timepoints, t_count, param="val_timepoints",
+                                    axis="time point"))
     elif val_frames is not None:
-        held = parse_index_list(val_frames, z_count, "val_frames")
+        held = sorted(parse_indices(val_frames, z_count, param="val_frames", axis="slice"))
     else:
         if not 0.0 < val_fraction < 1.0:
             raise InputError(f"must be between 0 and 1, got {val_fraction}",
@@ -124,37 +103,6 @@ def split_frames(shape, *, val_fraction: float = 0.2, val_timepoints: str | None
 
 
 # --------------------------------------------------------------------------- scanning
-
-def block_shape_of(array) -> tuple[int, ...]:
-    """The natural read unit of ``array``: its shard, else its chunk, else one frame."""
-    shape = tuple(array.shape)
-    shards = getattr(array, "shards", None)
-    chunks = shards or getattr(array, "chunks", None)
-    if not chunks or len(chunks) != 4:
-        return (1, 1, shape[2], shape[3])
-    return tuple(int(c) for c in chunks)
-
-
-def iter_frame_blocks(shape, block, frames):
-    """Regions covering the given frames block by block.
-
-    Yields ``(t_sel, z_sel, ys, xs, members)``: the t and z slices to read (the span of
-    wanted frames inside one block), the y and x slices, and the wanted (t, z) frames in
-    that span (the span may include unwanted frames between them).
-    """
-    by_block = collections.defaultdict(list)
-    for t, z in frames:
-        by_block[(t // block[0], z // block[1])].append((t, z))
-    for (bt, bz), members in sorted(by_block.items()):
-        t0 = min(t for t, _ in members)
-        t1 = max(t for t, _ in members) + 1
-        z0 = min(z for _, z in members)
-        z1 = max(z for _, z in members) + 1
-        for y0 in range(0, shape[2], block[2]):
-            for x0 in range(0, shape[3], block[3]):
-                yield (slice(t0, t1), slice(z0, z1), slice(y0, min(y0 + block[2], shape[2])),
-                       slice(x0, min(x0 + block[3], shape[3])), members)
-
 
 @dataclass
 class CoordinateTable:
@@ -270,8 +218,8 @@ def _histogram_layout(image, frames, progress=None):
         return float(np.iinfo(dtype).min), 1.0, 2 ** (8 * dtype.itemsize)
     # Wider or float types: a first pass for the range, then 65536 bins over it.
     lo, hi = np.inf, -np.inf
-    for t_sel, z_sel, ys, xs, _ in iter_frame_blocks(image.shape, block_shape_of(image), frames):
-        block = _read(image, (t_sel, z_sel, ys, xs))
+    for region, _ in BlockGrid(image.shape, read_unit(image)).frame_spans(frames):
+        block = _read(image, region)
         finite = block[np.isfinite(block)] if dtype.kind == "f" else block
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
@@ -312,8 +260,8 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
     frames = list(frames)
     if not frames:
         raise InputError("no training frames", param="images_path")
-    block = block_shape_of(truth)
-    regions = list(iter_frame_blocks(shape, block, frames))
+    block = read_unit(truth)
+    regions = list(BlockGrid(shape, block).frame_spans(frames))
     yx_blocks = math.ceil(shape[2] / block[2]) * math.ceil(shape[3] / block[3])
     entries = len(frames) * yx_blocks  # (frame, block) pairs: one table entry each at most
     cap = int(np.clip(coord_budget // max(1, entries), 16, 4096))
@@ -324,8 +272,8 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
     rng = np.random.default_rng([seed, 0x5CA9])
     frame_pos = {f: i for i, f in enumerate(frames)}
     pixels = 0
-    for done, (t_sel, z_sel, ys, xs, members) in enumerate(regions, 1):
-        sel = (t_sel, z_sel, ys, xs)
+    for done, (sel, members) in enumerate(regions, 1):
+        t_sel, z_sel, ys, xs = sel
         img = _read(image, sel)
         lab = _read(truth, sel)
         if lab.dtype.kind not in "biu":

@@ -205,6 +205,11 @@ class ImageStore:
         return bool(self.volseg.get("complete"))
 
     @property
+    def made_by_volseg(self) -> bool:
+        """The group carries volseg's attributes (a completion marker, provenance)."""
+        return "volseg" in self.group.attrs
+
+    @property
     def checksummed(self) -> bool:
         """Every chunk was written with a checksum (stores of this volseg version)."""
         return bool((self.volseg.get("integrity") or {}).get("every_chunk_written"))

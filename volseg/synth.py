@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .thresholds import best_level, class_histograms
+from .tiffio import frame_file_name
 
 __all__ = [
     "synthesize",
@@ -55,11 +56,8 @@ FG_TARGET = 0.032
 _NETWORK, _TISSUE, _FRAME = 0, 1, 2
 
 
-def frame_name(t: int, z: int, *, timepoints: int, depth: int) -> str:
-    """File name of frame (t, z): ``tTTT_zZZZ.tif``, zero-padded to 3 digits (more if needed)."""
-    tw = max(3, len(str(max(timepoints - 1, 0))))
-    zw = max(3, len(str(max(depth - 1, 0))))
-    return f"t{t:0{tw}d}_z{z:0{zw}d}.tif"
+#: File names of the frames (``tTTT_zZZZ.tif``): the naming ``volseg convert`` reads.
+frame_name = frame_file_name
 
 
 def _check_sizes(**sizes) -> None:

@@ -68,8 +68,9 @@ __all__ = [
 ]
 
 #: A whole padded frame up to this many pixels is predicted as one tile. Measured
-#: (docs/decisions.md, "predict"): the U-Net's throughput on 2 CPU cores is flat from 256^2 to 1024^2 (1.7-1.85 Mpx/s
-#: fp32), so one tile per frame costs nothing in speed and needs no overlap at all;
+#: (docs/decisions.md, "predict"): the U-Net's throughput on 2 CPU cores is flat from
+#: 256^2 to 1024^2 (1.7-1.85 Mpx/s fp32), so one tile per frame costs nothing in speed
+#: and needs no overlap at all;
 #: 1.1 Mpx keeps peak memory near the measured 1024^2 figures (3.7 GB at batch 8 fp32).
 DEFAULT_MAX_PIXELS = 1_100_000
 

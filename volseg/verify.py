@@ -52,7 +52,8 @@ def verify_store(path, *, client=None, progress=None) -> dict:
     total = sum(len(g) for g in grids)
     done = 0
     arrays = []
-    complete = all(image.complete for _, image in parts)
+    # Stores made by other tools have no completion marker: read as they are.
+    complete = all(image.complete or not image.made_by_volseg for _, image in parts)
     for (name, image), grid in zip(parts, grids):
         array = image.array
         found = []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 
+from ..indices import format_ranges
 from ..model import PRECISIONS
 from .config import LOSSES, Inputs, TrainConfig, open_inputs, output_paths
 from .losses import make_loss
@@ -92,7 +93,7 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
                          val_timepoints=config.val_timepoints, val_frames=config.val_frames)
     say(f"images {tuple(image.shape)} {image.dtype}: {len(split.train)} training and "
         f"{len(split.val)} validation frames (held out by {split.by}: "
-        f"{_ranges(split.val_indices)})")
+        f"{format_ranges(split.val_indices)})")
 
     index = scan_training_data(image.array, truth.array, split.train, roi=roi, seed=config.seed)
     if index.foreground.total == 0:
@@ -189,16 +190,3 @@ def build_model(config: TrainConfig, inputs: Inputs, normalization, say):
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return keras, model, normalization
-
-
-def _ranges(values) -> str:
-    """[14, 15, 16, 19] -> "14-16,19"."""
-    values = sorted(values)
-    out, start = [], None
-    for i, v in enumerate(values):
-        if start is None:
-            start = v
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            out.append(f"{start}" if start == v else f"{start}-{v}")
-            start = None
-    return ",".join(out)

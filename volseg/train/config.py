@@ -171,6 +171,36 @@ class Inputs(NamedTuple):
         return 2 ** int(self.architecture["depth"])
 
 
+def open_stores(images_path, truth_path, roi_path=None):
+    """The training stores, checked: complete, one shape, an integer truth, an ROI that fits.
+
+    Shared by every training method (the U-Net and the forest).
+
+    Returns
+    -------
+    (ImageStore, ImageStore, ImageStore or None)
+    """
+    from ..store import open_image
+
+    image = open_image(images_path, what="image store (--images)")
+    truth = open_image(truth_path, what="truth store (--truth)")
+    if tuple(truth.shape) != tuple(image.shape):
+        raise InputError(f"shape {tuple(truth.shape)} differs from the images' "
+                         f"{tuple(image.shape)}; both must be (t, z, y, x) of one size",
+                         param="truth_path")
+    if np.dtype(truth.dtype).kind not in "biu":
+        raise InputError(f"dtype {truth.dtype} is not a label type; convert annotations "
+                         "with `volseg convert --mask`", param="truth_path")
+    roi = None
+    if roi_path is not None:
+        roi = open_image(roi_path, what="ROI store (--roi)")
+        rs, s = tuple(roi.shape), tuple(image.shape)
+        if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
+            raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
+                             "equal or 1)", param="roi_path")
+    return image, truth, roi
+
+
 def open_inputs(config: TrainConfig) -> Inputs:
     """Check everything about ``config`` that needs files but no pixel data.
 
@@ -180,7 +210,6 @@ def open_inputs(config: TrainConfig) -> Inputs:
     the parameter on the first problem.
     """
     from ..model import read_model_info
-    from ..store import open_image
 
     out = Path(config.out_path)
     if out.suffix != ".keras":
@@ -190,22 +219,7 @@ def open_inputs(config: TrainConfig) -> Inputs:
         raise InputError(f"folder {out.parent} does not exist", param="out_path")
     if out.exists() and not config.overwrite:
         raise InputError(f"{out} exists; use --overwrite to replace it", param="out_path")
-    image = open_image(config.images_path, what="image store (--images)")
-    truth = open_image(config.truth_path, what="truth store (--truth)")
-    if tuple(truth.shape) != tuple(image.shape):
-        raise InputError(f"shape {tuple(truth.shape)} differs from the images' "
-                         f"{tuple(image.shape)}; both must be (t, z, y, x) of one size",
-                         param="truth_path")
-    if np.dtype(truth.dtype).kind not in "biu":
-        raise InputError(f"dtype {truth.dtype} is not a label type; convert annotations "
-                         "with `volseg convert --mask`", param="truth_path")
-    roi = None
-    if config.roi_path is not None:
-        roi = open_image(config.roi_path, what="ROI store (--roi)")
-        rs, s = tuple(roi.shape), tuple(image.shape)
-        if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
-            raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
-                             "equal or 1)", param="roi_path")
+    image, truth, roi = open_stores(config.images_path, config.truth_path, config.roi_path)
     init_info = read_model_info(config.init) if config.init is not None else None
     if init_info is not None:
         architecture = dict(init_info["architecture"])
