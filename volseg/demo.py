@@ -1,9 +1,11 @@
 """The demo: every stage of volseg on synthetic data, end to end, in a few minutes.
 
 synth (TIFF folders) -> convert (images.zarr, truth.zarr) -> train (model.keras) ->
-predict (pred.zarr) -> evaluate (report.json, per-time-point CSV, figures) -> preview.
-The last time point is held out of training, so its scores are honest; the best global
-intensity threshold on the same voxels is the baseline the U-Net must beat.
+predict (pred.zarr) -> evaluate (report.json, per-time-point CSV, figures) -> preview,
+then the random-forest baseline (forest.model -> forest-pred.zarr -> forest-report.json).
+The last time point is held out of training, so its scores are honest; the forest and
+the best global intensity threshold on the same voxels are the baselines the U-Net must
+beat.
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ class DemoSize:
     epochs: int = 40
     steps_per_epoch: int = 40
     minutes: float = 5.0  # training time limit
+    trees: int = 100  # of the forest
 
 
 FULL = DemoSize()
 #: for tests and a quick look: seconds, not minutes (the Dice is not the point)
 SMALL = DemoSize(timepoints=2, depth=2, height=96, width=128, filters=4, patch=64, batch=4,
-                 epochs=2, steps_per_epoch=4, minutes=1.0)
+                 epochs=2, steps_per_epoch=4, minutes=1.0, trees=10)
 
 
-def _threshold_baseline(images, truth, t: int | None = None) -> tuple[int | None, float]:
-    """Best global intensity threshold and its Dice, streamed frame by frame."""
+def _threshold_baseline(images, truth, t: int | None = None) -> dict:
+    """The best global intensity threshold: its level and metrics, streamed by frame."""
+    from .metrics import confusion_metrics
     from .synth import best_intensity, threshold_histograms
 
     hist = np.zeros((2, 256), dtype=np.int64)
@@ -49,7 +53,12 @@ def _threshold_baseline(images, truth, t: int | None = None) -> tuple[int | None
     for ti in ts:
         for z in range(images.shape[1]):
             hist += threshold_histograms(images.array[ti, z], truth.array[ti, z])
-    return best_intensity(hist)
+    level, dice = best_intensity(hist)
+    if level is None:
+        return {"level": None, "dice": None, "sensitivity": None, "specificity": None}
+    counts = dict(tp=hist[1, level:].sum(), fn=hist[1, :level].sum(),
+                  fp=hist[0, level:].sum(), tn=hist[0, :level].sum())
+    return {"level": level, **confusion_metrics(**counts)}
 
 
 def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool = False,
@@ -71,6 +80,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     from . import store as st
     from .convert import convert
     from .evaluate import evaluate, write_csv, write_json
+    from .forest import train_forest
     from .predict import predict
     from .synth import write_synth
     from .train import train
@@ -91,14 +101,14 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
         log(f"\n== {name}")
         times[name] = time.monotonic()
 
-    step("1/6 synth: a 4D series of branching tubes with noise and look-alike blobs")
+    step("1/7 synth: a 4D series of branching tubes with noise and look-alike blobs")
     syn = write_synth(out / "data", timepoints=size.timepoints, depth=size.depth,
                       height=size.height, width=size.width, seed=seed, overwrite=True,
                       progress=prog("synth"))
     log(f"wrote {syn['frames']} frames of {size.height}x{size.width} to {out / 'data'}/images "
         f"and /labels ({100 * syn['foreground_fraction']:.1f} % foreground)")
 
-    step("2/6 convert: TIFF folders -> OME-Zarr")
+    step("2/7 convert: TIFF folders -> OME-Zarr")
     images_path, truth_path = out / "images.zarr", out / "truth.zarr"
     convert([out / "data" / "images"], images_path, overwrite=True, progress=prog("convert"))
     convert([out / "data" / "labels"], truth_path, mask=True, overwrite=True,
@@ -106,7 +116,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     images, truth = st.open_image(images_path), st.open_image(truth_path)
     log(f"{images_path}: {images.shape} {images.dtype}; {truth_path}: binary mask")
 
-    step(f"3/6 train: U-Net ({size.filters} base filters), last time point held out, "
+    step(f"3/7 train: U-Net ({size.filters} base filters), last time point held out, "
          f"up to {size.minutes:g} min")
     model_path = out / "model.keras"
     val_t = size.timepoints - 1
@@ -118,12 +128,12 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     log(f"model {model_path}: best epoch {summary['best_epoch']}, validation Dice "
         f"{summary['val_dice']:.3f} at threshold {summary['threshold']:.2f}")
 
-    step("4/6 predict: tiles of every frame through the U-Net -> probability + mask")
+    step("4/7 predict: tiles of every frame through the U-Net -> probability + mask")
     pred_path = out / "pred.zarr"
     psum = predict(images_path, model_path, pred_path, overwrite=True, progress=prog("predict"))
     log(f"{pred_path}: {psum['blocks']} blocks, threshold {psum['threshold']:.2f}")
 
-    step("5/6 evaluate: exact metrics over every voxel")
+    step("5/7 evaluate: exact metrics over every voxel")
     report = evaluate(pred_path, truth_path, progress=prog("evaluate"))
     write_json(report, out / "report.json")
     write_csv(report, out / "per_timepoint.csv")
@@ -133,7 +143,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
 
     evaluation_figures(report, figures)
 
-    step("6/6 preview: image, truth, probability, mask and errors of one frame")
+    step("6/7 preview: image, truth, probability, mask and errors of one frame")
     previews = []
     try:
         from .preview import preview
@@ -143,20 +153,46 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     except ImportError:
         pass
 
+    step("7/7 forest: the random-forest baseline on filter features, same split")
+    forest_path, forest_pred = out / "forest.model", out / "forest-pred.zarr"
+    fsum = train_forest(images_path, truth_path, forest_path, val_timepoints=str(val_t),
+                        trees=size.trees, seed=seed, overwrite=True, progress=prog("forest"),
+                        log=log)
+    predict(images_path, forest_path, forest_pred, overwrite=True, progress=prog("predict"))
+    forest_report = evaluate(forest_pred, truth_path, progress=prog("evaluate"))
+    write_json(forest_report, out / "forest-report.json")
+
     thr_all = _threshold_baseline(images, truth)
     thr_val = _threshold_baseline(images, truth, t=val_t)
-    held_out = next(r for r in report["per_timepoint"] if r["t"] == val_t)
+
+    def held(rep):
+        return next(r for r in rep["per_timepoint"] if r["t"] == val_t)
+
+    held_out = held(report)
+    durations = _durations(times)
+    methods = {
+        "U-Net": {"all": report, "held_out": held_out,
+                  "train_seconds": round(durations[next(k for k in times if "train" in k)], 1)},
+        "random forest": {"all": forest_report, "held_out": held(forest_report),
+                          "train_seconds": round(fsum["seconds"], 1)},
+        "best global threshold": {"all": thr_all, "held_out": thr_val, "train_seconds": None},
+    }
     result = {
         "out_dir": str(out),
         "paths": {"images": str(images_path), "truth": str(truth_path), "model": str(model_path),
                   "prediction": str(pred_path), "report": str(out / "report.json"),
+                  "forest": str(forest_path), "forest_report": str(out / "forest-report.json"),
                   "per_timepoint": str(out / "per_timepoint.csv"), "figures": str(figures),
                   "previews": previews},
         "dice_all": report["dice"], "dice_held_out": held_out["dice"],
         "sensitivity_held_out": held_out["sensitivity"],
-        "threshold_dice_all": thr_all[1], "threshold_dice_held_out": thr_val[1],
-        "threshold_level": thr_all[0], "held_out_t": val_t, "report": report,
-        "seconds": {k: round(v, 1) for k, v in _durations(times).items()},
+        "threshold_dice_all": thr_all["dice"], "threshold_dice_held_out": thr_val["dice"],
+        "threshold_level": thr_all["level"], "held_out_t": val_t, "report": report,
+        "methods": {name: {"dice_all": m["all"]["dice"], "dice_held_out": m["held_out"]["dice"],
+                           "sensitivity": m["all"]["sensitivity"],
+                           "specificity": m["all"]["specificity"],
+                           "train_seconds": m["train_seconds"]} for name, m in methods.items()},
+        "seconds": {k: round(v, 1) for k, v in durations.items()},
     }
     (out / "demo.json").write_text(json.dumps({k: v for k, v in result.items() if k != "report"},
                                               indent=2, default=str))
@@ -178,11 +214,13 @@ def format_summary(result: dict) -> list[str]:
         return "  n/a" if v is None else f"{v:.3f}"
 
     lines = ["", "== results (every voxel of the series; the last time point was not trained on)",
-             f"{'':34s}{'all':>8s}{'held-out t':>12s}",
-             f"{'U-Net Dice':34s}{f(result['dice_all']):>8s}{f(result['dice_held_out']):>12s}",
-             f"{'best global threshold Dice':34s}{f(result['threshold_dice_all']):>8s}"
-             f"{f(result['threshold_dice_held_out']):>12s}",
-             "", f"{'accuracy':14s}{f(r['accuracy'])}   {'sensitivity':14s}{f(r['sensitivity'])}",
+             f"{'':28s}{'Dice':>8s}{'held-out t':>12s}{'sens':>8s}{'spec':>8s}{'train s':>9s}"]
+    for name, m in result["methods"].items():
+        secs = "" if m["train_seconds"] is None else f"{m['train_seconds']:.0f}"
+        lines.append(f"{name + ' Dice':28s}{f(m['dice_all']):>8s}{f(m['dice_held_out']):>12s}"
+                     f"{f(m['sensitivity']):>8s}{f(m['specificity']):>8s}{secs:>9s}")
+    lines += ["", "U-Net, every voxel:",
+             f"{'accuracy':14s}{f(r['accuracy'])}   {'sensitivity':14s}{f(r['sensitivity'])}",
              f"{'specificity':14s}{f(r['specificity'])}   {'precision':14s}{f(r['precision'])}",
              f"{'IoU':14s}{f(r['iou'])}   {'MCC':14s}{f(r['mcc'])}",
              f"{'ROC AUC':14s}{f(r['roc_auc'])}   {'PR AUC':14s}{f(r['pr_auc'])}",
