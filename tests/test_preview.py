@@ -170,7 +170,7 @@ def test_grid_row_limit(tmp_path):
     shape = (1, pv.MAX_GRID_ROWS + 1, 4, 4)
     make_image_store(tmp_path / "i.zarr", np.zeros(shape, np.uint8))
     make_prediction(tmp_path / "p.zarr", np.zeros(shape, np.uint8))
-    with pytest.raises(InputError, match="--grid: 65 frames"):
+    with pytest.raises(InputError, match="^grid: 65 frames"):
         pv.preview(tmp_path / "p.zarr", tmp_path / "i.zarr", t=0, z="all",
                    out=tmp_path / "g.png", grid=True)
     assert not (tmp_path / "g.png").exists()

@@ -207,7 +207,8 @@ def test_input_error_in_the_training_job_is_one_line_exit_2(data, profile, cli, 
                          "-o", tmp_path / "m.keras", *TRAIN_ARGS, "--val-timepoints", "5",
                          "--cluster", "slurm", "--jobqueue-config", profile.path)
     assert code == 2
-    assert err == "volseg train: error: --val-timepoints: index 5 is out of range 0..2\n"
+    assert err == ("volseg train: error: --val-timepoints: time point 5 is out of range "
+                   "(the last time point is 2)\n")
     assert "training on " in out  # it did run in the job
     assert not (tmp_path / "m.keras").exists()
     # A patch size that does not fit the depth is found before any job is submitted,

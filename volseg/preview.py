@@ -268,14 +268,15 @@ def open_inputs(pred, images, truth=None):
     im = st.open_image(images)
     shape = tuple(p.mask.shape)
     if tuple(im.shape) != shape:
-        raise InputError(f"--images {images}: shape {tuple(im.shape)} differs from the "
-                         f"prediction {pred} {shape}; give the images it was predicted from")
+        raise InputError(f"{images}: shape {tuple(im.shape)} differs from the prediction "
+                         f"{pred} {shape}; give the images it was predicted from",
+                         param="images")
     gt = None
     if truth is not None:
         gt = st.open_image(truth, what="truth store")
         if tuple(gt.shape) != shape:
-            raise InputError(f"--truth {truth}: shape {tuple(gt.shape)} differs from the "
-                             f"prediction {pred} {shape}")
+            raise InputError(f"{truth}: shape {tuple(gt.shape)} differs from the "
+                             f"prediction {pred} {shape}", param="truth")
     return p, im, gt
 
 
@@ -323,8 +324,9 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
     zs = parse_indices(z, shape[1], param="z", axis="depth slice")
     pairs = [(ti, zi) for ti in ts for zi in zs]
     if grid and len(pairs) > MAX_GRID_ROWS:
-        raise InputError(f"--grid: {len(pairs)} frames make too many rows (at most "
-                         f"{MAX_GRID_ROWS}); choose fewer with --t/--z, or drop --grid")
+        raise InputError(f"{len(pairs)} frames make too many rows (at most "
+                         f"{MAX_GRID_ROWS}); choose fewer time points or slices",
+                         param="grid")
     written: list[Path] = []
 
     def report(frame, path):

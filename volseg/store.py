@@ -83,20 +83,23 @@ def default_chunks(shape, dtype) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def parse_chunks(text: str, shape) -> tuple[int, ...]:
-    """Parse ``--chunks`` ("Y,X", "Z,Y,X" or "T,Z,Y,X"; -1 means the full axis)."""
+    """Parse a chunk shape ("Y,X", "Z,Y,X" or "T,Z,Y,X"; -1 means the full axis)."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise InputError(f"--chunks: {text!r} is not a comma-separated list of integers") from None
+        raise InputError(f"{text!r} is not a comma-separated list of integers",
+                         param="chunks") from None
     if not 2 <= len(values) <= 4:
-        raise InputError(f"--chunks: give 2 to 4 sizes (Y,X / Z,Y,X / T,Z,Y,X), got {text!r}")
+        raise InputError(f"give 2 to 4 sizes (Y,X / Z,Y,X / T,Z,Y,X), got {text!r}",
+                         param="chunks")
     values = [1] * (4 - len(values)) + values
     out = []
     for v, n in zip(values, shape):
         if v == -1:
             v = n
         if v < 1:
-            raise InputError(f"--chunks: sizes must be positive (or -1 for a full axis), got {text!r}")
+            raise InputError(f"sizes must be positive (or -1 for a full axis), got {text!r}",
+                             param="chunks")
         out.append(min(v, n))
     return tuple(out)
 
