@@ -3,7 +3,7 @@
 import shlex
 import sys
 
-from volseg.model import PRECISIONS
+from volseg.model import PRECISION_CHOICES
 
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
@@ -22,8 +22,13 @@ def add_parser(sub):
     p.add_argument("--threshold", default="auto",
                    help="mask threshold in [0, 1], or 'auto' for the model's (default)")
     p.add_argument("--no-probability", action="store_true", help="write only the mask")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
-                   help="inference precision; bfloat16 is ~1.5x faster on CPUs with AVX-512 BF16")
+    p.add_argument("--roi", metavar="ROI.zarr",
+                   help="mask store: blocks entirely outside it are written as zeros without "
+                        "running the model, pixels outside it are zero")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="inference precision; bfloat16 is ~1.5x faster where the hardware "
+                        "computes it natively (AVX-512 BF16, AMX, GPUs from Ampere on); auto "
+                        "(default) uses it there and float32 elsewhere")
     p.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     p.add_argument("--tile", default=None, metavar="H,W",
                    help="largest tile (default: whole frames up to ~1.1 Mpx)")
@@ -68,13 +73,14 @@ def run(args) -> int:
             Progress("predict", quiet=args.quiet) as progress:
         summary = predict(args.images, args.model, args.output, threshold=args.threshold,
                           probability=not args.no_probability, precision=args.precision,
-                          tile=tile, halo=args.halo, batch_size=args.batch,
+                          tile=tile, halo=args.halo, batch_size=args.batch, roi=args.roi,
                           overwrite=args.overwrite, client=client,
                           resources=gpu_resources(client), progress=progress, command=command,
                           log=lambda m: say(args, m))
     seconds = time.monotonic() - start
     px = summary["pixels"] * summary["computed"] / max(summary["blocks"], 1)
-    say(args, f"wrote {summary['path']}: {summary['computed']} blocks predicted, "
+    roi = f", {summary['roi_skipped']} outside --roi not run" if args.roi else ""
+    say(args, f"wrote {summary['path']}: {summary['computed']} blocks predicted{roi}, "
               f"{summary['skipped']} already done, threshold {summary['threshold']:g}; "
               f"{px / max(seconds, 1e-9) / 1e6:.2f} Mpx/s; complete")
     return 0

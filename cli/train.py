@@ -3,7 +3,7 @@
 import shlex
 import sys
 
-from volseg.model import PRECISIONS
+from volseg.model import PRECISION_CHOICES
 from volseg.train.config import LOSSES
 
 from ._progress import Progress, say
@@ -60,9 +60,10 @@ def add_parser(sub):
     g.add_argument("--seed", type=int, default=0, help="default %(default)s")
     g.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop in time, keeping the best model")
-    g.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+    g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="training precision; bfloat16 (mixed) is ~1.4x faster on CPUs with "
-                        "AVX-512 BF16 and much slower on CPUs without (default %(default)s)")
+                        "AVX-512 BF16 and much slower on CPUs without; auto (default) uses it "
+                        "where the hardware computes it natively, else float32")
     g.add_argument("--workers", type=int, default=2,
                    help="threads reading patches ahead of training (default %(default)s)")
     g = p.add_argument_group("forest (--method forest)")

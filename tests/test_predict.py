@@ -187,3 +187,38 @@ def test_kill_9_then_rerun_identical(tmp_path, tiny_model, client):
     _, prob, mask = read_pred(out)
     np.testing.assert_array_equal(prob, ref_prob)
     np.testing.assert_array_equal(mask, ref_mask)
+
+
+def test_roi_skips_blocks_outside_and_zeroes_pixels_outside(tmp_path, cli):
+    """Blocks entirely outside the ROI are not run; inside it the prediction equals the
+    full one, outside it is zero."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 255, (3, 2, 40, 56), dtype=np.uint8)
+    make_image_store(tmp_path / "i.zarr", images)
+    roi = np.zeros((3, 1, 40, 56), np.uint8)
+    roi[1, :, 5:30, 10:50] = 1  # only time point 1 has any ROI
+    make_image_store(tmp_path / "roi.zarr", roi, mask=True)
+    model = make_tiny_model(tmp_path / "m.keras")
+    from volseg.predict import predict
+
+    full = predict(tmp_path / "i.zarr", model, tmp_path / "full.zarr", threshold=0.5)
+    part = predict(tmp_path / "i.zarr", model, tmp_path / "part.zarr", threshold=0.5,
+                   roi=tmp_path / "roi.zarr")
+    assert part["roi_skipped"] == 2 and full["roi_skipped"] == 0  # t=0 and t=2 not run
+    p_full = st.open_prediction(tmp_path / "full.zarr")
+    p_part = st.open_prediction(tmp_path / "part.zarr")
+    inside = np.broadcast_to(roi != 0, images.shape)
+    for name in ("probability", "mask"):
+        a = getattr(p_full, name).array[...]
+        b = getattr(p_part, name).array[...]
+        np.testing.assert_array_equal(b[inside], a[inside])
+        assert not b[~inside].any()
+    assert p_part.volseg["job"]["parameters"]["roi"]["path"].endswith("roi.zarr")
+    code, out, err = cli("predict", tmp_path / "i.zarr", "--model", model, "-o",
+                         tmp_path / "c.zarr", "--roi", tmp_path / "roi.zarr")
+    assert code == 0 and "2 outside --roi not run" in out
+    bad = np.zeros((1, 1, 40, 50), np.uint8)
+    make_image_store(tmp_path / "bad.zarr", bad, mask=True)
+    code, out, err = cli("predict", tmp_path / "i.zarr", "--model", model, "-o",
+                         tmp_path / "d.zarr", "--roi", tmp_path / "bad.zarr")
+    assert code == 2 and err.startswith("volseg predict: error: --roi: shape")

@@ -27,6 +27,8 @@ from .errors import InputError
 #: Precisions a model trains or predicts in, and the Keras dtype policy of each: bfloat16
 #: is mixed (float32 weights and outputs, bfloat16 compute).
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+#: What users may ask for: a precision, or "auto" (see :func:`resolve_precision`).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 #: Name of the zip member holding volseg's metadata inside a ``.keras`` archive.
 INFO_MEMBER = "volseg.json"
@@ -307,10 +309,70 @@ def load_model(path, *, precision: str | None = None):
 
 
 def check_precision(precision: str) -> None:
-    """:class:`InputError` naming ``precision`` unless it is one of :data:`PRECISIONS`."""
-    if precision not in PRECISIONS:
-        raise InputError(f"must be one of {', '.join(PRECISIONS)}, not {precision!r}",
+    """:class:`InputError` naming ``precision`` unless it is one of
+    :data:`PRECISION_CHOICES`."""
+    if precision not in PRECISION_CHOICES:
+        raise InputError(f"must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}",
                          param="precision")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def gpu_capabilities() -> list[tuple[int, int]]:
+    """CUDA compute capabilities of the GPUs the Keras backend sees (empty: none).
+
+    Asks the backend that is already imported, so it costs nothing on a CPU machine.
+    """
+    import sys
+
+    found: list[tuple[int, int]] = []
+    try:
+        if "tensorflow" in sys.modules:
+            tf = sys.modules["tensorflow"]
+            for dev in tf.config.list_physical_devices("GPU"):
+                cc = tf.config.experimental.get_device_details(dev).get("compute_capability")
+                found.append(tuple(cc) if cc else (0, 0))
+        elif "jax" in sys.modules:
+            for dev in sys.modules["jax"].devices():
+                if dev.platform == "gpu":
+                    cc = str(getattr(dev, "compute_capability", "0.0")).split(".")
+                    found.append((int(cc[0]), int(cc[1]) if len(cc) > 1 else 0))
+        elif "torch" in sys.modules:
+            torch = sys.modules["torch"]
+            for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+                found.append(tuple(torch.cuda.get_device_capability(i)))
+    except Exception:  # a backend without GPU support answers in its own ways
+        return found
+    return found
+
+
+def native_bf16(*, flags=None, gpus=None) -> bool:
+    """The hardware computes bfloat16 natively: a GPU of compute capability 8.0 or newer
+    (Ampere, Hopper ...), or a CPU with AVX-512 BF16 or AMX. Elsewhere bfloat16 is
+    emulated and slower than float32 (docs/decisions.md, "predict")."""
+    gpus = gpu_capabilities() if gpus is None else gpus
+    if gpus:
+        return all(cc >= (8, 0) for cc in gpus)
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def resolve_precision(precision: str, *, flags=None, gpus=None) -> str:
+    """``"auto"`` -> ``"bfloat16"`` where :func:`native_bf16`, else ``"float32"``."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bf16(flags=flags, gpus=gpus) else "float32"
 
 
 def with_precision(model, precision: str, *, info: dict | None = None):

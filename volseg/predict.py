@@ -31,7 +31,7 @@ from .errors import DamagedDataError, InputError
 from .forest import FeatureSpec, forest_probabilities, load_forest, tile_features
 from .integrity import nonfinite_counts
 from .metrics import quantise, threshold_bin
-from .model import check_precision, file_sha256, read_model_info
+from .model import check_precision, file_sha256, read_model_info, resolve_precision
 from .outputs import open_output
 from .tiling import default_tile, predict_frames, tile_plan
 
@@ -39,6 +39,7 @@ from .tiling import default_tile, predict_frames, tile_plan
 # Worker-process cache: (sha, precision) -> keras model. One load per worker process.
 _MODELS: dict = {}
 _MODEL_LOCK = threading.Lock()
+_RESOLVED: dict = {}  # "auto" -> the precision this process uses
 LOADS = {"count": 0}
 
 
@@ -58,16 +59,26 @@ def configure_threads() -> None:
 
 
 def cached_model(model_path: str, sha: str, precision: str):
-    """The model for ``(sha, precision)``, loaded at most once in this process."""
-    key = (sha, precision)
+    """The model for ``(sha, precision)``, loaded at most once in this process.
+
+    ``precision`` may be "auto": it is resolved here, on the machine that runs the model
+    (a GPU worker's answer differs from the login node's); ``model.volseg_precision``
+    says what was used.
+    """
     with _MODEL_LOCK:
+        from ._quiet import import_keras
+
+        configure_threads()
+        import_keras()
+        if precision not in _RESOLVED:
+            _RESOLVED[precision] = resolve_precision(precision)
+        precision = _RESOLVED[precision]
+        key = (sha, precision)
         if key not in _MODELS:
-            from ._quiet import import_keras
             from .model import load_model
 
-            configure_threads()
-            import_keras()
             model, _ = load_model(model_path, precision=precision)
+            model.volseg_precision = precision
             _MODELS[key] = model
             LOADS["count"] += 1
         return _MODELS[key]
@@ -138,16 +149,47 @@ def write_block(out: str, grid: BlockGrid, i: int, p8: np.ndarray, *, threshold:
     st.BlockLedger(pred.group, len(grid)).mark_done(i)
 
 
-def predict_block(i: int, *, images: str, out: str, model_path: str, sha: str, precision: str,
-                  tile, blend: int | None, multiple: int, threshold: float,
-                  probability: bool, grid: BlockGrid, batch_size: int) -> int:
-    """Process function: predict block ``i`` of ``images`` into ``out``; returns pixels."""
+def unet_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str,
+               precision: str, tile, blend: int | None, multiple: int,
+               batch_size: int) -> tuple[np.ndarray, dict]:
+    """The U-Net's uint8 probabilities of block ``i`` (and the precision it used)."""
     model = cached_model(model_path, sha, precision)
     frames = read_block(images, grid, i)
     p8 = block_probabilities(frames, predict_batch_fn(model), grid=grid, i=i, tile=tile,
                              blend=blend, multiple=multiple, batch_size=batch_size)
+    return p8, {"precision": model.volseg_precision}
+
+
+def roi_inside(roi: str | None, grid: BlockGrid, i: int) -> np.ndarray | None:
+    """Where block ``i`` lies inside the ROI store (bool, the block's z, y, x); None
+    without an ROI. An ROI with one time point or slice applies to all."""
+    if roi is None:
+        return None
+    array = st.open_image(roi, what="ROI store").array
+    t, zs, ys, xs = grid.region(i)
+    tr = slice(0, 1) if array.shape[0] == 1 else t
+    zr = slice(0, 1) if array.shape[1] == 1 else zs
+    inside = np.asarray(array[tr, zr, ys, xs])[0] != 0
+    return np.broadcast_to(inside, (zs.stop - zs.start,) + inside.shape[1:])
+
+
+def predict_block(i: int, *, compute, images: str, out: str, grid: BlockGrid,
+                  threshold: float, probability: bool, roi: str | None = None, **kw) -> dict:
+    """Process function: predict block ``i`` with ``compute`` and write it.
+
+    A block entirely outside the ROI is written as zeros without running the model;
+    inside a partly covered block, pixels outside the ROI are zero too.
+    """
+    inside = roi_inside(roi, grid, i)
+    if inside is not None and not inside.any():
+        write_block(out, grid, i, np.zeros(inside.shape, np.uint8), threshold=threshold,
+                    probability=probability)
+        return {"pixels": 0, "roi_skipped": 1}
+    p8, extra = compute(i, images=images, grid=grid, **kw)
+    if inside is not None:
+        p8 = np.where(inside, p8, 0).astype(np.uint8)
     write_block(out, grid, i, p8, threshold=threshold, probability=probability)
-    return int(p8.size)
+    return {"pixels": int(p8.size), **extra}
 
 
 def _check_parameters(precision, threshold, batch_size, halo, info) -> float:
@@ -170,8 +212,8 @@ def _check_parameters(precision, threshold, batch_size, halo, info) -> float:
 
 
 def predict(images, model, out, *, threshold="auto", probability: bool = True,
-            precision: str = "float32", tile=None, halo: int | None = None,
-            blend: int | None = None, batch_size: int = 4, overwrite: bool = False,
+            precision: str = "auto", tile=None, halo: int | None = None,
+            blend: int | None = None, batch_size: int = 4, roi=None, overwrite: bool = False,
             client=None, resources: dict | None = None, progress=None,
             command: str | None = None, log=None) -> dict:
     """Predict every frame of the image store ``images`` with ``model`` into ``out``.
@@ -190,13 +232,18 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
         Probability threshold of the mask; "auto" uses the model's stored threshold.
     probability : bool
         Write the probability array (False: the mask only).
-    precision : {"float32", "bfloat16"}
-        Inference precision (mixed bfloat16 is ~1.5x faster on AVX-512 BF16 CPUs).
+    precision : {"auto", "float32", "bfloat16"}
+        Inference precision: mixed bfloat16 is ~1.5x faster where the hardware computes
+        it natively; "auto" picks it there (on the machine that runs the model), float32
+        elsewhere. The store records what was used (``volseg.precision_used``).
     tile, halo, blend :
         Tiling (see :func:`volseg.tiling.tile_plan`); defaults: whole frames up to
         ~1.1 Mpx, the model's margin as halo.
     batch_size : int
         Tiles per model call.
+    roi : path-like, optional
+        A mask store (same y, x; t and z equal or 1): blocks entirely outside it are
+        written as zeros without running the model, and pixels outside it are zero.
     client : distributed.Client, optional
         Default: one block at a time in this process (TensorFlow uses every core).
     resources : dict, optional
@@ -212,6 +259,16 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     image = st.open_image(images)
     info = read_model_info(model)
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
+    roi_record = None
+    if roi is not None:
+        mask = st.open_image(roi, what="ROI store")
+        rs, s = tuple(mask.shape), tuple(image.shape)
+        if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
+            raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
+                             "equal or 1)", param="roi")
+        roi = str(roi)
+        roi_record = {"path": str(Path(roi).resolve()),
+                      "fingerprint": mask.volseg.get("job", {}).get("fingerprint")}
     if log and str(image.dtype) != info.get("input_dtype", str(image.dtype)):
         log(f"warning: {images} is {image.dtype} but the model was trained on "
             f"{info.get('input_dtype')} images; predicting anyway (raw intensities go "
@@ -229,6 +286,8 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
                   **method["parameters"]}
     sources = [{"path": str(Path(images).resolve()),
                 "fingerprint": image.volseg.get("job", {}).get("fingerprint")}]
+    if roi_record is not None:
+        parameters["roi"] = roi_record
     job = st.make_job("predict", parameters=parameters, sources=sources, command=command)
     with open_output(out, job=job, overwrite=overwrite, what="prediction",
                      command=command) as dest:
@@ -249,21 +308,32 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, "
                 f"{len(todo)} of {len(grid)} blocks to predict (threshold {threshold:g}, "
-                f"{method['describe']})")
-        task = functools.partial(method["process"], images=str(images), out=str(dest.write_path),
-                                 model_path=model, sha=sha, threshold=threshold,
-                                 probability=probability, grid=grid, **method["kwargs"])
+                f"{method['describe']}" + (f", only inside {roi}" if roi else "") + ")")
+        task = functools.partial(predict_block, compute=method["compute"], images=str(images),
+                                 out=str(dest.write_path), grid=grid, threshold=threshold,
+                                 probability=probability, roi=roi, model_path=model, sha=sha,
+                                 **method["kwargs"])
+        used = set(pred.volseg.get("precision_used") or [])
+        skipped = {"blocks": 0}
+
+        def note(_, result):
+            if result.get("precision"):
+                used.add(result["precision"])
+            skipped["blocks"] += result.get("roi_skipped", 0)
+
         run_blocks(task, todo, client=client, threads=method["threads"] if client is None else None,
                    progress=progress, resources=resources, done_before=len(grid) - len(todo),
-                   total=len(grid), grid=grid)
+                   total=len(grid), grid=grid, on_result=note)
         for part in pred.parts:
             st.finish(part.group)
-        st.finish(pred.group, ledger)
+        st.finish(pred.group, ledger, precision_used=sorted(used))
         dest.commit()
     return {"path": str(out), "shape": shape, "blocks": len(grid), "computed": len(todo),
             "skipped": len(grid) - len(todo), "threshold": threshold,
             "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"),
-            "precision": method["extra"].get("precision"), "tiling": method["extra"].get("tiling")}
+            "roi_skipped": skipped["blocks"],
+            "precision": method["extra"].get("precision"), "precision_used": sorted(used),
+            "tiling": method["extra"].get("tiling")}
 
 
 def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batch_size) -> dict:
@@ -276,7 +346,7 @@ def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batc
                             multiple=multiple)
     tile = tuple(int(v) for v in tile)
     plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
-    return {"halo": halo, "process": predict_block, "threads": 1,  # TF uses every core
+    return {"halo": halo, "compute": unet_block, "threads": 1,  # TF uses every core
             "kwargs": dict(precision=precision, tile=tile, blend=blend, multiple=multiple,
                            batch_size=batch_size),
             "parameters": {"precision": precision, "tile": list(tile), "halo": halo,
@@ -292,7 +362,7 @@ def _forest_method(info, *, halo) -> dict:
     if halo < spec.halo:
         raise InputError(f"must be at least {spec.halo} for this forest (its largest filter "
                          "reaches that far), or left out", param="halo")
-    return {"halo": halo, "process": forest_block, "threads": None,
+    return {"halo": halo, "compute": forest_block, "threads": None,
             "kwargs": dict(spec=spec.as_dict()),
             "parameters": {"halo": halo, "features": spec.as_dict()},
             "extra": {"features": spec.as_dict()},
@@ -311,9 +381,9 @@ def cached_forest(model_path: str, sha: str):
         return _FORESTS[sha]
 
 
-def forest_block(i: int, *, images: str, out: str, model_path: str, sha: str, spec: dict,
-                 threshold: float, probability: bool, grid: BlockGrid) -> int:
-    """Process function: a forest's prediction of block ``i``; returns pixels."""
+def forest_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str,
+                 spec: dict) -> tuple[np.ndarray, dict]:
+    """A forest's uint8 probabilities of block ``i``."""
     forest = cached_forest(model_path, sha)
     spec = FeatureSpec.from_dict(spec)
     frames = read_block(images, grid, i)
@@ -326,6 +396,4 @@ def forest_block(i: int, *, images: str, out: str, model_path: str, sha: str, sp
                                            ys=ys, xs=xs):
             prob[k, ty.start - ys.start: ty.stop - ys.start,
                  tx.start - xs.start: tx.stop - xs.start] = forest_probabilities(forest, feats)
-    p8 = quantise(prob)
-    write_block(out, grid, i, p8, threshold=threshold, probability=probability)
-    return int(p8.size)
+    return quantise(prob), {}

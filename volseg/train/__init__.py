@@ -22,10 +22,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from ..indices import format_ranges
-from ..model import PRECISIONS
+from ..model import PRECISIONS, resolve_precision
 from .config import LOSSES, Inputs, TrainConfig, open_inputs, output_paths
 from .losses import make_loss
 from .loop import EpochLoop, LoopResult
@@ -84,6 +85,12 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
 
     say = log or (lambda message: None)
     t_start = time.monotonic()
+    if config.precision == "auto":  # here: on the machine that trains (a Slurm job's)
+        from .._quiet import import_keras
+
+        import_keras()
+        config = dataclasses.replace(config, precision=resolve_precision("auto"))
+        say(f"precision auto: {config.precision}")
     stop = stop or StopSignal()
     stop.set_time_limit(config.time_limit)
     inputs = open_inputs(config)

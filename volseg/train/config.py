@@ -87,8 +87,10 @@ class TrainConfig:
         Seeds weights, dropout and patch sampling.
     time_limit : float, optional
         Minutes; training stops in time to validate, and the best model is kept.
-    precision : "float32" or "bfloat16"
-        Training precision (``mixed_bfloat16`` policy). The saved model is float32.
+    precision : "auto", "float32" or "bfloat16"
+        Training precision (``mixed_bfloat16`` policy); "auto": bfloat16 where the
+        hardware computes it natively (resolved on the machine that trains, and recorded
+        in the model). The saved model is float32.
     workers : int
         Threads preparing patches ahead of the training step.
     max_val_pixels : int, optional
@@ -125,7 +127,7 @@ class TrainConfig:
     lr_patience: int = 3
     seed: int = 0
     time_limit: float | None = None
-    precision: str = "float32"
+    precision: str = "auto"
     workers: int = 2
     max_val_pixels: int | None = 16_000_000
     percentiles: tuple = (0.5, 99.5)

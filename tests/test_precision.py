@@ -1,0 +1,47 @@
+"""--precision auto: bfloat16 only where the hardware computes it natively, and recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import make_image_store, make_tiny_model
+from volseg import store as st
+from volseg.errors import InputError
+from volseg.model import native_bf16, resolve_precision
+
+
+@pytest.mark.parametrize("flags,gpus,expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, [], "bfloat16"),   # Zen 4, Cooper Lake
+    ({"avx2", "amx_bf16", "amx_tile"}, [], "bfloat16"),     # Sapphire Rapids
+    ({"avx2", "avx512f"}, [], "float32"),                   # Skylake-X: emulated, slow
+    ({"sse4_2"}, [], "float32"),                            # no AVX-512 at all
+    (set(), [(8, 0)], "bfloat16"),                          # A100
+    ({"avx512_bf16"}, [(7, 0)], "float32"),                 # V100 computes, CPU does not
+    (set(), [(9, 0), (7, 5)], "float32"),                   # mixed GPUs: the weakest decides
+])
+def test_auto_picks_bfloat16_only_on_native_hardware(flags, gpus, expected):
+    assert resolve_precision("auto", flags=flags, gpus=gpus) == expected
+    assert native_bf16(flags=flags, gpus=gpus) == (expected == "bfloat16")
+    # an explicit choice is kept whatever the hardware
+    assert resolve_precision("float32", flags=flags, gpus=gpus) == "float32"
+    assert resolve_precision("bfloat16", flags=flags, gpus=gpus) == "bfloat16"
+
+
+def test_unknown_precision_names_the_parameter():
+    with pytest.raises(InputError, match="^precision: must be one of auto, float32, bfloat16"):
+        resolve_precision("fp8")
+
+
+def test_predict_records_the_precision_it_used(tmp_path):
+    from volseg.model import cpu_flags
+    from volseg.predict import predict
+
+    images = np.random.default_rng(0).integers(0, 255, (1, 2, 32, 48), dtype=np.uint8)
+    make_image_store(tmp_path / "i.zarr", images)
+    model = make_tiny_model(tmp_path / "m.keras")
+    summary = predict(tmp_path / "i.zarr", model, tmp_path / "p.zarr", precision="auto")
+    expected = resolve_precision("auto", flags=cpu_flags(), gpus=[])
+    assert summary["precision_used"] == [expected]
+    pred = st.open_prediction(tmp_path / "p.zarr")
+    assert pred.volseg["precision"] == "auto" and pred.volseg["precision_used"] == [expected]
