@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from volseg.errors import InputError
-
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
+from ._reports import check_report_files
 
 
 def add_parser(sub):
@@ -47,23 +46,9 @@ def add_parser(sub):
 def _check_outputs(args) -> None:
     """Refuse to replace files volseg did not write (unless --overwrite), before counting."""
     from volseg.figures import EVALUATION_FIGURES
-    from volseg.outputs import check_replaceable, csv_by_volseg, json_by_volseg, png_by_volseg
 
-    if args.json:
-        check_replaceable(args.json, marker=json_by_volseg, overwrite=args.overwrite,
-                          what="--json report")
-    if args.csv:
-        check_replaceable(args.csv, marker=csv_by_volseg, overwrite=args.overwrite,
-                          what="--csv table")
-        if args.per_z:
-            check_replaceable(_per_z_path(Path(args.csv)), marker=csv_by_volseg,
-                              overwrite=args.overwrite, what="--csv table")
-    if args.plots:
-        if Path(args.plots).exists() and not Path(args.plots).is_dir():
-            raise InputError(f"--plots {args.plots}: exists and is not a folder")
-        for name in EVALUATION_FIGURES if Path(args.plots).is_dir() else ():
-            check_replaceable(Path(args.plots) / name, marker=png_by_volseg,
-                              overwrite=args.overwrite, what="--plots figure")
+    check_report_files(args, EVALUATION_FIGURES,
+                       [_per_z_path(Path(args.csv))] if args.csv and args.per_z else [])
 
 
 def _per_z_path(csv_path: Path) -> Path:

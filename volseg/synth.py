@@ -269,6 +269,23 @@ def _segments(branches, phase: float, height: int, width: int, seed: int):
             np.concatenate(r1s), np.concatenate(bs))
 
 
+def centreline_length(t: int, *, timepoints: int = 4, depth: int = 8, height: int = 523,
+                      width: int = 821, seed: int = 0) -> float:
+    """Length (pixels) of the generator's centre lines inside the stack at time point ``t``.
+
+    The same capsule segments :func:`synthesize_timepoint` renders, each counted when its
+    midpoint lies inside the imaged box (half a voxel beyond the outer voxel centres, z
+    in physical pixels: ``Z_STEP`` per slice): what a skeleton of the labels can find.
+    """
+    phase = t / (timepoints - 1) if timepoints > 1 else 0.0
+    p0, p1, _, _, _ = _segments(_network(depth, height, width, seed), phase, height, width, seed)
+    mid = (p0 + p1) / 2
+    lo = np.array([-Z_STEP / 2, -0.5, -0.5])
+    hi = np.array([(depth - 0.5) * Z_STEP, height - 0.5, width - 0.5])
+    inside = np.all((mid >= lo) & (mid <= hi), axis=1)
+    return float(np.linalg.norm(p1 - p0, axis=1)[inside].sum())
+
+
 def _render_tubes(shape, segments):
     """Signed distance to the tube surface (physical px), relative radius, radius, brightness.
 
@@ -625,7 +642,9 @@ def write_synth(out_dir, *, timepoints: int = 4, depth: int = 8, height: int = 5
     -------
     dict
         ``out_dir, images_dir, labels_dir, shape, seed, frames, files, voxels,
-        foreground_voxels, foreground_fraction, threshold, threshold_dice, seconds``.
+        foreground_voxels, foreground_fraction, threshold, threshold_dice,
+        centreline_length`` (per time point, pixels; :func:`centreline_length`),
+        ``z_step, seconds``.
 
     Raises
     ------
@@ -678,6 +697,12 @@ def write_synth(out_dir, *, timepoints: int = 4, depth: int = 8, height: int = 5
         shape=[timepoints, depth, height, width], seed=int(seed), frames=total, files=2 * total,
         voxels=voxels, foreground_voxels=fg, foreground_fraction=fg / voxels,
         threshold=thr, threshold_dice=None if math.isnan(dice) else dice,
+        # Ground truth for `volseg measure`: centre-line length per time point, in x/y
+        # pixels, z counted as Z_STEP pixels per slice.
+        centreline_length=[centreline_length(t, timepoints=timepoints, depth=depth,
+                                             height=height, width=width, seed=seed)
+                           for t in range(timepoints)],
+        z_step=Z_STEP,
         seconds=round(time.monotonic() - start, 3),
     )
     (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
