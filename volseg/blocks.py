@@ -170,8 +170,8 @@ def run_blocks(process: Callable, todo: Iterable[int], *, client=None, total: in
     resources : dict, optional
         Dask worker resources each task needs (``{"GPU": 1}``).
     window : int, optional
-        Tasks in flight at once (default 4 per thread): 10^5 blocks never sit in the
-        scheduler together.
+        Tasks in flight at once (default 4 per thread, at least 16): 10^5 blocks never
+        sit in the scheduler together.
     grid : BlockGrid, optional
         Used to name a failed block's region in the error.
 
@@ -189,22 +189,36 @@ def run_blocks(process: Callable, todo: Iterable[int], *, client=None, total: in
     if not todo:
         return 0
     if client is None:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        import queue as _queue
+        from concurrent.futures import ThreadPoolExecutor
 
         threads = threads or os.cpu_count() or 1
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="volseg-block")
-        submit = lambda i: pool.submit(_call, process, i)  # noqa: E731
+        finished = _queue.SimpleQueue()
+
+        def submit(i):
+            fut = pool.submit(_call, process, i)
+            fut.add_done_callback(finished.put)
+            return fut
+
+        next_done = finished.get
         cancel = lambda fs: [f.cancel() for f in fs]  # noqa: E731
     else:
-        from distributed import wait
+        from distributed import as_completed
 
-        FIRST_COMPLETED = "FIRST_COMPLETED"
         threads = threads or client_threads(client)
         pool = None
-        submit = lambda i: client.submit(_call, process, i, pure=False,  # noqa: E731
-                                         resources=resources)
+        # as_completed is event-driven: no polling, one round trip per task
+        completions = as_completed([], with_results=False)
+
+        def submit(i):
+            fut = client.submit(_call, process, i, pure=False, resources=resources)
+            completions.add(fut)
+            return fut
+
+        next_done = lambda: next(completions)  # noqa: E731
         cancel = client.cancel
-    window = window or max(2, 4 * threads)
+    window = window or max(16, 4 * threads)
     queue = iter(todo)
     pending: dict = {}
     done = done_before
@@ -212,24 +226,25 @@ def run_blocks(process: Callable, todo: Iterable[int], *, client=None, total: in
         for i in itertools.islice(queue, window):
             pending[submit(i)] = i
         while pending:
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                i = pending.pop(fut)
-                try:
-                    value = fut.result()
-                except Exception as exc:
-                    _note(exc, i, grid)
-                    raise
-                if isinstance(value, _Failed):
-                    raise value.exc
-                if on_result is not None:
-                    on_result(i, value)
-                done += 1
-                if progress:
-                    progress(done, total)
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending[submit(nxt)] = nxt
+            fut = next_done()
+            i = pending.pop(fut)
+            try:
+                value = fut.result()
+            except Exception as exc:
+                _note(exc, i, grid)
+                raise
+            if hasattr(fut, "release"):
+                fut.release()  # the scheduler forgets it: memory stays flat
+            if isinstance(value, _Failed):
+                raise value.exc
+            if on_result is not None:
+                on_result(i, value)
+            done += 1
+            if progress:
+                progress(done, total)
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending[submit(nxt)] = nxt
     except BaseException:
         cancel(list(pending))
         raise

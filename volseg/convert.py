@@ -139,12 +139,11 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         extra["source_indices"] = stack.source_indices
     with open_output(out, job=job, overwrite=overwrite, what="conversion",
                      command=command) as dest:
-        if dest.state == "new":
-            image = st.create_image(dest.write_path, shape=stack.shape, dtype=dtype,
-                                    chunks=chunks, shards=shards, job=job, name=Path(out).stem,
-                                    units=stack.units, scale=stack.scale, extra=extra)
-        else:
-            image = st.open_image(dest.write_path, require_complete=False, mode="r+")
+        image = dest.open_or_create(
+            lambda path: st.open_image(path, require_complete=False, mode="r+"),
+            lambda path: st.create_image(path, shape=stack.shape, dtype=dtype, chunks=chunks,
+                                         shards=shards, job=job, name=Path(out).stem,
+                                         units=stack.units, scale=stack.scale, extra=extra))
         grid = frame_runs(stack.shape, image.block_shape[1])
         ledger = st.BlockLedger(image.group, len(grid))
         todo = np.flatnonzero(~ledger.done()).tolist()

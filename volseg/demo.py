@@ -2,7 +2,8 @@
 
 synth (TIFF folders) -> convert (images.zarr, truth.zarr) -> train (model.keras) ->
 predict (pred.zarr) -> evaluate (report.json, per-time-point CSV, figures) -> preview,
-then the random-forest baseline (forest.model -> forest-pred.zarr -> forest-report.json).
+then the random-forest baseline (forest.model -> forest-pred.zarr -> forest-report.json),
+and ``measure`` of each method's masks against the truth's structure.
 The last time point is held out of training, so its scores are honest; the forest and
 the best global intensity threshold on the same voxels are the baselines the U-Net must
 beat.
@@ -61,6 +62,19 @@ def _threshold_baseline(images, truth, t: int | None = None) -> dict:
     return {"level": level, **confusion_metrics(**counts)}
 
 
+def _threshold_mask(images, level, path) -> None:
+    """The best global threshold's mask as a store (so it is measured like the others)."""
+    from . import store as st
+
+    job = st.make_job("demo-threshold", parameters={"level": level})
+    mask = st.create_image(path, shape=images.shape, dtype="uint8", chunks=images.chunks,
+                           shards=images.shards, job=job, extra={"content": "mask"})
+    for t in range(images.shape[0]):
+        frames = np.asarray(images.array[t])
+        mask.array[t] = (frames >= (256 if level is None else level)).astype(np.uint8)
+    st.finish(mask.group)
+
+
 def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool = False,
              log=print, progress_factory=None) -> dict:
     """Run the whole pipeline into ``out_dir``; returns a summary with every path and score.
@@ -81,7 +95,10 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     from .convert import convert
     from .evaluate import evaluate, write_csv, write_json
     from .forest import train_forest
+    from .measure import measure
+    from .measure import write_json as write_measure_json
     from .predict import predict
+    from .synth import Z_STEP
     from .synth import write_synth
     from .train import train
 
@@ -101,14 +118,14 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
         log(f"\n== {name}")
         times[name] = time.monotonic()
 
-    step("1/7 synth: a 4D series of branching tubes with noise and look-alike blobs")
+    step("1/8 synth: a 4D series of branching tubes with noise and look-alike blobs")
     syn = write_synth(out / "data", timepoints=size.timepoints, depth=size.depth,
                       height=size.height, width=size.width, seed=seed, overwrite=True,
                       progress=prog("synth"))
     log(f"wrote {syn['frames']} frames of {size.height}x{size.width} to {out / 'data'}/images "
         f"and /labels ({100 * syn['foreground_fraction']:.1f} % foreground)")
 
-    step("2/7 convert: TIFF folders -> OME-Zarr")
+    step("2/8 convert: TIFF folders -> OME-Zarr")
     images_path, truth_path = out / "images.zarr", out / "truth.zarr"
     convert([out / "data" / "images"], images_path, overwrite=True, progress=prog("convert"))
     convert([out / "data" / "labels"], truth_path, mask=True, overwrite=True,
@@ -116,7 +133,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     images, truth = st.open_image(images_path), st.open_image(truth_path)
     log(f"{images_path}: {images.shape} {images.dtype}; {truth_path}: binary mask")
 
-    step(f"3/7 train: U-Net ({size.filters} base filters), last time point held out, "
+    step(f"3/8 train: U-Net ({size.filters} base filters), last time point held out, "
          f"up to {size.minutes:g} min")
     model_path = out / "model.keras"
     val_t = size.timepoints - 1
@@ -128,12 +145,12 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     log(f"model {model_path}: best epoch {summary['best_epoch']}, validation Dice "
         f"{summary['val_dice']:.3f} at threshold {summary['threshold']:.2f}")
 
-    step("4/7 predict: tiles of every frame through the U-Net -> probability + mask")
+    step("4/8 predict: tiles of every frame through the U-Net -> probability + mask")
     pred_path = out / "pred.zarr"
     psum = predict(images_path, model_path, pred_path, overwrite=True, progress=prog("predict"))
     log(f"{pred_path}: {psum['blocks']} blocks, threshold {psum['threshold']:.2f}")
 
-    step("5/7 evaluate: exact metrics over every voxel")
+    step("5/8 evaluate: exact metrics over every voxel")
     report = evaluate(pred_path, truth_path, progress=prog("evaluate"))
     write_json(report, out / "report.json")
     write_csv(report, out / "per_timepoint.csv")
@@ -143,7 +160,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
 
     evaluation_figures(report, figures)
 
-    step("6/7 preview: image, truth, probability, mask and errors of one frame")
+    step("6/8 preview: image, truth, probability, mask and errors of one frame")
     previews = []
     try:
         from .preview import preview
@@ -153,7 +170,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     except ImportError:
         pass
 
-    step("7/7 forest: the random-forest baseline on filter features, same split")
+    step("7/8 forest: the random-forest baseline on filter features, same split")
     forest_path, forest_pred = out / "forest.model", out / "forest-pred.zarr"
     fsum = train_forest(images_path, truth_path, forest_path, val_timepoints=str(val_t),
                         trees=size.trees, seed=seed, overwrite=True, progress=prog("forest"),
@@ -164,6 +181,18 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
 
     thr_all = _threshold_baseline(images, truth)
     thr_val = _threshold_baseline(images, truth, t=val_t)
+
+    step("8/8 measure: the structure per time point against the truth's")
+    threshold_path = out / "threshold.zarr"
+    _threshold_mask(images, thr_all["level"], threshold_path)
+    spacing = (Z_STEP, 1.0, 1.0)  # synth's slices are Z_STEP pixels apart
+    measured = {}
+    for name, path in (("U-Net", pred_path), ("random forest", forest_pred),
+                       ("best global threshold", threshold_path)):
+        m = measure(path, truth_path=truth_path, spacing=spacing, progress=prog("measure"))
+        measured[name] = m["summary"]["relative_error"]
+        if name == "U-Net":
+            write_measure_json(m, out / "measure.json")
 
     def held(rep):
         return next(r for r in rep["per_timepoint"] if r["t"] == val_t)
@@ -182,6 +211,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
         "paths": {"images": str(images_path), "truth": str(truth_path), "model": str(model_path),
                   "prediction": str(pred_path), "report": str(out / "report.json"),
                   "forest": str(forest_path), "forest_report": str(out / "forest-report.json"),
+                  "measure": str(out / "measure.json"),
                   "per_timepoint": str(out / "per_timepoint.csv"), "figures": str(figures),
                   "previews": previews},
         "dice_all": report["dice"], "dice_held_out": held_out["dice"],
@@ -191,7 +221,10 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
         "methods": {name: {"dice_all": m["all"]["dice"], "dice_held_out": m["held_out"]["dice"],
                            "sensitivity": m["all"]["sensitivity"],
                            "specificity": m["all"]["specificity"],
-                           "train_seconds": m["train_seconds"]} for name, m in methods.items()},
+                           "train_seconds": m["train_seconds"],
+                           "length_error": measured[name]["skeleton_length"],
+                           "branch_point_error": measured[name]["branch_points"]}
+                    for name, m in methods.items()},
         "seconds": {k: round(v, 1) for k, v in durations.items()},
     }
     (out / "demo.json").write_text(json.dumps({k: v for k, v in result.items() if k != "report"},
@@ -213,12 +246,19 @@ def format_summary(result: dict) -> list[str]:
     def f(v):
         return "  n/a" if v is None else f"{v:.3f}"
 
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:+.1f}%"
+
     lines = ["", "== results (every voxel of the series; the last time point was not trained on)",
-             f"{'':28s}{'Dice':>8s}{'held-out t':>12s}{'sens':>8s}{'spec':>8s}{'train s':>9s}"]
+             f"{'':28s}{'Dice':>8s}{'held-out t':>12s}{'sens':>8s}{'spec':>8s}{'train s':>9s}"
+             f"{'length':>9s}{'junctions':>11s}"]
     for name, m in result["methods"].items():
         secs = "" if m["train_seconds"] is None else f"{m['train_seconds']:.0f}"
         lines.append(f"{name + ' Dice':28s}{f(m['dice_all']):>8s}{f(m['dice_held_out']):>12s}"
-                     f"{f(m['sensitivity']):>8s}{f(m['specificity']):>8s}{secs:>9s}")
+                     f"{f(m['sensitivity']):>8s}{f(m['specificity']):>8s}{secs:>9s}"
+                     f"{pct(m['length_error']):>9s}{pct(m['branch_point_error']):>11s}")
+    lines.append("(length, junctions: relative error of the skeleton length and of the "
+                 "branch points against the truth's)")
     lines += ["", "U-Net, every voxel:",
              f"{'accuracy':14s}{f(r['accuracy'])}   {'sensitivity':14s}{f(r['sensitivity'])}",
              f"{'specificity':14s}{f(r['specificity'])}   {'precision':14s}{f(r['precision'])}",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -41,6 +42,8 @@ HEARTBEAT = 10.0
 STALE_AFTER = 90.0
 
 _NEW = ".volseg-new"
+#: zarr's LocalStore writes ``NAME.<uuid hex>.partial`` and renames it into place.
+_ZARR_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
 _OLD = ".volseg-old"
 
 
@@ -169,6 +172,8 @@ def foreign_entries(path: Path) -> list[Path]:
                 continue
             if entry.is_dir() and not entry.is_symlink() and _empty_tree(entry):
                 continue  # a node a failed run began (a full disk): nothing of anyone's
+            if _ZARR_TEMP.search(entry.name):
+                continue  # zarr's own temporary file of an interrupted atomic write
             found.append(entry)
 
     walk(path)
@@ -204,6 +209,23 @@ class Output:
     @property
     def replacing(self) -> bool:
         return self.write_path != self.path
+
+    def open_or_create(self, open_store, create_store):
+        """The store to write: resumed (``open_store(path)``) or made (``create_store(path)``).
+
+        A resumable store whose structure is broken (a run that died while creating it,
+        e.g. on a full disk, leaves a group without its arrays) holds no finished block:
+        it is removed and made again rather than refused.
+        """
+        if self.state == "resume":
+            try:
+                return open_store(self.write_path)
+            except InputError:
+                if _blocks_done(self.write_path):
+                    raise
+                remove_store(self.write_path)
+                self.state = "new"
+        return create_store(self.write_path)
 
     def commit(self) -> None:
         """Put a complete store in place (swapping out the one it replaces)."""

@@ -291,17 +291,21 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     job = st.make_job("predict", parameters=parameters, sources=sources, command=command)
     with open_output(out, job=job, overwrite=overwrite, what="prediction",
                      command=command) as dest:
-        if dest.state == "new":
-            st.create_prediction(dest.write_path, shape=shape, chunks=image.chunks,
-                                 shards=image.shards, job=job, probability=probability,
-                                 threshold=threshold,
+        def create(path):
+            st.create_prediction(path, shape=shape, chunks=image.chunks, shards=image.shards,
+                                 job=job, probability=probability, threshold=threshold,
                                  extra={"model": {"path": model, "sha256": sha,
                                                   "kind": info.get("kind", "unet"),
                                                   "training": info.get("training", {}),
                                                   "provenance": info.get("provenance", {})},
                                         **method["extra"],
                                         "mask_rule": f"probability_u8 >= {threshold_bin(threshold)}"})
-        pred = st.open_prediction(dest.write_path, require_complete=False, mode="r+")
+            return open_pred(path)
+
+        def open_pred(path):
+            return st.open_prediction(path, require_complete=False, mode="r+")
+
+        pred = dest.open_or_create(open_pred, create)
         ledger = st.BlockLedger(pred.group, len(grid))
         todo = np.flatnonzero(~ledger.done()).tolist()
         if log:
