@@ -221,7 +221,7 @@ def test_stop_signal_keeps_the_first_reason():
 
 @pytest.mark.parametrize("options, param, message", [
     (dict(batch=0), "batch", "must be at least 1, got 0"),
-    (dict(precision="fp16"), "precision", "must be one of float32, bfloat16, not 'fp16'"),
+    (dict(precision="fp16"), "precision", "must be one of auto, float32, bfloat16, not 'fp16'"),
     (dict(loss="focal"), "loss", "must be one of bce, dice, bce+dice"),
     (dict(time_limit=-1), "time_limit", "must be positive minutes"),
     (dict(foreground_share=2), "foreground_share", "must be in [0, 1]"),
