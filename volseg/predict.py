@@ -88,8 +88,10 @@ def predict_batch_fn(model):
     return run
 
 
-def read_block(images: str, grid: BlockGrid, i: int) -> np.ndarray:
+def read_block(images: str, grid: BlockGrid, i: int, select: dict | None = None) -> np.ndarray:
     """Block ``i``'s read box of the image store as float32 frames (z, y, x).
+
+    ``select`` holds the ``channel`` and ``series`` options of :func:`volseg.store.open_image`.
 
     Raises
     ------
@@ -98,7 +100,7 @@ def read_block(images: str, grid: BlockGrid, i: int) -> np.ndarray:
         into garbage around each one).
     """
     box = grid.read_box(i)
-    frames = np.asarray(st.open_image(images).array[box], dtype=np.float32)[0]
+    frames = np.asarray(st.open_image(images, **(select or {})).array[box], dtype=np.float32)[0]
     bad = nonfinite_counts(frames)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
@@ -140,10 +142,11 @@ def write_block(out: str, grid: BlockGrid, i: int, p8: np.ndarray, *, threshold:
 
 def predict_block(i: int, *, images: str, out: str, model_path: str, sha: str, precision: str,
                   tile, blend: int | None, multiple: int, threshold: float,
-                  probability: bool, grid: BlockGrid, batch_size: int) -> int:
+                  probability: bool, grid: BlockGrid, batch_size: int,
+                  select: dict | None = None) -> int:
     """Process function: predict block ``i`` of ``images`` into ``out``; returns pixels."""
     model = cached_model(model_path, sha, precision)
-    frames = read_block(images, grid, i)
+    frames = read_block(images, grid, i, select)
     p8 = block_probabilities(frames, predict_batch_fn(model), grid=grid, i=i, tile=tile,
                              blend=blend, multiple=multiple, batch_size=batch_size)
     write_block(out, grid, i, p8, threshold=threshold, probability=probability)
@@ -169,7 +172,8 @@ def _check_parameters(precision, threshold, batch_size, halo, info) -> float:
     return threshold
 
 
-def predict(images, model, out, *, threshold="auto", probability: bool = True,
+def predict(images, model, out, *, channel: int | None = None, series: int | None = None,
+            threshold="auto", probability: bool = True,
             precision: str = "float32", tile=None, halo: int | None = None,
             blend: int | None = None, batch_size: int = 4, overwrite: bool = False,
             client=None, resources: dict | None = None, progress=None,
@@ -179,7 +183,10 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     Parameters
     ----------
     images : path-like
-        A complete image store (``volseg convert``).
+        A complete image store (``volseg convert``), or any OME-NGFF image (0.4 or 0.5,
+        axes among t, c, z, y, x) or bioformats2raw root.
+    channel, series : int, optional
+        The channel (images with a ``c`` axis) and the bioformats2raw series to read.
     model : path-like
         A volseg ``.keras`` model file.
     out : path-like
@@ -209,7 +216,8 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     dict
         Summary: blocks, blocks computed now, threshold, pixels, output path.
     """
-    image = st.open_image(images)
+    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
+    image = st.open_image(images, **select)
     info = read_model_info(model)
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
     if log and str(image.dtype) != info.get("input_dtype", str(image.dtype)):
@@ -218,23 +226,25 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
             f"through the model's normalisation {info.get('normalization')})")
     model = str(Path(model).resolve())
     sha = file_sha256(model)
+    chunks, shards = _output_chunks(image)
+    block_shape = shards or chunks
     if info.get("kind", "unet") == "forest":
         method = _forest_method(info, halo=halo)
     else:
-        method = _unet_method(info, image.shape, image.block_shape, precision=precision,
+        method = _unet_method(info, image.shape, block_shape, precision=precision,
                               tile=tile, halo=halo, blend=blend, batch_size=batch_size)
     shape = image.shape
-    grid = BlockGrid(shape, image.block_shape, halo=(0, 0, method["halo"], method["halo"]))
+    grid = BlockGrid(shape, block_shape, halo=(0, 0, method["halo"], method["halo"]))
     parameters = {"model_sha256": sha, "threshold": threshold, "probability": probability,
-                  **method["parameters"]}
+                  **select, **method["parameters"]}
     sources = [{"path": str(Path(images).resolve()),
                 "fingerprint": image.volseg.get("job", {}).get("fingerprint")}]
     job = st.make_job("predict", parameters=parameters, sources=sources, command=command)
     with open_output(out, job=job, overwrite=overwrite, what="prediction",
                      command=command) as dest:
         if dest.state == "new":
-            st.create_prediction(dest.write_path, shape=shape, chunks=image.chunks,
-                                 shards=image.shards, job=job, probability=probability,
+            st.create_prediction(dest.write_path, shape=shape, chunks=chunks,
+                                 shards=shards, job=job, probability=probability,
                                  threshold=threshold,
                                  extra={"model": {"path": model, "sha256": sha,
                                                   "kind": info.get("kind", "unet"),
@@ -252,7 +262,8 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
                 f"{method['describe']})")
         task = functools.partial(method["process"], images=str(images), out=str(dest.write_path),
                                  model_path=model, sha=sha, threshold=threshold,
-                                 probability=probability, grid=grid, **method["kwargs"])
+                                 probability=probability, grid=grid, select=select,
+                                 **method["kwargs"])
         run_blocks(task, todo, client=client, threads=method["threads"] if client is None else None,
                    progress=progress, resources=resources, done_before=len(grid) - len(todo),
                    total=len(grid), grid=grid)
@@ -264,6 +275,15 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
             "skipped": len(grid) - len(todo), "threshold": threshold,
             "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"),
             "precision": method["extra"].get("precision"), "tiling": method["extra"].get("tiling")}
+
+
+def _output_chunks(image) -> tuple[tuple, tuple | None]:
+    """The prediction's chunks and shards: the images' own, or volseg's defaults for
+    another tool's store (its chunks may span several time points, or none of its
+    frames whole; blocks are one shard of the output, one time point each)."""
+    if image.made_by_volseg:
+        return tuple(image.chunks), image.shards and tuple(image.shards)
+    return st.default_chunks(image.shape, "uint8")
 
 
 def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batch_size) -> dict:
@@ -312,11 +332,12 @@ def cached_forest(model_path: str, sha: str):
 
 
 def forest_block(i: int, *, images: str, out: str, model_path: str, sha: str, spec: dict,
-                 threshold: float, probability: bool, grid: BlockGrid) -> int:
+                 threshold: float, probability: bool, grid: BlockGrid,
+                 select: dict | None = None) -> int:
     """Process function: a forest's prediction of block ``i``; returns pixels."""
     forest = cached_forest(model_path, sha)
     spec = FeatureSpec.from_dict(spec)
-    frames = read_block(images, grid, i)
+    frames = read_block(images, grid, i, select)
     region, box = grid.region(i), grid.read_box(i)
     ys = slice(region[2].start - box[2].start, region[2].stop - box[2].start)
     xs = slice(region[3].start - box[3].start, region[3].stop - box[3].start)
