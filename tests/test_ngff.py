@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import make_tiny_model, write_frames
+from conftest import make_tiny_model, validate_ngff, write_frames
 
 SHAPE = (2, 3, 24, 40)  # t, z, y, x
 
@@ -136,3 +136,20 @@ def test_pipeline_on_foreign_stores_matches_tiff(tmp_path, data, cli):
     assert code == 0 and "decoding only" in out
     job = json.loads((tmp_path / "pred.zarr" / "zarr.json").read_text())["attributes"]["volseg"]["job"]
     assert job["parameters"]["channel"] == 1
+
+
+def test_prediction_root_is_a_labels_group_with_an_image_label(tmp_path, data):
+    """Validators accept the root (NGFF ``labels``) and napari reads the mask as labels."""
+    from ome_zarr_models.v05.labels import Labels
+
+    from volseg.predict import predict
+
+    ome_images = write_ome(tmp_path / "ome-img.zarr", data[0], "tczyx", "0.5")
+    predict(ome_images, make_tiny_model(tmp_path / "tiny.keras"), tmp_path / "pred.zarr",
+            channel=0)
+    assert validate_ngff(tmp_path / "pred.zarr") == ["Labels", "Image", "ImageLabel"]
+    labels = Labels.from_zarr(zarr.open_group(str(tmp_path / "pred.zarr"), mode="r"))
+    label = labels.get_image_labels_group("mask").attributes.ome.image_label
+    assert [c.label_value for c in label.colors] == [0, 1]
+    source = (tmp_path / "pred.zarr" / "mask" / label.source.image).resolve()
+    assert source == ome_images.resolve()

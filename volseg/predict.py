@@ -245,7 +245,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         if dest.state == "new":
             st.create_prediction(dest.write_path, shape=shape, chunks=chunks,
                                  shards=shards, job=job, probability=probability,
-                                 threshold=threshold,
+                                 threshold=threshold, source=_source_link(image.path, out),
                                  extra={"model": {"path": model, "sha256": sha,
                                                   "kind": info.get("kind", "unet"),
                                                   "training": info.get("training", {}),
@@ -275,6 +275,11 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
             "skipped": len(grid) - len(todo), "threshold": threshold,
             "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"),
             "precision": method["extra"].get("precision"), "tiling": method["extra"].get("tiling")}
+
+
+def _source_link(images, out) -> str:
+    """The image store as seen from ``out/mask`` (NGFF ``image-label`` ``source``)."""
+    return os.path.relpath(Path(images).resolve(), (Path(out) / "mask").resolve())
 
 
 def _output_chunks(image) -> tuple[tuple, tuple | None]:

@@ -35,6 +35,8 @@ from .outputs import read_node
 
 _AXIS_TYPES = {"t": "time", "z": "space", "y": "space", "x": "space"}
 LEDGER = "volseg_done"
+#: The OME-NGFF version of every group volseg writes (Zarr v3).
+NGFF_VERSION = "0.5"
 
 #: Inner chunks are at most this many pixels on a side (whole frames up to 1024x1024).
 MAX_CHUNK_SIDE = 1024
@@ -151,7 +153,7 @@ def _ngff_attrs(name: str, *, ndim_scale=(1.0, 1.0, 1.0, 1.0), units=None) -> di
             entry["unit"] = units[ax]
         axes.append(entry)
     return {
-        "version": "0.5",
+        "version": NGFF_VERSION,
         "multiscales": [{
             "name": name,
             "axes": axes,
@@ -253,12 +255,14 @@ class ImageStore:
 
 
 def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, name=None,
-                 units=None, scale=(1.0, 1.0, 1.0, 1.0), extra=None, group=None) -> ImageStore:
+                 units=None, scale=(1.0, 1.0, 1.0, 1.0), extra=None, ome=None,
+                 group=None) -> ImageStore:
     """Create an empty, incomplete image group at ``path`` (or as ``group``'s child ``name``).
 
     ``chunks``/``shards`` default to :func:`default_chunks`. ``job`` (see
     :func:`make_job`) is recorded under ``volseg.job``; ``extra`` adds keys under
-    ``volseg`` (for example ``probability_scale``). Every chunk is written, even one
+    ``volseg`` (for example ``probability_scale``); ``ome`` adds NGFF keys beside
+    ``multiscales`` (for example ``image-label``). Every chunk is written, even one
     equal to the fill value, and checksummed (``volseg.integrity``): absence means loss.
     """
     shape = tuple(int(s) for s in shape)
@@ -271,7 +275,8 @@ def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, nam
     volseg = {"version": __version__, "complete": False, "created": _now(), "job": job,
               "integrity": dict(INTEGRITY)}
     volseg.update(extra or {})
-    attrs = {"ome": _ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units),
+    attrs = {"ome": {**_ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units),
+                     **(ome or {})},
              "volseg": volseg}
     if group is None:
         g = zarr.create_group(str(path), zarr_format=3, attributes=attrs)
@@ -454,19 +459,43 @@ class Prediction:
         return None if p is None else float(p.volseg.get("probability_scale", 1.0))
 
 
+#: How viewers colour the mask (NGFF ``image-label``): background clear, structure magenta.
+MASK_COLOURS = [{"label-value": 0, "rgba": [0, 0, 0, 0]},
+                {"label-value": 1, "rgba": [255, 0, 255, 255]}]
+
+
+def image_label(source: str | None) -> dict:
+    """The NGFF ``image-label`` metadata of a 0/1 mask whose image is at ``source``
+    (a path relative to the mask's group, as the specification asks)."""
+    label = {"version": NGFF_VERSION, "colors": MASK_COLOURS,
+             # validators require properties for exactly the values that have colours
+             "properties": [{"label-value": 0, "class": "background"},
+                            {"label-value": 1, "class": "structure"}]}
+    if source:
+        label["source"] = {"image": source}
+    return {"image-label": label}
+
+
 def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bool = True,
-                      threshold: float, extra=None) -> Prediction:
-    """Create an empty, incomplete prediction store (uint8 probability 0..255, uint8 mask)."""
+                      threshold: float, extra=None, source: str | None = None) -> Prediction:
+    """Create an empty, incomplete prediction store (uint8 probability 0..255, uint8 mask).
+
+    The root is an NGFF ``labels`` group listing ``mask`` (so validators and viewers
+    accept it, and open the mask as labels); ``mask`` carries ``image-label`` metadata
+    (colours, and ``source``: the image store relative to the mask's group). The
+    probability is a plain image group beside it.
+    """
     info = {"version": __version__, "complete": False, "created": _now(), "job": job,
             "threshold": float(threshold)}
     info.update(extra or {})
-    root = zarr.create_group(str(path), zarr_format=3, attributes={"volseg": info})
+    root = zarr.create_group(str(path), zarr_format=3, attributes={
+        "ome": {"version": NGFF_VERSION, "labels": ["mask"]}, "volseg": info})
     common = dict(shape=shape, dtype="uint8", chunks=chunks, shards=shards, job=job, group=root)
     if probability:
         create_image(Path(path) / "probability", name="probability",
                      extra={"probability_scale": 255, "threshold": float(threshold),
                             "meaning": "probability of structure = value / 255"}, **common)
-    create_image(Path(path) / "mask", name="mask",
+    create_image(Path(path) / "mask", name="mask", ome=image_label(source),
                  extra={"threshold": float(threshold),
                         "meaning": "1 = structure (probability >= threshold), 0 = background"},
                  **common)
