@@ -330,3 +330,9 @@ def write_csv(report: dict, path, key: str = "per_timepoint") -> None:
     for row in rows:
         w.writerow(["" if v is None else v for v in row])
     write_text_atomic(path, text.getvalue())
+
+
+# volseg.evaluate(...) calls volseg.api.evaluate (see volseg._callable).
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "evaluate")

@@ -355,3 +355,9 @@ def forest_block(i: int, *, images: str, out: str, model_path: str, sha: str, sp
     p8 = quantise(prob)
     write_block(out, grid, i, p8, threshold=threshold, probability=probability)
     return int(p8.size)
+
+
+# volseg.predict(...) calls volseg.api.predict (see volseg._callable).
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "predict")

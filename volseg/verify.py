@@ -86,3 +86,9 @@ def verify_store(path, *, channel=None, series=None, client=None, progress=None)
         })
     return {"path": str(path), "complete": complete, "arrays": arrays,
             "ok": complete and not any(a["damaged"] for a in arrays)}
+
+
+# volseg.verify(...) calls volseg.api.verify (see volseg._callable).
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "verify")
