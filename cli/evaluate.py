@@ -7,6 +7,7 @@ from pathlib import Path
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
 from ._reports import check_report_files
+from ._select import add_select_arguments, select_kwargs
 
 
 def add_parser(sub):
@@ -39,6 +40,7 @@ def add_parser(sub):
                         "(its own earlier reports are replaced without asking)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_cluster_arguments(p, default_workers_help="one single-threaded process per core")
+    add_select_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -65,7 +67,8 @@ def run(args) -> int:
     json_path = Path(args.json) if args.json else None
     csv_path = Path(args.csv) if args.csv else None
     # Check the stores before starting a cluster: bad input fails in a fraction of a second.
-    prepare(args.prediction, args.truth, roi_path=args.roi, threshold=args.threshold)
+    prepare(args.prediction, args.truth, roi_path=args.roi, threshold=args.threshold,
+            **select_kwargs(args))
 
     kw = cluster_kwargs(args)
     if kw["cluster"] == "local" and kw["workers"] is None and kw["threads"] is None:
@@ -76,6 +79,7 @@ def run(args) -> int:
             Progress("evaluate", quiet=args.quiet) as progress:
         report = evaluate(args.prediction, args.truth, roi_path=args.roi,
                           threshold=args.threshold, per_z=args.per_z, cldice=args.cldice,
+                          **select_kwargs(args),
                           client=client, progress=progress)
     if not args.quiet:
         print(format_report(report), flush=True)

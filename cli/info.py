@@ -4,6 +4,7 @@ from volseg.errors import InputError
 from volseg.info import describe
 
 from ._progress import say  # noqa: F401
+from ._select import add_select_arguments, select_kwargs
 
 
 def add_parser(sub):
@@ -13,6 +14,7 @@ def add_parser(sub):
                                    "kind, threshold and training record of a model file.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    add_select_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -20,7 +22,7 @@ def add_parser(sub):
 def run(args) -> int:
     import json
 
-    info = describe(args.store)
+    info = describe(args.store, **select_kwargs(args))
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -35,6 +37,8 @@ def format_info(info, indent=""):
     if info["kind"].endswith("model"):
         return _format_model(info, indent)
     state = "complete" if info["complete"] else "INCOMPLETE"
+    if not info.get("made_by_volseg", True):
+        state = "made by another tool: no completion marker, read as it is"
     if info.get("damaged"):
         state += ", DAMAGED: chunks missing"
     lines = [f"{indent}{info['path']}  ({info['kind']}, {state})"]
@@ -42,7 +46,8 @@ def format_info(info, indent=""):
         lines += [f"{indent}  {arr['name']}: shape {arr['shape']} (t, z, y, x), {arr['dtype']}",
                   f"{indent}    chunks {arr['chunks']}, shards {arr['shards']}, codec {arr['codec']}",
                   f"{indent}    stored {_size(arr['stored_bytes'])} of {_size(arr['raw_bytes'])} raw "
-                  f"({arr['ratio']:.1f}x), {'complete' if arr['complete'] else 'INCOMPLETE'}",
+                  f"({arr['ratio']:.1f}x), {_state(arr)}",
+                  *([f"{indent}    stored as: {arr['stored_as']}"] if arr.get("stored_as") else []),
                   f"{indent}    integrity: {arr['integrity']}"]
         for k, v in arr.get("attributes", {}).items():
             lines.append(f"{indent}    {k}: {v}")
@@ -58,6 +63,12 @@ def format_info(info, indent=""):
         lines.append(f"{indent}  volseg version: {info['version']}, created {info.get('created')}, "
                      f"finished {info.get('finished')}")
     return lines
+
+
+def _state(arr) -> str:
+    if not arr.get("made_by_volseg", True):
+        return "no completion marker (another tool's store)"
+    return "complete" if arr["complete"] else "INCOMPLETE"
 
 
 def _size(n):

@@ -7,6 +7,7 @@ from volseg.model import PRECISION_CHOICES
 
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
+from ._select import add_select_arguments, select_kwargs
 
 
 def add_parser(sub):
@@ -15,7 +16,8 @@ def add_parser(sub):
         description="Stream every frame of IMAGES.zarr through the U-Net and write "
                     "PRED.zarr/probability (uint8, value/255) and PRED.zarr/mask (uint8 0/1). "
                     "Rerunning an interrupted prediction resumes it, skipping finished blocks.")
-    p.add_argument("images", metavar="IMAGES.zarr", help="image store from `volseg convert`")
+    p.add_argument("images", metavar="IMAGES.zarr",
+                   help="image store from `volseg convert`, or any OME-NGFF image")
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="model from `volseg train` (a U-Net or a forest: told apart by content)")
     p.add_argument("-o", "--output", required=True, metavar="PRED.zarr")
@@ -36,6 +38,7 @@ def add_parser(sub):
                    help="context margin of tiles in px (default: the model's margin)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PRED.zarr")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    add_select_arguments(p)
     add_cluster_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -72,8 +75,9 @@ def run(args) -> int:
     with open_client(**kw, log=lambda m: say(args, m)) as client, \
             Progress("predict", quiet=args.quiet) as progress:
         summary = predict(args.images, args.model, args.output, threshold=args.threshold,
-                          probability=not args.no_probability, precision=args.precision,
-                          tile=tile, halo=args.halo, batch_size=args.batch, roi=args.roi,
+                          **select_kwargs(args), probability=not args.no_probability,
+                          precision=args.precision, tile=tile, halo=args.halo,
+                          batch_size=args.batch, roi=args.roi,
                           overwrite=args.overwrite, client=client,
                           resources=gpu_resources(client), progress=progress, command=command,
                           log=lambda m: say(args, m))

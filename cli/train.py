@@ -7,6 +7,7 @@ from volseg.model import PRECISION_CHOICES
 from volseg.train.config import LOSSES
 
 from ._progress import Progress, say
+from ._select import add_select_arguments, select_kwargs
 from ._remote import add_slurm_options, trainer
 
 
@@ -70,6 +71,7 @@ def add_parser(sub):
     g.add_argument("--trees", type=int, default=100, help="trees (default %(default)s)")
     g.add_argument("--max-samples", type=int, default=200_000,
                    help="training pixels at most, half of each class (default %(default)s)")
+    add_select_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.keras")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_slurm_options(p)
@@ -105,6 +107,7 @@ def run_forest(args, command) -> int:
 
     with Progress("forest: sampling", unit="frame", quiet=args.quiet) as progress:
         summary = train_forest(args.images, args.truth, args.output, roi_path=args.roi,
+                               **select_kwargs(args),
                                val_fraction=args.val_fraction, val_timepoints=args.val_timepoints,
                                val_frames=args.val_frames, trees=args.trees,
                                max_samples=args.max_samples, seed=args.seed,
@@ -136,6 +139,7 @@ def run(args) -> int:
     try:
         summary = trainer(args)(
             args.images, args.truth, args.output, roi_path=args.roi, init=args.init,
+            **select_kwargs(args),
             val_fraction=args.val_fraction, val_timepoints=args.val_timepoints,
             val_frames=args.val_frames, loss=args.loss, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, patch=args.patch, batch=args.batch,

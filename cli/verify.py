@@ -5,6 +5,7 @@ from contextlib import nullcontext
 
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
+from ._select import add_select_arguments, select_kwargs
 
 
 def add_parser(sub):
@@ -16,6 +17,7 @@ def add_parser(sub):
     p.add_argument("stores", nargs="+", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    add_select_arguments(p)
     add_cluster_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -33,7 +35,8 @@ def run(args) -> int:
         for path in args.stores:
             try:
                 with Progress(f"verify {path}", unit="shard", quiet=args.quiet) as progress:
-                    result = verify_store(path, client=client, progress=progress)
+                    result = verify_store(path, client=client, progress=progress,
+                                          **select_kwargs(args))
             except InputError as exc:  # not a readable store at all
                 result = {"path": str(path), "ok": False, "error": str(exc), "arrays": []}
             results.append(result)

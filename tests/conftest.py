@@ -94,3 +94,51 @@ def make_prediction(path, probability: np.ndarray, *, threshold=0.5, with_probab
     st.finish(pred.mask.group)
     st.finish(pred.group)
     return st.open_prediction(path)
+
+
+# --------------------------------------------------------------------------- NGFF validation
+
+def volseg_stores(folder: Path) -> list[Path]:
+    """The complete stores volseg wrote under ``folder`` (top-level groups only)."""
+    import json
+
+    found = []
+    for meta in sorted(Path(folder).rglob("zarr.json")):
+        store = meta.parent
+        if (store.parent / "zarr.json").is_file() or store.name.endswith(".volseg-new"):
+            continue
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+            for node in store.rglob("zarr.json"):
+                json.loads(node.read_text())
+        except (OSError, ValueError, AttributeError):
+            continue  # a test damaged its metadata on purpose
+        if isinstance(attrs, dict) and (attrs.get("volseg") or {}).get("complete"):
+            found.append(store)
+    return found
+
+
+def validate_ngff(store: Path) -> list[str]:
+    """Validate every group of a volseg store with ome-zarr-models; returns model names.
+
+    The root (an image, or a prediction's ``labels`` group) and, in a prediction, the
+    ``probability`` and ``mask`` image groups each.
+    """
+    from ome_zarr_models import open_ome_zarr
+
+    groups = [store] + [store / p for p in ("probability", "mask") if (store / p / "zarr.json").is_file()]
+    return [type(open_ome_zarr(str(g), version="0.5")).__name__ for g in groups]
+
+
+@pytest.fixture(autouse=True)
+def _stores_validate(request):
+    """Every complete store a test writes under its ``tmp_path`` passes NGFF validation."""
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp is None or request.node.get_closest_marker("no_ngff_check"):
+        return
+    for store in volseg_stores(tmp):
+        try:
+            validate_ngff(store)
+        except Exception as exc:  # ome-zarr-models raises RuntimeError/ValueError/ValidationError
+            pytest.fail(f"{store} does not validate as OME-Zarr: {str(exc)[:2000]}")

@@ -166,3 +166,9 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
             "skipped": len(grid) - len(todo), "files": len(stack.files), "layout": stack.layout,
             "raw_bytes": int(np.prod(stack.shape)) * np.dtype(dtype).itemsize,
             "source_indices": stack.source_indices}
+
+
+# volseg.convert(...) calls volseg.api.convert (see volseg._callable).
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "convert")

@@ -36,11 +36,12 @@ _SAME_THRESHOLD = 1e-9
 
 # --------------------------------------------------------------------------- opening
 
-def _open_inputs(pred_path, truth_path, roi_path):
+def _open_inputs(pred_path, truth_path, roi_path, *, channel=None, series=None):
     """Open the stores (swap point: everything about paths and formats is in store.py)."""
     pred = _store.open_prediction(pred_path)
-    truth = _store.open_image(truth_path, what="truth store")
-    roi = None if roi_path is None else _store.open_image(roi_path, what="ROI store")
+    truth = _store.open_image(truth_path, what="truth store", channel=channel, series=series)
+    roi = None if roi_path is None else _store.open_image(roi_path, what="ROI store",
+                                                            channel=channel, series=series)
     return pred, truth, roi
 
 
@@ -154,7 +155,7 @@ class Evaluation:
 
 
 def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False,
-            cldice=False) -> Evaluation:
+            cldice=False, channel=None, series=None) -> Evaluation:
     """Open the stores and check everything that can be checked without counting.
 
     Raises :class:`InputError` for a missing or incomplete store, shapes that differ
@@ -169,7 +170,8 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
             raise InputError(f"{threshold!r} is not a number", param="threshold") from None
         if not 0.0 <= threshold <= 1.0:
             raise InputError(f"{threshold} is outside [0, 1]", param="threshold")
-    pred, truth, roi = _open_inputs(pred_path, truth_path, roi_path)
+    pred, truth, roi = _open_inputs(pred_path, truth_path, roi_path, channel=channel,
+                                    series=series)
     prob = pred.probability
     shape = tuple(pred.mask.shape)
     if tuple(truth.shape) != shape:
@@ -220,7 +222,8 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
 
 
 def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False,
-             cldice=False, client=None, progress=None, target_voxels=TARGET_BLOCK_VOXELS) -> dict:
+             cldice=False, channel=None, series=None, client=None, progress=None,
+             target_voxels=TARGET_BLOCK_VOXELS) -> dict:
     """Evaluate a prediction store against a truth store, streamed over blocks.
 
     Parameters
@@ -228,7 +231,8 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     pred_path : path
         Prediction store (``probability`` and ``mask`` groups; mask-only works too).
     truth_path : path
-        Binary truth store (``volseg convert --mask``), same (t, z, y, x) shape.
+        Binary truth store (``volseg convert --mask``, or any OME-NGFF 0/1 image), same
+        (t, z, y, x) shape.
     roi_path : path, optional
         Binary store of the same shape: only voxels where it is nonzero are counted.
     threshold : float, optional
@@ -240,6 +244,8 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
         Also report metrics per depth slice (summed over time): ``per_z``.
     cldice : bool
         Also compute clDice (skeletons of every 2D frame: several times slower).
+    channel, series : int, optional
+        The channel and bioformats2raw series of truth and ROI stores made by other tools.
     client : distributed.Client, optional
         Run one task per block on this cluster; None: threads of this process.
     progress : callable, optional
@@ -256,7 +262,7 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
         asked, the probability ``histogram`` and what was evaluated how.
     """
     ev = prepare(pred_path, truth_path, roi_path=roi_path, threshold=threshold,
-                 per_z=per_z, cldice=cldice)
+                 per_z=per_z, cldice=cldice, channel=channel, series=series)
     threads = (os.cpu_count() or 1) if client is None else client_threads(client)
     grid = plan_blocks(ev.shape, ev.block_shape, threads=threads,
                        target_voxels=target_voxels, full_frames=cldice)
@@ -324,3 +330,9 @@ def write_csv(report: dict, path, key: str = "per_timepoint") -> None:
     for row in rows:
         w.writerow(["" if v is None else v for v in row])
     write_text_atomic(path, text.getvalue())
+
+
+# volseg.evaluate(...) calls volseg.api.evaluate (see volseg._callable).
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "evaluate")

@@ -126,17 +126,7 @@ def physical_size(image: st.ImageStore) -> tuple[dict, dict]:
         ``{"t": 1.0, "z": 2.0, ...}`` and ``{"x": "micrometer", ...}`` (only axes that
         have a unit).
     """
-    try:
-        ms = image.group.attrs["ome"]["multiscales"][0]
-        names = [a["name"] for a in ms["axes"]]
-        units = {a["name"]: a["unit"] for a in ms["axes"] if a.get("unit")}
-        scale = [1.0] * len(names)
-        for tr in ms["datasets"][0].get("coordinateTransformations", []):
-            if tr.get("type") == "scale":
-                scale = [float(s) for s in tr["scale"]]
-        return dict(zip(names, scale)), units
-    except (KeyError, IndexError, TypeError, ValueError):
-        return {a: 1.0 for a in st.AXES}, {}
+    return dict(zip(st.AXES, image.scale)), image.units
 
 
 def imagej_metadata(scale: dict, units: dict) -> tuple[dict, tuple | None]:

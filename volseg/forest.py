@@ -313,7 +313,8 @@ def probability_levels(forest, image, t: int, z: int, spec: FeatureSpec) -> np.n
     return quantise(prob)
 
 
-def train_forest(images_path, truth_path, out_path, *, roi_path=None, val_fraction: float = 0.2,
+def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=None, series=None,
+                 val_fraction: float = 0.2,
                  val_timepoints=None, val_frames=None, trees: int = 100,
                  min_samples_leaf: int = 5, max_samples: int = 200_000,
                  spec: FeatureSpec | None = None, seed: int = 0, overwrite: bool = False,
@@ -325,6 +326,8 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, val_fracti
     images_path, truth_path, roi_path : path-like
         Complete image and binary truth stores of one shape, and an optional ROI (only
         pixels inside it are sampled and validated).
+    channel, series : int, optional
+        The channel and bioformats2raw series of stores made by other tools.
     out_path : path-like
         The model file (any name: volseg tells models apart by content).
     val_fraction, val_timepoints, val_frames :
@@ -360,7 +363,8 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, val_fracti
         raise InputError(f"folder {out.parent} does not exist", param="out_path")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; use --overwrite to replace it", param="out_path")
-    image, truth, roi = open_stores(images_path, truth_path, roi_path)
+    image, truth, roi = open_stores(images_path, truth_path, roi_path, channel=channel,
+                                    series=series)
     split = split_frames(image.shape, val_fraction=val_fraction, val_timepoints=val_timepoints,
                          val_frames=val_frames)
     start = time.monotonic()

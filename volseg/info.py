@@ -11,7 +11,8 @@ from .integrity import Damage
 def _describe_array(name: str, image: st.ImageStore) -> dict:
     arr = image.array
     raw = int(np.prod(arr.shape)) * arr.dtype.itemsize
-    stored = st.stored_bytes(image.path / "0")
+    ngff = image.ngff
+    stored = st.stored_bytes(image.path / ngff.path)
     codecs = [type(c).__name__ + (f"({c.cname.value}, level {c.clevel})" if hasattr(c, "cname") else "")
               for c in arr.compressors]
     attrs = {k: v for k, v in image.volseg.items()
@@ -20,10 +21,18 @@ def _describe_array(name: str, image: st.ImageStore) -> dict:
     return {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
             "shards": list(arr.shards) if arr.shards else None, "codec": ", ".join(codecs) or "none",
             "raw_bytes": raw, "stored_bytes": stored, "ratio": raw / max(stored, 1),
-            "complete": image.complete, "attributes": attrs,
+            "complete": image.complete, "made_by_volseg": image.made_by_volseg,
+            "attributes": attrs, "scale": list(image.scale), "units": image.units,
+            "stored_as": None if image.made_by_volseg else _stored_as(ngff, image.channel),
             "integrity": "every chunk written, CRC32C" if image.checksummed else
                          "not recorded (missing chunks cannot be detected)",
             "damage": Damage(missing, missing).describe(arr.label) if missing else None}
+
+
+def _stored_as(ngff, channel) -> str:
+    """Another tool's layout in words: what volseg reads from where."""
+    text = f"NGFF {ngff.version or '?'}, array {ngff.path!r}, axes {''.join(ngff.axes)}"
+    return text + (f", channel {channel}" if channel is not None and "c" in ngff.axes else "")
 
 
 def describe_model(path) -> dict:
@@ -46,14 +55,14 @@ def describe_model(path) -> dict:
             "volseg_version": info.get("volseg_version")}
 
 
-def describe(path) -> dict:
+def describe(path, *, channel=None, series=None) -> dict:
     """Shape, dtype, chunks, shards, codec, sizes, completeness and provenance of a store
     (or, for a model file, :func:`describe_model`)."""
     from pathlib import Path
 
     if Path(path).is_file():
         return describe_model(path)
-    obj = st.open_any(path)
+    obj = st.open_any(path, channel=channel, series=series)
     if isinstance(obj, st.Prediction):
         arrays = [_describe_array("mask", obj.mask)]
         if obj.probability is not None:
@@ -64,7 +73,8 @@ def describe(path) -> dict:
         arrays = [_describe_array("0", obj)]
         meta = obj.volseg
         kind = meta.get("content", "image")
-    return {"path": str(path), "kind": kind, "complete": obj.complete, "arrays": arrays,
+    return {"path": str(path), "kind": kind, "complete": obj.complete,
+            "made_by_volseg": "volseg" in obj.group.attrs, "arrays": arrays,
             "damaged": [a["damage"] for a in arrays if a["damage"]],
             "job": meta.get("job"), "version": meta.get("version"), "created": meta.get("created"),
             "finished": meta.get("finished"),

@@ -106,15 +106,19 @@ class CheckedArray:
     require_chunks : bool
         The store promises that every chunk was written (``volseg.integrity``): a missing
         or empty chunk file is damage, not emptiness.
+    frame_axes : (int or None, int or None)
+        Which axes of the array are t and z (None: the array has no such axis), so that
+        damage is named by frame whatever the array's axis order (other tools' stores).
     """
 
-    def __init__(self, array, label: str, *, require_chunks: bool):
+    def __init__(self, array, label: str, *, require_chunks: bool, frame_axes=(0, 1)):
         self.zarray = array
         self.label = label
         self.require_chunks = require_chunks
+        self.frame_axes = tuple(frame_axes)
 
     def __getattr__(self, name):
-        if name in ("zarray", "label", "require_chunks"):  # not yet set (unpickling)
+        if name in ("zarray", "label", "require_chunks", "frame_axes"):  # not yet set (unpickling)
             raise AttributeError(name)
         return getattr(self.zarray, name)
 
@@ -156,9 +160,15 @@ class CheckedArray:
             yield coords, f"{path}/{key}" if path else key
 
     def _frames_of(self, coords, box, step) -> set:
-        t_lo, z_lo = (max(b.start, c * s) for b, c, s in zip(box[:2], coords[:2], step[:2]))
-        t_hi, z_hi = (min(b.stop, (c + 1) * s) for b, c, s in zip(box[:2], coords[:2], step[:2]))
-        return {(t, z) for t in range(t_lo, t_hi) for z in range(z_lo, z_hi)}
+        region = tuple(slice(max(b.start, c * s), min(b.stop, (c + 1) * s))
+                       for b, c, s in zip(box, coords, step))
+        return self._frames(region)
+
+    def _frames(self, region) -> set:
+        """The (t, z) frames a box covers (an absent t or z axis is frame 0)."""
+        t, z = (range(region[a].start, region[a].stop) if a is not None else range(1)
+                for a in self.frame_axes)
+        return {(i, j) for i in t for j in z}
 
     def missing_frames(self, box=None) -> frozenset:
         """Frames in ``box`` (default: all) whose shard file is absent or empty.
@@ -196,8 +206,7 @@ class CheckedArray:
         for coords in itertools.product(*_grid_range(box, chunks)):
             region = tuple(slice(max(b.start, c * s), min(b.stop, (c + 1) * s))
                            for b, c, s in zip(box, coords, chunks))
-            frames = {(t, z) for t in range(region[0].start, region[0].stop)
-                      for z in range(region[1].start, region[1].stop)}
+            frames = self._frames(region)
             if frames <= missing:
                 continue
             try:

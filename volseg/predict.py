@@ -99,8 +99,10 @@ def predict_batch_fn(model):
     return run
 
 
-def read_block(images: str, grid: BlockGrid, i: int) -> np.ndarray:
+def read_block(images: str, grid: BlockGrid, i: int, select: dict | None = None) -> np.ndarray:
     """Block ``i``'s read box of the image store as float32 frames (z, y, x).
+
+    ``select`` holds the ``channel`` and ``series`` options of :func:`volseg.store.open_image`.
 
     Raises
     ------
@@ -109,7 +111,7 @@ def read_block(images: str, grid: BlockGrid, i: int) -> np.ndarray:
         into garbage around each one).
     """
     box = grid.read_box(i)
-    frames = np.asarray(st.open_image(images).array[box], dtype=np.float32)[0]
+    frames = np.asarray(st.open_image(images, **(select or {})).array[box], dtype=np.float32)[0]
     bad = nonfinite_counts(frames)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
@@ -151,10 +153,10 @@ def write_block(out: str, grid: BlockGrid, i: int, p8: np.ndarray, *, threshold:
 
 def unet_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str,
                precision: str, tile, blend: int | None, multiple: int,
-               batch_size: int) -> tuple[np.ndarray, dict]:
+               batch_size: int, select: dict | None = None) -> tuple[np.ndarray, dict]:
     """The U-Net's uint8 probabilities of block ``i`` (and the precision it used)."""
     model = cached_model(model_path, sha, precision)
-    frames = read_block(images, grid, i)
+    frames = read_block(images, grid, i, select)
     p8 = block_probabilities(frames, predict_batch_fn(model), grid=grid, i=i, tile=tile,
                              blend=blend, multiple=multiple, batch_size=batch_size)
     return p8, {"precision": model.volseg_precision}
@@ -211,7 +213,8 @@ def _check_parameters(precision, threshold, batch_size, halo, info) -> float:
     return threshold
 
 
-def predict(images, model, out, *, threshold="auto", probability: bool = True,
+def predict(images, model, out, *, channel: int | None = None, series: int | None = None,
+            threshold="auto", probability: bool = True,
             precision: str = "auto", tile=None, halo: int | None = None,
             blend: int | None = None, batch_size: int = 4, roi=None, overwrite: bool = False,
             client=None, resources: dict | None = None, progress=None,
@@ -221,7 +224,10 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     Parameters
     ----------
     images : path-like
-        A complete image store (``volseg convert``).
+        A complete image store (``volseg convert``), or any OME-NGFF image (0.4 or 0.5,
+        axes among t, c, z, y, x) or bioformats2raw root.
+    channel, series : int, optional
+        The channel (images with a ``c`` axis) and the bioformats2raw series to read.
     model : path-like
         A volseg ``.keras`` model file.
     out : path-like
@@ -256,7 +262,8 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     dict
         Summary: blocks, blocks computed now, threshold, pixels, output path.
     """
-    image = st.open_image(images)
+    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
+    image = st.open_image(images, **select)
     info = read_model_info(model)
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
     roi_record = None
@@ -275,15 +282,17 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
             f"through the model's normalisation {info.get('normalization')})")
     model = str(Path(model).resolve())
     sha = file_sha256(model)
+    chunks, shards = _output_chunks(image)
+    block_shape = shards or chunks
     if info.get("kind", "unet") == "forest":
         method = _forest_method(info, halo=halo)
     else:
-        method = _unet_method(info, image.shape, image.block_shape, precision=precision,
+        method = _unet_method(info, image.shape, block_shape, precision=precision,
                               tile=tile, halo=halo, blend=blend, batch_size=batch_size)
     shape = image.shape
-    grid = BlockGrid(shape, image.block_shape, halo=(0, 0, method["halo"], method["halo"]))
+    grid = BlockGrid(shape, block_shape, halo=(0, 0, method["halo"], method["halo"]))
     parameters = {"model_sha256": sha, "threshold": threshold, "probability": probability,
-                  **method["parameters"]}
+                  **select, **method["parameters"]}
     sources = [{"path": str(Path(images).resolve()),
                 "fingerprint": image.volseg.get("job", {}).get("fingerprint")}]
     if roi_record is not None:
@@ -292,8 +301,9 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
     with open_output(out, job=job, overwrite=overwrite, what="prediction",
                      command=command) as dest:
         def create(path):
-            st.create_prediction(path, shape=shape, chunks=image.chunks, shards=image.shards,
-                                 job=job, probability=probability, threshold=threshold,
+            st.create_prediction(path, shape=shape, chunks=chunks, shards=shards, job=job,
+                                 probability=probability, threshold=threshold,
+                                 source=_source_link(image.path, out),
                                  extra={"model": {"path": model, "sha256": sha,
                                                   "kind": info.get("kind", "unet"),
                                                   "training": info.get("training", {}),
@@ -316,7 +326,7 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
         task = functools.partial(predict_block, compute=method["compute"], images=str(images),
                                  out=str(dest.write_path), grid=grid, threshold=threshold,
                                  probability=probability, roi=roi, model_path=model, sha=sha,
-                                 **method["kwargs"])
+                                 select=select, **method["kwargs"])
         used = set(pred.volseg.get("precision_used") or [])
         skipped = {"blocks": 0}
 
@@ -338,6 +348,20 @@ def predict(images, model, out, *, threshold="auto", probability: bool = True,
             "roi_skipped": skipped["blocks"],
             "precision": method["extra"].get("precision"), "precision_used": sorted(used),
             "tiling": method["extra"].get("tiling")}
+
+
+def _source_link(images, out) -> str:
+    """The image store as seen from ``out/mask`` (NGFF ``image-label`` ``source``)."""
+    return os.path.relpath(Path(images).resolve(), (Path(out) / "mask").resolve())
+
+
+def _output_chunks(image) -> tuple[tuple, tuple | None]:
+    """The prediction's chunks and shards: the images' own, or volseg's defaults for
+    another tool's store (its chunks may span several time points, or none of its
+    frames whole; blocks are one shard of the output, one time point each)."""
+    if image.made_by_volseg:
+        return tuple(image.chunks), image.shards and tuple(image.shards)
+    return st.default_chunks(image.shape, "uint8")
 
 
 def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batch_size) -> dict:
@@ -386,11 +410,11 @@ def cached_forest(model_path: str, sha: str):
 
 
 def forest_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str,
-                 spec: dict) -> tuple[np.ndarray, dict]:
+                 spec: dict, select: dict | None = None) -> tuple[np.ndarray, dict]:
     """A forest's uint8 probabilities of block ``i``."""
     forest = cached_forest(model_path, sha)
     spec = FeatureSpec.from_dict(spec)
-    frames = read_block(images, grid, i)
+    frames = read_block(images, grid, i, select)
     region, box = grid.region(i), grid.read_box(i)
     ys = slice(region[2].start - box[2].start, region[2].stop - box[2].start)
     xs = slice(region[3].start - box[3].start, region[3].stop - box[3].start)
@@ -401,3 +425,9 @@ def forest_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: 
             prob[k, ty.start - ys.start: ty.stop - ys.start,
                  tx.start - xs.start: tx.stop - xs.start] = forest_probabilities(forest, feats)
     return quantise(prob), {}
+
+
+# volseg.predict(...) calls volseg.api.predict (see volseg._callable).
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "predict")

@@ -29,11 +29,14 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from . import __version__
 from .errors import InputError
 from .integrity import INTEGRITY, CheckedArray
+from .ngff import (AXES, AxisView, NgffImage, choose_channel, is_series_root, node_kind,
+                   ome_attributes, parse_image, series_names)
 from .outputs import read_node
 
-AXES = ("t", "z", "y", "x")
 _AXIS_TYPES = {"t": "time", "z": "space", "y": "space", "x": "space"}
 LEDGER = "volseg_done"
+#: The OME-NGFF version of every group volseg writes (Zarr v3).
+NGFF_VERSION = "0.5"
 
 #: Inner chunks are at most this many pixels on a side (whole frames up to 1024x1024).
 MAX_CHUNK_SIDE = 1024
@@ -150,7 +153,7 @@ def _ngff_attrs(name: str, *, ndim_scale=(1.0, 1.0, 1.0, 1.0), units=None) -> di
             entry["unit"] = units[ax]
         axes.append(entry)
     return {
-        "version": "0.5",
+        "version": NGFF_VERSION,
         "multiscales": [{
             "name": name,
             "axes": axes,
@@ -162,22 +165,55 @@ def _ngff_attrs(name: str, *, ndim_scale=(1.0, 1.0, 1.0, 1.0), units=None) -> di
 
 @dataclass
 class ImageStore:
-    """An OME-NGFF 0.5 image group; its full-resolution array ``0`` has dims t, z, y, x."""
+    """An OME-NGFF image group seen as (t, z, y, x).
+
+    volseg's own stores hold their full-resolution array at ``0`` with dims t, z, y, x;
+    another tool's may use any dataset path and any axes among t, c, z, y, x
+    (:mod:`volseg.ngff`), which :attr:`array` presents as (t, z, y, x) with ``channel``
+    chosen.
+    """
 
     path: Path
     group: zarr.Group
+    channel: int | None = None
 
     @property
-    def array(self) -> CheckedArray:
-        """The full-resolution array; reads refuse missing or damaged chunks."""
+    def ngff(self) -> NgffImage:
+        """Dataset path, axes, pixel sizes and units from the NGFF metadata."""
+        return parse_image(self.group.attrs, str(self.path))
+
+    @property
+    def array(self) -> CheckedArray | AxisView:
+        """The full-resolution array as (t, z, y, x); reads refuse missing or damaged chunks."""
+        image = self.ngff
+        label = f"{self.path}/{image.path}"
         try:
-            zarray = self.group["0"]
+            zarray = self.group[image.path]
         except Exception as exc:  # zarr raises several types for unreadable metadata
-            raise InputError(f"{self.path}/0: cannot open the array ({_reason(exc)}); the "
+            raise InputError(f"{label}: cannot open the array ({_reason(exc)}); the "
                              "store's metadata is damaged: recreate or restore it") from None
+        if zarray.ndim != len(image.axes):
+            raise InputError(f"{label}: {zarray.ndim} dims but the metadata names "
+                             f"{len(image.axes)} axes {list(image.axes)}")
         promise = self.volseg.get("integrity") or {}
-        return CheckedArray(zarray, f"{self.path}/0",
-                            require_chunks=bool(promise.get("every_chunk_written")))
+        frame_axes = tuple(image.axes.index(a) if a in image.axes else None for a in "tz")
+        checked = CheckedArray(zarray, label, require_chunks=bool(promise.get("every_chunk_written")),
+                               frame_axes=frame_axes)
+        if image.axes == AXES:
+            return checked
+        channel = choose_channel(image.axes, zarray.shape, self.channel, label)
+        return AxisView(checked, image.axes, channel)
+
+    @property
+    def scale(self) -> tuple[float, ...]:
+        """Pixel size along t, z, y, x (1.0 where the metadata gives none)."""
+        scale = self.ngff.scale
+        return tuple(float(scale.get(a, 1.0)) for a in AXES)
+
+    @property
+    def units(self) -> dict:
+        """Units of the axes t, z, y, x that have one (``{"x": "micrometer", ...}``)."""
+        return {a: u for a, u in self.ngff.units.items() if a in AXES}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -219,12 +255,14 @@ class ImageStore:
 
 
 def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, name=None,
-                 units=None, scale=(1.0, 1.0, 1.0, 1.0), extra=None, group=None) -> ImageStore:
+                 units=None, scale=(1.0, 1.0, 1.0, 1.0), extra=None, ome=None,
+                 group=None) -> ImageStore:
     """Create an empty, incomplete image group at ``path`` (or as ``group``'s child ``name``).
 
     ``chunks``/``shards`` default to :func:`default_chunks`. ``job`` (see
     :func:`make_job`) is recorded under ``volseg.job``; ``extra`` adds keys under
-    ``volseg`` (for example ``probability_scale``). Every chunk is written, even one
+    ``volseg`` (for example ``probability_scale``); ``ome`` adds NGFF keys beside
+    ``multiscales`` (for example ``image-label``). Every chunk is written, even one
     equal to the fill value, and checksummed (``volseg.integrity``): absence means loss.
     """
     shape = tuple(int(s) for s in shape)
@@ -237,7 +275,8 @@ def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, nam
     volseg = {"version": __version__, "complete": False, "created": _now(), "job": job,
               "integrity": dict(INTEGRITY)}
     volseg.update(extra or {})
-    attrs = {"ome": _ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units),
+    attrs = {"ome": {**_ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units),
+                     **(ome or {})},
              "volseg": volseg}
     if group is None:
         g = zarr.create_group(str(path), zarr_format=3, attributes=attrs)
@@ -254,28 +293,72 @@ def _reason(exc: BaseException) -> str:
 
 
 def open_group(path, *, mode: str = "r", what: str = "store", made_by: str = "volseg convert"):
-    """Open a Zarr v3 group; :class:`InputError` (one line) for anything unreadable."""
+    """Open a Zarr group (v3, or v2 from other tools); :class:`InputError` for anything unreadable."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such {what}")
-    if read_node(path) is None:  # also reports a damaged zarr.json
-        raise InputError(f"{path}: not a Zarr store (no zarr.json); make one with `{made_by}`")
+    if read_node(path) is None and node_kind(path) is None:  # read_node reports a damaged zarr.json
+        raise InputError(f"{path}: not a Zarr store (no zarr.json or .zgroup); make one with "
+                         f"`{made_by}`")
     try:
         return zarr.open_group(str(path), mode=mode)
     except Exception as exc:  # zarr raises several types for unreadable metadata
-        raise InputError(f"{path}: cannot open as a Zarr v3 group ({_reason(exc)})") from None
+        raise InputError(f"{path}: cannot open as a Zarr group ({_reason(exc)})") from None
 
 
-def open_image(path, *, require_complete: bool = True, mode: str = "r", what="image store") -> ImageStore:
-    """Open a volseg/NGFF image store; :class:`InputError` if it is missing or unfinished."""
+def _series_group(path: Path, group, series, *, mode, what):
+    """The image group of ``series`` in a bioformats2raw root (``path``, ``group`` otherwise).
+
+    ``series`` chooses among a root's series (default the first); an image group that is
+    not such a root ignores it, so one option serves commands reading several stores.
+    """
+    if not is_series_root(group.attrs):
+        return path, group
+    names = series_names(path, group.attrs)
+    index = 0 if series is None else series
+    if not isinstance(index, (int, np.integer)) or not 0 <= index < len(names):
+        raise InputError(f"{path} holds {len(names)} series (0-{len(names) - 1}); got {series!r}",
+                         param="series")
+    path = path / names[int(index)]
+    return path, open_group(path, mode=mode, what=what)
+
+
+def open_image(path, *, require_complete: bool = True, mode: str = "r", what="image store",
+               channel: int | None = None, series: int | None = None) -> ImageStore:
+    """Open an OME-NGFF image group (volseg's or another tool's) as (t, z, y, x).
+
+    Parameters
+    ----------
+    path : path-like
+        An image group (NGFF 0.4 on Zarr v2, or 0.5 on Zarr v3) or a bioformats2raw
+        root holding series ``0/``, ``1/``, ...
+    require_complete : bool
+        Refuse a store volseg has not finished writing. Stores made by other tools carry
+        no completion marker and are read as they are.
+    channel : int, optional
+        The channel to read when the image has a ``c`` axis (needed when it has more
+        than one channel); ignored by images without one.
+    series : int, optional
+        The series of a bioformats2raw root (default 0); ignored by image groups.
+
+    Raises
+    ------
+    InputError
+        Missing, not an NGFF image, unfinished, or a channel or series that is not there.
+    """
     path = Path(path)
     g = open_group(path, mode=mode, what=what)
-    if "ome" not in g.attrs or read_node(path / "0") is None:
-        raise InputError(f"{path}: not an OME-Zarr image group with a full-resolution array '0'")
-    store = ImageStore(path, g)
-    if store.array.ndim != 4:
-        raise InputError(f"{path}/0: expected 4 dims (t, z, y, x), found {store.array.ndim}")
-    if require_complete and not store.complete:
+    path, g = _series_group(path, g, series, mode=mode, what=what)
+    if "multiscales" not in ome_attributes(g.attrs):
+        raise InputError(f"{path}: not an OME-Zarr image group (no 'multiscales' metadata)")
+    dataset = parse_image(g.attrs, str(path)).path
+    read_node(path / dataset)  # a damaged zarr.json is reported as such
+    if node_kind(path / dataset) != "array":
+        raise InputError(f"{path}: the full-resolution array {dataset!r} named by its "
+                         "'multiscales' metadata is missing")
+    store = ImageStore(path, g, channel)
+    store.array  # noqa: B018  (checks the dims and the channel now, not at the first read)
+    if require_complete and store.made_by_volseg and not store.complete:
         raise InputError(f"{path}: incomplete (an interrupted run?); rerun the command that made "
                          "it to finish it")
     return store
@@ -376,19 +459,43 @@ class Prediction:
         return None if p is None else float(p.volseg.get("probability_scale", 1.0))
 
 
+#: How viewers colour the mask (NGFF ``image-label``): background clear, structure magenta.
+MASK_COLOURS = [{"label-value": 0, "rgba": [0, 0, 0, 0]},
+                {"label-value": 1, "rgba": [255, 0, 255, 255]}]
+
+
+def image_label(source: str | None) -> dict:
+    """The NGFF ``image-label`` metadata of a 0/1 mask whose image is at ``source``
+    (a path relative to the mask's group, as the specification asks)."""
+    label = {"version": NGFF_VERSION, "colors": MASK_COLOURS,
+             # validators require properties for exactly the values that have colours
+             "properties": [{"label-value": 0, "class": "background"},
+                            {"label-value": 1, "class": "structure"}]}
+    if source:
+        label["source"] = {"image": source}
+    return {"image-label": label}
+
+
 def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bool = True,
-                      threshold: float, extra=None) -> Prediction:
-    """Create an empty, incomplete prediction store (uint8 probability 0..255, uint8 mask)."""
+                      threshold: float, extra=None, source: str | None = None) -> Prediction:
+    """Create an empty, incomplete prediction store (uint8 probability 0..255, uint8 mask).
+
+    The root is an NGFF ``labels`` group listing ``mask`` (so validators and viewers
+    accept it, and open the mask as labels); ``mask`` carries ``image-label`` metadata
+    (colours, and ``source``: the image store relative to the mask's group). The
+    probability is a plain image group beside it.
+    """
     info = {"version": __version__, "complete": False, "created": _now(), "job": job,
             "threshold": float(threshold)}
     info.update(extra or {})
-    root = zarr.create_group(str(path), zarr_format=3, attributes={"volseg": info})
+    root = zarr.create_group(str(path), zarr_format=3, attributes={
+        "ome": {"version": NGFF_VERSION, "labels": ["mask"]}, "volseg": info})
     common = dict(shape=shape, dtype="uint8", chunks=chunks, shards=shards, job=job, group=root)
     if probability:
         create_image(Path(path) / "probability", name="probability",
                      extra={"probability_scale": 255, "threshold": float(threshold),
                             "meaning": "probability of structure = value / 255"}, **common)
-    create_image(Path(path) / "mask", name="mask",
+    create_image(Path(path) / "mask", name="mask", ome=image_label(source),
                  extra={"threshold": float(threshold),
                         "meaning": "1 = structure (probability >= threshold), 0 = background"},
                  **common)
@@ -416,13 +523,13 @@ def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> 
     return pred
 
 
-def open_any(path):
+def open_any(path, *, channel: int | None = None, series: int | None = None):
     """Open an image or prediction store for `volseg info` (complete or not)."""
     path = Path(path)
     g = open_group(path)
     if _is_prediction(g, path):
         return open_prediction(path, require_complete=False)
-    return open_image(path, require_complete=False)
+    return open_image(path, require_complete=False, channel=channel, series=series)
 
 
 def stored_bytes(path) -> int:

@@ -14,9 +14,9 @@ from .blocks import BlockGrid, run_blocks
 from .integrity import Damage
 
 
-def _parts(path) -> list[tuple[str, st.ImageStore]]:
+def _parts(path, select) -> list[tuple[str, st.ImageStore]]:
     """The image groups of a store: ``[("0", image)]`` or a prediction's two."""
-    obj = st.open_any(path)
+    obj = st.open_any(path, **select)
     if isinstance(obj, st.Prediction):
         return [(name, getattr(obj, name)) for name in ("probability", "mask")
                 if getattr(obj, name) is not None]
@@ -27,13 +27,15 @@ def _check_block(i: int, *, array, grid: BlockGrid) -> Damage:
     return array.damage(grid.region(i))
 
 
-def verify_store(path, *, client=None, progress=None) -> dict:
+def verify_store(path, *, channel=None, series=None, client=None, progress=None) -> dict:
     """Check presence, checksums and decoding of every chunk of an image or prediction store.
 
     Parameters
     ----------
     path : path-like
         An image store or a prediction store.
+    channel, series : int, optional
+        The channel and bioformats2raw series of an image made by another tool.
     client : distributed.Client, optional
         Where to run (default threads of this process).
     progress : callable, optional
@@ -47,7 +49,7 @@ def verify_store(path, *, client=None, progress=None) -> dict:
         volseg's integrity record get decoding only), ``damaged`` (sorted ``[t, z]``
         frames), ``missing`` (the subset whose data is absent) and ``message``.
     """
-    parts = _parts(path)
+    parts = _parts(path, {"channel": channel, "series": series})
     grids = [BlockGrid(image.shape, image.block_shape) for _, image in parts]
     total = sum(len(g) for g in grids)
     done = 0
@@ -84,3 +86,9 @@ def verify_store(path, *, client=None, progress=None) -> dict:
         })
     return {"path": str(path), "complete": complete, "arrays": arrays,
             "ok": complete and not any(a["damaged"] for a in arrays)}
+
+
+# volseg.verify(...) calls volseg.api.verify (see volseg._callable).
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "verify")

@@ -197,3 +197,9 @@ def build_model(config: TrainConfig, inputs: Inputs, normalization, say):
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return keras, model, normalization
+
+
+# volseg.train(...) calls volseg.api.train (see volseg._callable).
+from .._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "train")

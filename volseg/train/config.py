@@ -65,6 +65,9 @@ class TrainConfig:
     roi_path : path, optional
         Mask store of where labels are valid (t and z may be 1 to apply everywhere):
         patches are centred inside it, the loss and validation count only inside it.
+    channel, series : int, optional
+        The channel and the bioformats2raw series to read from stores made by other
+        tools (:func:`volseg.store.open_image`); stores without them ignore them.
     init : path, optional
         A volseg model to continue from (its architecture and normalisation are kept).
     val_fraction, val_timepoints, val_frames
@@ -107,6 +110,8 @@ class TrainConfig:
     truth_path: Any
     out_path: Any
     roi_path: Any = None
+    channel: int | None = None
+    series: int | None = None
     init: Any = None
     val_fraction: float = 0.2
     val_timepoints: str | None = None
@@ -173,7 +178,7 @@ class Inputs(NamedTuple):
         return 2 ** int(self.architecture["depth"])
 
 
-def open_stores(images_path, truth_path, roi_path=None):
+def open_stores(images_path, truth_path, roi_path=None, *, channel=None, series=None):
     """The training stores, checked: complete, one shape, an integer truth, an ROI that fits.
 
     Shared by every training method (the U-Net and the forest).
@@ -184,8 +189,9 @@ def open_stores(images_path, truth_path, roi_path=None):
     """
     from ..store import open_image
 
-    image = open_image(images_path, what="image store (--images)")
-    truth = open_image(truth_path, what="truth store (--truth)")
+    select = dict(channel=channel, series=series)
+    image = open_image(images_path, what="image store (--images)", **select)
+    truth = open_image(truth_path, what="truth store (--truth)", **select)
     if tuple(truth.shape) != tuple(image.shape):
         raise InputError(f"shape {tuple(truth.shape)} differs from the images' "
                          f"{tuple(image.shape)}; both must be (t, z, y, x) of one size",
@@ -195,7 +201,7 @@ def open_stores(images_path, truth_path, roi_path=None):
                          "with `volseg convert --mask`", param="truth_path")
     roi = None
     if roi_path is not None:
-        roi = open_image(roi_path, what="ROI store (--roi)")
+        roi = open_image(roi_path, what="ROI store (--roi)", **select)
         rs, s = tuple(roi.shape), tuple(image.shape)
         if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
             raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
@@ -221,7 +227,8 @@ def open_inputs(config: TrainConfig) -> Inputs:
         raise InputError(f"folder {out.parent} does not exist", param="out_path")
     if out.exists() and not config.overwrite:
         raise InputError(f"{out} exists; use --overwrite to replace it", param="out_path")
-    image, truth, roi = open_stores(config.images_path, config.truth_path, config.roi_path)
+    image, truth, roi = open_stores(config.images_path, config.truth_path, config.roi_path,
+                                    channel=config.channel, series=config.series)
     init_info = read_model_info(config.init) if config.init is not None else None
     if init_info is not None:
         architecture = dict(init_info["architecture"])

@@ -1,0 +1,273 @@
+"""The Python API for notebooks and scripts: one function per command.
+
+``volseg.convert``, ``volseg.train``, ``volseg.predict``, ``volseg.evaluate`` and
+``volseg.verify`` call the functions below; ``volseg.open`` gives a store as a lazily
+loaded, labelled array. They take the command line's options under the library's
+parameter names (``--batch`` is ``batch_size``, see each function), show a progress
+bar (a widget in Jupyter, text elsewhere; ``progress=False`` for none, or a callable
+``progress(done, total)``), return what the command prints as a dict, and raise
+:class:`volseg.InputError` for bad input, naming the parameter.
+
+Nothing heavy is imported before a function runs: ``import volseg`` stays fast, and
+TensorFlow loads only when a U-Net trains or predicts.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["convert", "train", "predict", "evaluate", "verify", "open"]
+
+
+class _Bar:
+    """``progress(done, total)`` drawn with tqdm's automatic front end (a widget in Jupyter)."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None or done < self.bar.n:  # a new epoch restarts the count
+            self.close()
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@contextmanager
+def _progress(progress, desc: str):
+    """The ``progress`` callable for a library function: a bar, the caller's, or None."""
+    if progress is True:
+        bar = _Bar(desc)
+        try:
+            yield bar
+        finally:
+            bar.close()
+    else:
+        yield progress or None
+
+
+def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progress=True,
+            **options) -> dict:
+    """TIFF stacks to an OME-Zarr image store (``volseg convert``).
+
+    Parameters
+    ----------
+    inputs : path-like or list of path-like
+        A folder of per-frame TIFFs, multi-page TIFFs (one per time point) or a hyperstack.
+    out : path-like
+        The store to write; an interrupted conversion of the same inputs resumes.
+    mask : bool
+        Annotations (0/1 or 0/255), stored as uint8 0/1.
+    overwrite : bool
+        Replace an existing store (only once the new one is complete).
+    progress : bool or callable
+    **options
+        ``pattern``, ``channel``, ``chunks``, ``allow_gaps``, ``nonfinite``, ``client``
+        (see :func:`volseg.convert.convert`).
+
+    Returns
+    -------
+    dict
+        Shape, dtype, chunks, shards, blocks written and skipped.
+    """
+    from .convert import convert as run
+
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    with _progress(progress, "convert") as bar:
+        return run(inputs, out, mask=mask, overwrite=overwrite, progress=bar, **options)
+
+
+def train(images, truth, out, *, method: str = "unet", channel: int | None = None,
+          series: int | None = None, overwrite: bool = False, progress=True, log=None,
+          **options) -> dict:
+    """Train a model on image and truth stores (``volseg train``).
+
+    Parameters
+    ----------
+    images, truth : path-like
+        Image store and binary truth store of one (t, z, y, x) shape (volseg's, or any
+        OME-NGFF image).
+    out : path-like
+        The model file (``.keras`` for a U-Net).
+    method : {"unet", "forest"}
+        A U-Net (TensorFlow), or the random-forest baseline (scikit-learn, minutes on a CPU).
+    channel, series : int, optional
+        The channel and bioformats2raw series of stores made by other tools.
+    progress : bool or callable
+        Steps per epoch (U-Net) or frames sampled (forest).
+    log : callable(str), optional
+        Receives one line per epoch and status lines (``print`` shows them).
+    **options
+        U-Net: the fields of :class:`volseg.train.TrainConfig` (``roi_path``,
+        ``val_timepoints``, ``epochs``, ``patch``, ``batch``, ``filters``, ``time_limit``,
+        ``precision``, ...). Forest: those of :func:`volseg.forest.train_forest`
+        (``roi_path``, ``val_timepoints``, ``trees``, ``max_samples``, ...).
+
+    Returns
+    -------
+    dict
+        Paths, validation Dice, threshold and timings.
+    """
+    common = dict(channel=channel, series=series, overwrite=overwrite, log=log, **options)
+    if method == "forest":
+        from .forest import train_forest
+
+        with _progress(progress, "forest: sampling") as bar:
+            return train_forest(images, truth, out, progress=bar, **common)
+    if method != "unet":
+        raise InputError(f"must be 'unet' or 'forest', got {method!r}", param="method")
+    from .train import train as run
+
+    with _progress(progress, "epoch") as bar:
+        return run(images, truth, out, progress=bar, **common)
+
+
+def predict(images, model, out, *, threshold="auto", channel: int | None = None,
+            series: int | None = None, overwrite: bool = False, progress=True,
+            **options) -> dict:
+    """Segment every frame of an image store with a model (``volseg predict``).
+
+    Parameters
+    ----------
+    images : path-like
+        Image store (volseg's, or any OME-NGFF image or bioformats2raw root).
+    model : path-like
+        A model file from :func:`train` (U-Net or forest).
+    out : path-like
+        The prediction store (``probability`` and ``mask``); an interrupted one resumes.
+    threshold : float or "auto"
+        Mask threshold; "auto" is the model's.
+    channel, series : int, optional
+        The channel and bioformats2raw series to read.
+    progress : bool or callable
+    **options
+        ``probability``, ``precision``, ``tile``, ``halo``, ``batch_size``, ``client``
+        (see :func:`volseg.predict.predict`).
+
+    Returns
+    -------
+    dict
+        Blocks computed and skipped, threshold, pixels.
+    """
+    from .predict import predict as run
+
+    with _progress(progress, "predict") as bar:
+        return run(images, model, out, threshold=threshold, channel=channel, series=series,
+                   overwrite=overwrite, progress=bar, **options)
+
+
+def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None = None,
+             series: int | None = None, json=None, csv=None, plots=None, progress=True,
+             **options) -> dict:
+    """Exact metrics of a prediction over every voxel (``volseg evaluate``).
+
+    Parameters
+    ----------
+    prediction, truth : path-like
+        Prediction store and binary truth store (volseg's or any OME-NGFF 0/1 image).
+    roi : path-like, optional
+        Count only voxels where this store is nonzero.
+    threshold : float, optional
+        Default: the stored mask.
+    channel, series : int, optional
+        The channel and bioformats2raw series of truth and ROI stores.
+    json, csv, plots : path-like, optional
+        Also write the report, the per-time-point CSV, and the figures into a folder.
+    progress : bool or callable
+    **options
+        ``per_z``, ``cldice``, ``client`` (see :func:`volseg.evaluate.evaluate`).
+
+    Returns
+    -------
+    dict
+        The report (``dice``, ``roc_auc``, ``per_timepoint`` ...).
+    """
+    from . import evaluate as ev
+
+    with _progress(progress, "evaluate") as bar:
+        report = ev.evaluate(prediction, truth, roi_path=roi, threshold=threshold,
+                             channel=channel, series=series, progress=bar, **options)
+    if json is not None:
+        ev.write_json(report, json)
+    if csv is not None:
+        ev.write_csv(report, csv)
+    if plots is not None:
+        from .figures import evaluation_figures
+
+        evaluation_figures(report, plots)
+    return report
+
+
+def verify(store, *, channel: int | None = None, series: int | None = None, progress=True,
+           **options) -> dict:
+    """Read every chunk of a store and name the damaged frames (``volseg verify``).
+
+    Returns
+    -------
+    dict
+        ``ok``, ``complete`` and per array the damaged frames
+        (see :func:`volseg.verify.verify_store`).
+    """
+    from .verify import verify_store
+
+    with _progress(progress, "verify") as bar:
+        return verify_store(store, channel=channel, series=series, progress=bar, **options)
+
+
+def open(path, *, array: str | None = None, channel: int | None = None,  # noqa: A001
+         series: int | None = None):
+    """A store as a lazily loaded, labelled array: an ``xarray.DataArray`` over dask.
+
+    Dims ``t, z, y, x``; coordinates in physical units (index x pixel size from the
+    NGFF metadata, units in each coordinate's ``attrs``); ``attrs`` hold ``scale``,
+    ``units``, the store's path and volseg's record. Nothing is read until you compute
+    or plot, and then only the chunks needed, through volseg's checked reads (a damaged
+    chunk raises :class:`volseg.errors.DamagedDataError`).
+
+    Parameters
+    ----------
+    path : path-like
+        An image store (volseg's or any OME-NGFF image) or a prediction store.
+    array : {"mask", "probability"}, optional
+        For a prediction store (default ``"mask"``).
+    channel, series : int, optional
+        The channel and bioformats2raw series of images made by other tools.
+    """
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+
+    from . import store as st
+
+    obj = st.open_any(path, channel=channel, series=series)
+    if isinstance(obj, st.Prediction):
+        if array not in (None, "mask", "probability"):
+            raise InputError(f"a prediction holds 'mask' and 'probability', not {array!r}",
+                             param="array")
+        image = obj.probability if array == "probability" else obj.mask
+        if image is None:
+            raise InputError(f"{path} has no probability array (mask only)", param="array")
+    else:
+        image = obj
+    if image.made_by_volseg and not image.complete:
+        raise InputError(f"{image.path}: incomplete (an interrupted run?); rerun the command "
+                         "that made it to finish it")
+    checked = image.array
+    data = da.from_array(checked, chunks=checked.chunks, asarray=True, lock=False,
+                         meta=np.empty((0,) * 4, checked.dtype), name=False)
+    units = image.units
+    coords = {a: xr.Variable(a, np.arange(n) * s, attrs={"units": units[a]} if a in units else {})
+              for a, n, s in zip(st.AXES, checked.shape, image.scale)}
+    attrs = {"path": str(image.path), "scale": dict(zip(st.AXES, image.scale)), "units": units,
+             "volseg": image.volseg}
+    return xr.DataArray(data, dims=st.AXES, coords=coords, name=image.path.name, attrs=attrs)
