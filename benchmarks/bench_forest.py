@@ -111,7 +111,7 @@ import json, resource, sys, time
 from volseg.forest import train_forest
 images, truth, out = sys.argv[1:4]
 t0 = time.monotonic()
-s = train_forest(images, truth, out, trees=50, overwrite=True)
+s = train_forest(images, truth, out, overwrite=True)
 print(json.dumps({"seconds": time.monotonic() - t0, "samples": s["samples"],
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -141,7 +141,7 @@ def memory(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--unet", type=Path, default=None, help="a trained U-Net to compare with")
-    ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--trees", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("bench-output/forest"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def add_parser(sub):
     g.add_argument("--workers", type=int, default=2,
                    help="threads reading patches ahead of training (default %(default)s)")
     g = p.add_argument_group("forest (--method forest)")
-    g.add_argument("--trees", type=int, default=100, help="trees (default %(default)s)")
+    g.add_argument("--trees", type=int, default=30, help="trees (default %(default)s)")
     g.add_argument("--max-samples", type=int, default=200_000,
                    help="training pixels at most, half of each class (default %(default)s)")
     add_select_arguments(p)

@@ -35,7 +35,7 @@ class DemoSize:
     epochs: int = 40
     steps_per_epoch: int = 40
     minutes: float = 5.0  # training time limit
-    trees: int = 100  # of the forest
+    trees: int = 30  # of the forest
 
 
 FULL = DemoSize()

@@ -315,8 +315,9 @@ def probability_levels(forest, image, t: int, z: int, spec: FeatureSpec) -> np.n
 
 def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=None, series=None,
                  val_fraction: float = 0.2,
-                 val_timepoints=None, val_frames=None, trees: int = 100,
-                 min_samples_leaf: int = 5, max_samples: int = 200_000,
+                 val_timepoints=None, val_frames=None, trees: int = 30,
+                 max_depth: int | None = 14, min_samples_leaf: int = 5,
+                 max_samples: int = 200_000,
                  spec: FeatureSpec | None = None, seed: int = 0, overwrite: bool = False,
                  command: str | None = None, progress=None, log=None) -> dict:
     """Train a random forest on filter features of pixels sampled from Zarr stores.
@@ -332,8 +333,10 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
         The model file (any name: volseg tells models apart by content).
     val_fraction, val_timepoints, val_frames :
         The validation split, as for the U-Net (:func:`volseg.sampler.split_frames`).
-    trees, min_samples_leaf :
-        The forest (scikit-learn's ``RandomForestClassifier``).
+    trees, max_depth, min_samples_leaf :
+        The forest (scikit-learn's ``RandomForestClassifier``). The defaults (30 trees
+        of depth 14) predict 5x faster than 100 unbounded trees at a validation Dice
+        0.004 lower on CHASE_DB1 (docs/decisions.md, "Random forest").
     max_samples : int
         Training pixels at most (half of each class where the data allows).
     spec : FeatureSpec, optional
@@ -379,8 +382,9 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     if np.bincount(y, minlength=2).min() == 0:
         raise InputError(f"{truth_path}: the training frames hold only one class (no "
                          "structure, or nothing else) inside the ROI; a classifier needs both")
-    forest = RandomForestClassifier(n_estimators=trees, min_samples_leaf=min_samples_leaf,
-                                    n_jobs=-1, random_state=seed)
+    forest = RandomForestClassifier(n_estimators=trees, max_depth=max_depth,
+                                    min_samples_leaf=min_samples_leaf, n_jobs=-1,
+                                    random_state=seed)
     forest.fit(X, y)
     forest.n_jobs = 1
     fit_seconds = time.monotonic() - start
@@ -399,7 +403,8 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
         "kind": "forest", "threshold": float(threshold),
         "features": spec.as_dict(), "input_dtype": str(image.dtype),
         "normalization": {"low": lo, "high": hi},
-        "training": {"method": "forest", "trees": trees, "min_samples_leaf": min_samples_leaf,
+        "training": {"method": "forest", "trees": trees, "max_depth": max_depth,
+                     "min_samples_leaf": min_samples_leaf,
                      "max_samples": max_samples, "samples": int(len(y)),
                      "class_counts": np.bincount(y, minlength=2).tolist(), "seed": seed,
                      "train_frames": len(split.train), "val_frames": len(split.val),
