@@ -1,5 +1,6 @@
 """volseg predict: images -> probability and mask, on a local or Slurm Dask cluster."""
 
+import argparse
 import shlex
 import sys
 
@@ -36,6 +37,11 @@ def add_parser(sub):
                    help="largest tile (default: whole frames up to ~1.1 Mpx)")
     p.add_argument("--halo", type=int, default=None,
                    help="context margin of tiles in px (default: the model's margin)")
+    p.add_argument("--pyramid", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write downsampled levels 1, 2, ... (y and x halved per level "
+                        "until a frame fits in 256 px; images and probabilities by mean, masks "
+                        "by max) so viewers stay responsive; default: on for frames larger "
+                        "than 1024 px on a side")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PRED.zarr")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_select_arguments(p)
@@ -77,7 +83,7 @@ def run(args) -> int:
         summary = predict(args.images, args.model, args.output, threshold=args.threshold,
                           **select_kwargs(args), probability=not args.no_probability,
                           precision=args.precision, tile=tile, halo=args.halo,
-                          batch_size=args.batch, roi=args.roi,
+                          batch_size=args.batch, roi=args.roi, pyramid=args.pyramid,
                           overwrite=args.overwrite, client=client,
                           resources=gpu_resources(client), progress=progress, command=command,
                           log=lambda m: say(args, m))
