@@ -218,3 +218,77 @@ def test_predict_pyramid_probability_by_mean_mask_by_max(tmp_path):
     np.testing.assert_array_equal(mask.dataset("1")[:], block_max(mask.array[:], 2))
     assert mask.array[:].any() and not mask.array[:].all()  # both values present
     assert multiscale(tmp_path / "p.zarr" / "mask")["type"] == "max"
+
+
+# ----------------------------------------------------------------- labels into the image store
+
+@pytest.fixture
+def labelled(tmp_path):
+    """An image store with levels, a model, and a prediction copied into labels/vessels."""
+    from test_predict import smooth_images
+
+    model = make_tiny_model(tmp_path / "tiny.keras")
+    frames = write_frames(tmp_path / "f", smooth_images((1, 2, 270, 290)))
+    convert([frames], tmp_path / "im.zarr", pyramid=True)  # one level: the label has one too
+    before = {p.relative_to(tmp_path / "im.zarr"): p.read_bytes()
+              for p in (tmp_path / "im.zarr").rglob("*") if p.is_file()}
+    summary = predict(tmp_path / "im.zarr", model, tmp_path / "p.zarr", threshold=0.5,
+                      pyramid=True, labels_into="vessels")
+    return tmp_path, model, before, summary
+
+
+def test_mask_copied_into_image_store_labels(labelled):
+    from ome_zarr_models import open_ome_zarr
+
+    tmp, _, before, summary = labelled
+    images = tmp / "im.zarr"
+    assert summary["labels"] == str(images / "labels" / "vessels")
+    # the image store's own files are untouched: only labels/ was added
+    after = {p.relative_to(images): p.read_bytes() for p in images.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if k.parts[0] != "labels"} == before
+    labels = json.loads((images / "labels" / "zarr.json").read_text())["attributes"]["ome"]
+    assert labels["labels"] == ["vessels"]
+    label = st.open_image(images / "labels" / "vessels")
+    mask = st.open_prediction(tmp / "p.zarr").mask
+    assert label.complete and label.checksummed
+    assert label.level_paths == ["0", "1"]
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(label.dataset(level)[:], mask.dataset(level)[:])
+    meta = json.loads((images / "labels" / "vessels" / "zarr.json").read_text())["attributes"]
+    assert meta["ome"]["image-label"]["source"] == {"image": "../../"}
+    assert meta["ome"]["multiscales"][0]["type"] == "max"
+    assert type(open_ome_zarr(str(images / "labels"), version="0.5")).__name__ == "Labels"
+    assert type(open_ome_zarr(str(images / "labels" / "vessels"), version="0.5")).__name__ == \
+        "ImageLabel"
+    assert not list((images / "labels").glob(".*"))  # no lock or half-built store left
+
+
+def test_existing_label_of_another_job_refused_before_predicting_unless_overwrite(labelled):
+    from volseg.errors import InputError
+
+    tmp, model, _, _ = labelled
+    label = tmp / "im.zarr" / "labels" / "vessels"
+    old = st.open_image(label).volseg["job"]["fingerprint"]
+    with pytest.raises(InputError, match="already exists") as err:
+        predict(tmp / "im.zarr", model, tmp / "p2.zarr", threshold=0.4, pyramid=True,
+                labels_into="vessels")
+    assert err.value.param == "labels_into" or "vessels" in str(err.value)
+    assert not (tmp / "p2.zarr").exists()  # refused before any prediction was written
+    predict(tmp / "im.zarr", model, tmp / "p2.zarr", threshold=0.4, pyramid=True,
+            labels_into="vessels", overwrite=True)
+    assert st.open_image(label).volseg["job"]["fingerprint"] != old
+    np.testing.assert_array_equal(st.open_image(label).array[:],
+                                  st.open_prediction(tmp / "p2.zarr").mask.array[:])
+    names = json.loads((tmp / "im.zarr" / "labels" / "zarr.json").read_text())
+    assert names["attributes"]["ome"]["labels"] == ["vessels"]
+
+
+def test_label_name_checked(tmp_path, cli):
+    from conftest import make_image_store
+
+    make_image_store(tmp_path / "im.zarr", np.zeros((1, 1, 8, 8), np.uint8))
+    make_tiny_model(tmp_path / "m.keras")
+    code, _, err = cli("predict", tmp_path / "im.zarr", "--model", tmp_path / "m.keras", "-o",
+                       tmp_path / "p.zarr", "--labels-into-images", "../x", "-q")
+    assert code == 2 and "--labels-into-images" in err and "label name" in err
+    assert not (tmp_path / "p.zarr").exists()
