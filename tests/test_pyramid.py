@@ -263,6 +263,21 @@ def test_mask_copied_into_image_store_labels(labelled):
     assert not list((images / "labels").glob(".*"))  # no lock or half-built store left
 
 
+def test_verify_checks_label_images_of_an_image_store(labelled, cli):
+    tmp = labelled[0]
+    code, text, err = cli("verify", tmp / "im.zarr", "--json", "-q")
+    assert code == 0, err
+    names = [a["name"] for a in json.loads(text)[0]["arrays"]]
+    assert names == ["0", "1", "labels/vessels", "labels/vessels/1"]
+    shard = next(f for f in (tmp / "im.zarr" / "labels" / "vessels" / "1" / "c").rglob("*")
+                 if f.is_file())
+    shard.unlink()
+    code, text, err = cli("verify", tmp / "im.zarr", "--json", "-q")
+    assert code == 2
+    arrays = {a["name"]: a for a in json.loads(text)[0]["arrays"]}
+    assert arrays["labels/vessels/1"]["missing"] and not arrays["0"]["damaged"]
+
+
 def test_existing_label_of_another_job_refused_before_predicting_unless_overwrite(labelled):
     from volseg.errors import InputError
 

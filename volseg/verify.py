@@ -15,12 +15,21 @@ from .integrity import Damage
 
 
 def _parts(path, select) -> list[tuple[str, st.ImageStore]]:
-    """The image groups of a store: ``[("0", image)]`` or a prediction's two."""
+    """The image groups of a store: ``[("0", image)]`` and its label images
+    (``labels/NAME``), or a prediction's two."""
     obj = st.open_any(path, **select)
     if isinstance(obj, st.Prediction):
         return [(name, getattr(obj, name)) for name in ("probability", "mask")
                 if getattr(obj, name) is not None]
-    return [("0", obj)]
+    return [("0", obj)] + _label_images(obj)
+
+
+def _label_images(image: st.ImageStore) -> list[tuple[str, st.ImageStore]]:
+    """The label images an image store lists in its ``labels`` group (NGFF)."""
+    node = st.read_node(image.path / "labels")
+    names = st.ome_attributes((node or {}).get("attributes") or {}).get("labels") or []
+    return [(f"labels/{name}", st.open_image(image.path / "labels" / name,
+                                             require_complete=False)) for name in names]
 
 
 def _arrays(parts) -> list[tuple[str, st.ImageStore, object]]:
