@@ -1,5 +1,6 @@
 """volseg convert: TIFF stacks -> OME-Zarr."""
 
+import argparse
 import shlex
 import sys
 
@@ -34,6 +35,11 @@ def add_parser(sub):
     p.add_argument("--nonfinite", type=float, default=None, metavar="VALUE",
                    help="replace NaN and infinite pixels of float images by VALUE (recorded "
                         "in the store); default: refuse them")
+    p.add_argument("--pyramid", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write downsampled levels 1, 2, ... (y and x halved per level "
+                        "until a frame fits in 256 px; images and probabilities by mean, masks "
+                        "by max) so viewers stay responsive; default: on for frames larger "
+                        "than 1024 px on a side")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUT made by volseg (the old store stays until "
                         "the new one is complete)")
@@ -47,11 +53,17 @@ def run(args) -> int:
     with Progress("convert", quiet=args.quiet) as progress:
         summary = convert(args.inputs, args.output, mask=args.mask, pattern=args.pattern,
                           channel=args.channel, chunks=args.chunks, allow_gaps=args.allow_gaps,
-                          nonfinite=args.nonfinite, overwrite=args.overwrite,
+                          nonfinite=args.nonfinite, pyramid=args.pyramid,
+                          overwrite=args.overwrite,
                           progress=progress, command=command,
                           log=None if args.quiet else (lambda m: say(args, m)))
     t, z, y, x = summary["shape"]
     say(args, f"wrote {summary['path']}: {t} time points x {z} slices x {y} x {x} "
               f"{summary['dtype']} ({summary['written']} blocks written, {summary['skipped']} "
-              f"already done); complete")
+              f"already done{_levels(summary)}); complete")
     return 0
+
+
+def _levels(summary) -> str:
+    n = summary.get("levels") or 0
+    return f", {n} pyramid level(s)" if n else ""

@@ -30,6 +30,7 @@ FLAGS = {
     "out": "-o",
     "model_path": "--model",
     "jobqueue_config": "--jobqueue-config",
+    "labels_into": "--labels-into-images",
 }
 
 

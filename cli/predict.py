@@ -1,5 +1,6 @@
 """volseg predict: images -> probability and mask, on a local or Slurm Dask cluster."""
 
+import argparse
 import shlex
 import sys
 
@@ -36,7 +37,16 @@ def add_parser(sub):
                    help="largest tile (default: whole frames up to ~1.1 Mpx)")
     p.add_argument("--halo", type=int, default=None,
                    help="context margin of tiles in px (default: the model's margin)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing PRED.zarr")
+    p.add_argument("--pyramid", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write downsampled levels 1, 2, ... (y and x halved per level "
+                        "until a frame fits in 256 px; images and probabilities by mean, masks "
+                        "by max) so viewers stay responsive; default: on for frames larger "
+                        "than 1024 px on a side")
+    p.add_argument("--labels-into-images", dest="labels_into", metavar="NAME", default=None,
+                   help="also copy the mask into IMAGES.zarr/labels/NAME, an NGFF label image "
+                        "(image and segmentation open together in napari); IMAGES.zarr is "
+                        "otherwise unchanged")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PRED.zarr (and label image NAME)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_select_arguments(p)
     add_cluster_arguments(p)
@@ -77,7 +87,8 @@ def run(args) -> int:
         summary = predict(args.images, args.model, args.output, threshold=args.threshold,
                           **select_kwargs(args), probability=not args.no_probability,
                           precision=args.precision, tile=tile, halo=args.halo,
-                          batch_size=args.batch, roi=args.roi,
+                          batch_size=args.batch, roi=args.roi, pyramid=args.pyramid,
+                          labels_into=args.labels_into,
                           overwrite=args.overwrite, client=client,
                           resources=gpu_resources(client), progress=progress, command=command,
                           log=lambda m: say(args, m))
@@ -87,4 +98,6 @@ def run(args) -> int:
     say(args, f"wrote {summary['path']}: {summary['computed']} blocks predicted{roi}, "
               f"{summary['skipped']} already done, threshold {summary['threshold']:g}; "
               f"{px / max(seconds, 1e-9) / 1e6:.2f} Mpx/s; complete")
+    if summary.get("labels"):
+        say(args, f"mask copied to {summary['labels']} (listed in its labels group)")
     return 0

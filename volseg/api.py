@@ -72,7 +72,8 @@ def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progres
         Replace an existing store (only once the new one is complete).
     progress : bool or callable
     **options
-        ``pattern``, ``channel``, ``chunks``, ``allow_gaps``, ``nonfinite``, ``client``
+        ``pattern``, ``channel``, ``chunks``, ``allow_gaps``, ``nonfinite``, ``pyramid``,
+        ``client``
         (see :func:`volseg.convert.convert`).
 
     Returns
@@ -151,7 +152,8 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
         The channel and bioformats2raw series to read.
     progress : bool or callable
     **options
-        ``probability``, ``precision``, ``tile``, ``halo``, ``batch_size``, ``client``
+        ``probability``, ``precision``, ``tile``, ``halo``, ``batch_size``, ``pyramid``,
+        ``labels_into``, ``client``
         (see :func:`volseg.predict.predict`).
 
     Returns

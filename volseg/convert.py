@@ -13,6 +13,7 @@ from .blocks import BlockGrid, frame_runs, run_blocks
 from .errors import InputError
 from .integrity import nonfinite_counts
 from .outputs import open_output
+from .pyramid import choose_levels, write_levels
 from .tiffio import DEFAULT_PATTERN, TiffStack, discover
 
 
@@ -85,8 +86,9 @@ def _convert_block(i: int, *, stack: TiffStack, out: str, grid: BlockGrid, mask:
 
 def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
             channel: int | None = None, chunks=None, allow_gaps: bool = False,
-            nonfinite: float | None = None, overwrite: bool = False, client=None,
-            progress=None, command: str | None = None, log=None) -> dict:
+            nonfinite: float | None = None, pyramid: bool | None = None,
+            overwrite: bool = False, client=None, progress=None, command: str | None = None,
+            log=None) -> dict:
     """Convert TIFF stacks to an OME-NGFF image store ``out`` (full resolution at ``out/0``).
 
     Parameters
@@ -107,6 +109,10 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
     nonfinite : float, optional
         Replace NaN and infinite pixels of float images by this value (recorded in the
         store's provenance). Default: refuse them.
+    pyramid : bool, optional
+        Write downsampled levels ``1``, ``2``, ... (y and x halved per level until a
+        frame fits in 256 px; images by mean, masks by max: :mod:`volseg.pyramid`).
+        Default: only for frames larger than 1024 px on a side.
     client : distributed.Client, optional
         Where to run; default a pool of threads on every core of this machine.
     progress : callable, optional
@@ -115,7 +121,8 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
     Returns
     -------
     dict
-        Summary: shape, dtype, chunks, shards, blocks written and skipped, raw bytes.
+        Summary: shape, dtype, chunks, shards, blocks written and skipped, raw bytes,
+        pyramid levels below the full resolution.
     """
     stack = discover(inputs, pattern=pattern, channel=channel, allow_gaps=allow_gaps)
     dtype = "uint8" if mask or stack.dtype == "bool" else stack.dtype
@@ -132,6 +139,9 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
                   "shards": list(shards), "dtype": dtype}
     if nonfinite is not None:
         parameters["nonfinite"] = nonfinite
+    levels = choose_levels(stack.shape, pyramid)
+    if levels:  # absent when 0, so jobs without a pyramid keep their fingerprint
+        parameters["pyramid_levels"] = levels
     job = st.make_job("convert", command=command, sources=st.source_record(stack.files),
                       parameters=parameters)
     extra = {"content": "mask" if mask else "image", "source_layout": stack.layout}
@@ -143,14 +153,16 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
             lambda path: st.open_image(path, require_complete=False, mode="r+"),
             lambda path: st.create_image(path, shape=stack.shape, dtype=dtype, chunks=chunks,
                                          shards=shards, job=job, name=Path(out).stem,
-                                         units=stack.units, scale=stack.scale, extra=extra))
+                                         units=stack.units, scale=stack.scale, extra=extra,
+                                         levels=levels, downsampling="max" if mask else "mean"))
         grid = frame_runs(stack.shape, image.block_shape[1])
         ledger = st.BlockLedger(image.group, len(grid))
         todo = np.flatnonzero(~ledger.done()).tolist()
         if log:
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {stack.shape} {dtype} from {len(stack.files)} file(s) "
-                f"({stack.layout}); {len(todo)} of {len(grid)} blocks to write")
+                f"({stack.layout}); {len(todo)} of {len(grid)} blocks to write"
+                + (f", then {levels} pyramid level(s)" if levels else ""))
         task = functools.partial(_convert_block, stack=stack, out=str(dest.write_path),
                                  grid=grid, mask=mask, dtype=dtype, nonfinite=nonfinite)
         # Blocks are the parallelism: zarr's own codec threads on top oversubscribe the
@@ -158,14 +170,17 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         with zarr.config.set({"threading.max_workers": 1}):
             run_blocks(task, todo, client=client, progress=progress,
                        done_before=len(grid) - len(todo), total=len(grid), grid=grid)
-        st.finish(image.group, ledger)
+        # levels after the whole full resolution: each is made from the one above it
+        level_ledgers = write_levels(dest.write_path, client=client, progress=progress and (
+            lambda d, t: progress(len(grid) + d, len(grid) + t)))
+        st.finish(image.group, ledger, *level_ledgers)
         shards = image.shards
         dest.commit()
     return {"path": str(out), "shape": stack.shape, "dtype": dtype, "chunks": chunks,
             "shards": shards, "blocks": len(grid), "written": len(todo),
             "skipped": len(grid) - len(todo), "files": len(stack.files), "layout": stack.layout,
             "raw_bytes": int(np.prod(stack.shape)) * np.dtype(dtype).itemsize,
-            "source_indices": stack.source_indices}
+            "source_indices": stack.source_indices, "levels": levels}
 
 
 # volseg.convert(...) calls volseg.api.convert (see volseg._callable).

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import labels as lb
 from . import store as st
 from .blocks import BlockGrid, run_blocks
 from .errors import DamagedDataError, InputError
@@ -33,6 +34,7 @@ from .integrity import nonfinite_counts
 from .metrics import quantise, threshold_bin
 from .model import check_precision, file_sha256, read_model_info, resolve_precision
 from .outputs import open_output
+from .pyramid import choose_levels, level_blocks, write_levels
 from .tiling import default_tile, predict_frames, tile_plan
 
 
@@ -216,7 +218,9 @@ def _check_parameters(precision, threshold, batch_size, halo, info) -> float:
 def predict(images, model, out, *, channel: int | None = None, series: int | None = None,
             threshold="auto", probability: bool = True,
             precision: str = "auto", tile=None, halo: int | None = None,
-            blend: int | None = None, batch_size: int = 4, roi=None, overwrite: bool = False,
+            blend: int | None = None, batch_size: int = 4, roi=None,
+            pyramid: bool | None = None, labels_into: str | None = None,
+            overwrite: bool = False,
             client=None, resources: dict | None = None, progress=None,
             command: str | None = None, log=None) -> dict:
     """Predict every frame of the image store ``images`` with ``model`` into ``out``.
@@ -250,6 +254,14 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     roi : path-like, optional
         A mask store (same y, x; t and z equal or 1): blocks entirely outside it are
         written as zeros without running the model, and pixels outside it are zero.
+    pyramid : bool, optional
+        Write downsampled levels of the probability (mean) and mask (max) for viewers
+        (:mod:`volseg.pyramid`). Default: only for frames larger than 1024 px on a side.
+    labels_into : str, optional
+        Also copy the finished mask into the image store as the NGFF label image
+        ``IMAGES/labels/NAME`` (:mod:`volseg.labels`), so viewers open both together.
+        The image store's arrays and metadata are not changed; an existing label image
+        of another prediction is replaced only with ``overwrite``.
     client : distributed.Client, optional
         Default: one block at a time in this process (TensorFlow uses every core).
     resources : dict, optional
@@ -297,13 +309,26 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
                 "fingerprint": image.volseg.get("job", {}).get("fingerprint")}]
     if roi_record is not None:
         parameters["roi"] = roi_record
+    levels = choose_levels(shape, pyramid)
+    if levels:  # absent when 0, so jobs without a pyramid keep their fingerprint
+        parameters["pyramid_levels"] = levels
+    if labels_into is not None:
+        label_path = lb.target(image, labels_into)
+        parameters["labels_into"] = label_path.name
     job = st.make_job("predict", parameters=parameters, sources=sources, command=command)
+    if labels_into is not None:
+        label_job = st.make_job("labels", parameters={"name": label_path.name,
+                                                      "pyramid_levels": lb.levels_of(image)},
+                                sources=[{"path": str(Path(out).resolve()),
+                                          "fingerprint": job["fingerprint"]}], command=command)
+        # refused now, not after hours of prediction
+        lb.preflight(label_path, label_job, overwrite)
     with open_output(out, job=job, overwrite=overwrite, what="prediction",
                      command=command) as dest:
         def create(path):
             st.create_prediction(path, shape=shape, chunks=chunks, shards=shards, job=job,
                                  probability=probability, threshold=threshold,
-                                 source=_source_link(image.path, out),
+                                 source=_source_link(image.path, out), levels=levels,
                                  extra={"model": {"path": model, "sha256": sha,
                                                   "kind": info.get("kind", "unet"),
                                                   "training": info.get("training", {}),
@@ -338,8 +363,19 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         run_blocks(task, todo, client=client, threads=method["threads"] if client is None else None,
                    progress=progress, resources=resources, done_before=len(grid) - len(todo),
                    total=len(grid), grid=grid, on_result=note)
+        # pyramids after the whole full resolution: each level is made from the one above
+        extra_blocks = sum(level_blocks(part) for part in pred.parts)
+        offset = len(grid)
         for part in pred.parts:
-            st.finish(part.group)
+            level_ledgers = write_levels(part.path, client=client, progress=progress and (
+                lambda d, t, offset=offset: progress(offset + d, len(grid) + extra_blocks)))
+            offset += level_blocks(part)
+            st.finish(part.group, *level_ledgers)
+        if labels_into is not None:
+            # before the prediction's own `complete`: an interrupted copy resumes with it
+            lb.write_label(Path(dest.write_path) / "mask", image, label_path.name,
+                           job=label_job, overwrite=overwrite, client=client,
+                           command=command)
         st.finish(pred.group, ledger, precision_used=sorted(used))
         dest.commit()
     return {"path": str(out), "shape": shape, "blocks": len(grid), "computed": len(todo),
@@ -347,7 +383,8 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
             "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"),
             "roi_skipped": skipped["blocks"],
             "precision": method["extra"].get("precision"), "precision_used": sorted(used),
-            "tiling": method["extra"].get("tiling")}
+            "tiling": method["extra"].get("tiling"), "levels": levels,
+            "labels": str(label_path) if labels_into is not None else None}
 
 
 def _source_link(images, out) -> str:

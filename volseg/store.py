@@ -144,7 +144,15 @@ def make_job(kind: str, *, parameters: dict, sources=(), command: str | None = N
 
 # --------------------------------------------------------------------------- stores
 
-def _ngff_attrs(name: str, *, ndim_scale=(1.0, 1.0, 1.0, 1.0), units=None) -> dict:
+def level_scale(scale, level: int) -> list[float]:
+    """Pixel size along t, z, y, x of pyramid ``level``: y and x halve per level."""
+    factor = 2 ** int(level)
+    t, z, y, x = (float(s) for s in scale)
+    return [t, z, y * factor, x * factor]
+
+
+def _ngff_attrs(name: str, *, ndim_scale=(1.0, 1.0, 1.0, 1.0), units=None, levels: int = 0,
+                downsampling: str | None = None) -> dict:
     units = units or {}
     axes = []
     for ax in AXES:
@@ -152,15 +160,19 @@ def _ngff_attrs(name: str, *, ndim_scale=(1.0, 1.0, 1.0, 1.0), units=None) -> di
         if units.get(ax):
             entry["unit"] = units[ax]
         axes.append(entry)
-    return {
-        "version": NGFF_VERSION,
-        "multiscales": [{
-            "name": name,
-            "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": [
-                {"type": "scale", "scale": [float(s) for s in ndim_scale]}]}],
-        }],
+    multiscale = {
+        "name": name,
+        "axes": axes,
+        # level 0 is the full resolution; readers take datasets[0]
+        "datasets": [{"path": str(k), "coordinateTransformations": [
+            {"type": "scale", "scale": level_scale(ndim_scale, k)}]} for k in range(levels + 1)],
     }
+    if levels and downsampling:
+        multiscale["type"] = downsampling
+        multiscale["metadata"] = {"description": f"{downsampling} over 2 x 2 pixels in y and x "
+                                                 "per level (edges replicated); t and z kept",
+                                  "method": "volseg.pyramid.downsample"}
+    return {"version": NGFF_VERSION, "multiscales": [multiscale]}
 
 
 @dataclass
@@ -185,10 +197,20 @@ class ImageStore:
     @property
     def array(self) -> CheckedArray | AxisView:
         """The full-resolution array as (t, z, y, x); reads refuse missing or damaged chunks."""
+        return self.dataset(self.ngff.path)
+
+    @property
+    def level_paths(self) -> list[str]:
+        """Every dataset of ``multiscales[0]``, full resolution first (``["0", "1", ...]``)."""
+        ms = ome_attributes(self.group.attrs)["multiscales"][0]
+        return [str(d["path"]).strip("/") for d in ms.get("datasets") or [] if "path" in d]
+
+    def dataset(self, path: str) -> CheckedArray | AxisView:
+        """The dataset ``path`` (a pyramid level) as (t, z, y, x), reads checked."""
         image = self.ngff
-        label = f"{self.path}/{image.path}"
+        label = f"{self.path}/{path}"
         try:
-            zarray = self.group[image.path]
+            zarray = self.group[path]
         except Exception as exc:  # zarr raises several types for unreadable metadata
             raise InputError(f"{label}: cannot open the array ({_reason(exc)}); the "
                              "store's metadata is damaged: recreate or restore it") from None
@@ -256,7 +278,7 @@ class ImageStore:
 
 def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, name=None,
                  units=None, scale=(1.0, 1.0, 1.0, 1.0), extra=None, ome=None,
-                 group=None) -> ImageStore:
+                 group=None, levels: int = 0, downsampling: str = "mean") -> ImageStore:
     """Create an empty, incomplete image group at ``path`` (or as ``group``'s child ``name``).
 
     ``chunks``/``shards`` default to :func:`default_chunks`. ``job`` (see
@@ -264,6 +286,9 @@ def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, nam
     ``volseg`` (for example ``probability_scale``); ``ome`` adds NGFF keys beside
     ``multiscales`` (for example ``image-label``). Every chunk is written, even one
     equal to the fill value, and checksummed (``volseg.integrity``): absence means loss.
+    ``levels`` downsampled arrays ``1``, ``2``, ... (y and x halved per level, see
+    :mod:`volseg.pyramid`; ``downsampling`` "mean" or "max") are created empty beside
+    ``0`` and listed in ``multiscales``, so a resumed run finds the whole layout.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4:
@@ -275,17 +300,35 @@ def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, nam
     volseg = {"version": __version__, "complete": False, "created": _now(), "job": job,
               "integrity": dict(INTEGRITY)}
     volseg.update(extra or {})
-    attrs = {"ome": {**_ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units),
+    attrs = {"ome": {**_ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units,
+                                   levels=levels, downsampling=downsampling),
                      **(ome or {})},
              "volseg": volseg}
     if group is None:
         g = zarr.create_group(str(path), zarr_format=3, attributes=attrs)
     else:
         g = group.create_group(name, attributes=attrs)
-    zarr.create_array(g.store, name=f"{g.path}/0" if g.path else "0", shape=shape, dtype=dtype,
-                      chunks=chunks, shards=shards, compressors=default_codecs(),
-                      fill_value=0, dimension_names=AXES)
+    _create_array(g, "0", shape, dtype, chunks, shards)
+    for k, level_shape in enumerate(level_shapes(shape, levels), start=1):
+        # each level is chunked for its own size (whole frames up to 1024 x 1024)
+        _create_array(g, str(k), level_shape, dtype, *default_chunks(level_shape, dtype))
     return ImageStore(Path(path), g)
+
+
+def _create_array(group: zarr.Group, name: str, shape, dtype, chunks, shards) -> None:
+    zarr.create_array(group.store, name=f"{group.path}/{name}" if group.path else name,
+                      shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+                      compressors=default_codecs(), fill_value=0, dimension_names=AXES)
+
+
+def level_shapes(shape, levels: int) -> list[tuple[int, ...]]:
+    """Shapes of pyramid levels 1..``levels``: y and x halved (rounded up) per level."""
+    t, z, y, x = (int(s) for s in shape)
+    out = []
+    for _ in range(int(levels)):
+        y, x = -(-y // 2), -(-x // 2)
+        out.append((t, z, y, x))
+    return out
 
 
 def _reason(exc: BaseException) -> str:
@@ -373,13 +416,14 @@ class BlockLedger:
     marked only after its data is written, so a rerun skips exactly the finished blocks.
     """
 
-    def __init__(self, group: zarr.Group, n: int):
+    def __init__(self, group: zarr.Group, n: int, name: str = LEDGER):
         self.n = n
-        if LEDGER in group:
-            self.array = group[LEDGER]
+        self.name = name
+        if name in group:
+            self.array = group[name]
         else:
             self.array = zarr.create_array(
-                group.store, name=f"{group.path}/{LEDGER}" if group.path else LEDGER,
+                group.store, name=f"{group.path}/{name}" if group.path else name,
                 shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None)
         if self.array.shape != (n,):
             raise InputError(f"{group.store}: block ledger does not match this job; use --overwrite")
@@ -401,16 +445,20 @@ class BlockLedger:
         self.array[index] = 1
 
     def delete(self, group: zarr.Group) -> None:
-        if LEDGER in group:
-            del group[LEDGER]
+        if self.name in group:
+            del group[self.name]
 
 
-def finish(group: zarr.Group, ledger: BlockLedger | None = None, **items) -> None:
-    """Mark a group complete: checks the ledger, deletes it, then writes ``complete`` last."""
-    if ledger is not None:
+def finish(group: zarr.Group, *ledgers: BlockLedger | None, **items) -> None:
+    """Mark a group complete: checks its ledgers (full resolution, pyramid levels), deletes
+    them, then writes ``complete`` last."""
+    ledgers = [ledger for ledger in ledgers if ledger is not None]
+    for ledger in ledgers:
         missing = np.flatnonzero(~ledger.done())
         if missing.size:
-            raise RuntimeError(f"{missing.size} blocks are not written yet (first: {missing[0]})")
+            raise RuntimeError(f"{ledger.name}: {missing.size} blocks are not written yet "
+                               f"(first: {missing[0]})")
+    for ledger in ledgers:
         ledger.delete(group)
     attrs = dict(group.attrs.get("volseg", {}))
     attrs.update(items)
@@ -477,25 +525,28 @@ def image_label(source: str | None) -> dict:
 
 
 def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bool = True,
-                      threshold: float, extra=None, source: str | None = None) -> Prediction:
+                      threshold: float, extra=None, source: str | None = None,
+                      levels: int = 0) -> Prediction:
     """Create an empty, incomplete prediction store (uint8 probability 0..255, uint8 mask).
 
     The root is an NGFF ``labels`` group listing ``mask`` (so validators and viewers
     accept it, and open the mask as labels); ``mask`` carries ``image-label`` metadata
     (colours, and ``source``: the image store relative to the mask's group). The
-    probability is a plain image group beside it.
+    probability is a plain image group beside it. ``levels``: pyramid levels of both,
+    the probability downsampled by mean, the mask by max (thin structures survive).
     """
     info = {"version": __version__, "complete": False, "created": _now(), "job": job,
             "threshold": float(threshold)}
     info.update(extra or {})
     root = zarr.create_group(str(path), zarr_format=3, attributes={
         "ome": {"version": NGFF_VERSION, "labels": ["mask"]}, "volseg": info})
-    common = dict(shape=shape, dtype="uint8", chunks=chunks, shards=shards, job=job, group=root)
+    common = dict(shape=shape, dtype="uint8", chunks=chunks, shards=shards, job=job, group=root,
+                  levels=levels)
     if probability:
-        create_image(Path(path) / "probability", name="probability",
+        create_image(Path(path) / "probability", name="probability", downsampling="mean",
                      extra={"probability_scale": 255, "threshold": float(threshold),
                             "meaning": "probability of structure = value / 255"}, **common)
-    create_image(Path(path) / "mask", name="mask", ome=image_label(source),
+    create_image(Path(path) / "mask", name="mask", ome=image_label(source), downsampling="max",
                  extra={"threshold": float(threshold),
                         "meaning": "1 = structure (probability >= threshold), 0 = background"},
                  **common)
