@@ -46,15 +46,13 @@ def make_store(root: Path, frames: int):
 
 
 def plan(image):
-    import numpy as np
-
     from volseg import store as st
     from volseg.blocks import BlockGrid
 
     t0 = time.perf_counter()
     grid = BlockGrid(image.shape, image.block_shape)
     ledger = st.BlockLedger(image.group, len(grid))
-    todo = np.flatnonzero(~ledger.done()).tolist()
+    todo = ledger.todo()
     return grid, todo, time.perf_counter() - t0
 
 

@@ -3,7 +3,6 @@
 from volseg.errors import InputError
 from volseg.info import describe
 
-from ._progress import say  # noqa: F401
 from ._select import add_select_arguments, select_kwargs
 
 

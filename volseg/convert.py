@@ -157,7 +157,7 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
                                          levels=levels, downsampling="max" if mask else "mean"))
         grid = frame_runs(stack.shape, image.block_shape[1])
         ledger = st.BlockLedger(image.group, len(grid))
-        todo = np.flatnonzero(~ledger.done()).tolist()
+        todo = ledger.todo()
         if log:
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {stack.shape} {dtype} from {len(stack.files)} file(s) "

@@ -146,7 +146,7 @@ def write_label(mask_path, image: st.ImageStore, name: str, *, job: dict,
             lambda where: st.open_image(where, require_complete=False, mode="r+"), create)
         grid = BlockGrid(array.shape, array.block_shape)
         ledger = st.BlockLedger(label.group, len(grid))
-        todo = np.flatnonzero(~ledger.done()).tolist()
+        todo = ledger.todo()
         task = functools.partial(_copy_block, source=str(mask_path),
                                  out=str(dest.write_path), grid=grid)
         with zarr.config.set({"threading.max_workers": 1}):

@@ -342,7 +342,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
 
         pred = dest.open_or_create(open_pred, create)
         ledger = st.BlockLedger(pred.group, len(grid))
-        todo = np.flatnonzero(~ledger.done()).tolist()
+        todo = ledger.todo()
         if log:
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, "

@@ -12,7 +12,6 @@ true positives yellow (drawn lighter, so the errors stand out).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -155,7 +155,7 @@ def write_levels(path, *, client=None, progress=None) -> list[st.BlockLedger]:
     total = sum(len(g) for g in grids)
     offset = 0
     for level, (ledger, grid) in enumerate(zip(books, grids), start=1):
-        todo = np.flatnonzero(~ledger.done()).tolist()
+        todo = ledger.todo()
         task = functools.partial(_level_block, path=str(path), level=level, grid=grid, how=how)
         step = None
         if progress:

@@ -441,6 +441,10 @@ class BlockLedger:
                     marks[i] = False
             return marks
 
+    def todo(self) -> list[int]:
+        """The blocks still to do, in order (what a resumed run computes)."""
+        return np.flatnonzero(~self.done()).tolist()
+
     def mark_done(self, index: int) -> None:
         self.array[index] = 1
 
