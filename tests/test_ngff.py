@@ -137,6 +137,16 @@ def test_pipeline_on_foreign_stores_matches_tiff(tmp_path, data, cli):
     job = json.loads((tmp_path / "pred.zarr" / "zarr.json").read_text())["attributes"]["volseg"]["job"]
     assert job["parameters"]["channel"] == 1
 
+    # measure reads the foreign truth (and a prediction made from a foreign image) like
+    # the TIFF-converted one
+    from volseg.measure import measure
+
+    mine = measure(tmp_path / "ref.zarr", truth_path=tmp_path / "truth.zarr", spacing="1,1,1")
+    theirs = measure(tmp_path / "pred.zarr", truth_path=ome_truth, spacing="1,1,1")
+    for a, b in zip(mine["per_timepoint"], theirs["per_timepoint"]):
+        for key in ("volume", "skeleton_length", "branch_points", "components"):
+            assert a[key] == b[key] and a["truth"][key] == b["truth"][key], key
+
 
 def test_prediction_root_is_a_labels_group_with_an_image_label(tmp_path, data):
     """Validators accept the root (NGFF ``labels``) and napari reads the mask as labels."""

@@ -1,7 +1,8 @@
 """The wheel holds both packages and the console script; ``python -m volseg`` works.
 
-Installing the wheel into a fresh venv would download TensorFlow: too slow for the suite,
-so the wheel's contents are checked instead.
+Installing the wheel into a fresh venv takes minutes (TensorFlow), so the suite checks the
+wheel's contents; ``scripts/check_wheel.sh`` (run by ``.ci/run`` after the suite) installs
+it into a fresh venv and runs convert, train, predict and evaluate from it.
 """
 
 from __future__ import annotations

@@ -328,7 +328,8 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         def create(path):
             st.create_prediction(path, shape=shape, chunks=chunks, shards=shards, job=job,
                                  probability=probability, threshold=threshold,
-                                 source=_source_link(image.path, out), levels=levels,
+                                 source=_source_link(image.path, out),
+                                 scale=image.scale, units=image.units, levels=levels,
                                  extra={"model": {"path": model, "sha256": sha,
                                                   "kind": info.get("kind", "unet"),
                                                   "training": info.get("training", {}),

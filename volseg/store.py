@@ -530,7 +530,7 @@ def image_label(source: str | None) -> dict:
 
 def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bool = True,
                       threshold: float, extra=None, source: str | None = None,
-                      levels: int = 0) -> Prediction:
+                      levels: int = 0, scale=(1.0, 1.0, 1.0, 1.0), units=None) -> Prediction:
     """Create an empty, incomplete prediction store (uint8 probability 0..255, uint8 mask).
 
     The root is an NGFF ``labels`` group listing ``mask`` (so validators and viewers
@@ -538,6 +538,8 @@ def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bo
     (colours, and ``source``: the image store relative to the mask's group). The
     probability is a plain image group beside it. ``levels``: pyramid levels of both,
     the probability downsampled by mean, the mask by max (thin structures survive).
+    ``scale`` and ``units``: the images' pixel sizes, so viewers overlay both and
+    ``measure`` works in physical units.
     """
     info = {"version": __version__, "complete": False, "created": _now(), "job": job,
             "threshold": float(threshold)}
@@ -545,7 +547,7 @@ def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bo
     root = zarr.create_group(str(path), zarr_format=3, attributes={
         "ome": {"version": NGFF_VERSION, "labels": ["mask"]}, "volseg": info})
     common = dict(shape=shape, dtype="uint8", chunks=chunks, shards=shards, job=job, group=root,
-                  levels=levels)
+                  levels=levels, scale=scale, units=units)
     if probability:
         create_image(Path(path) / "probability", name="probability", downsampling="mean",
                      extra={"probability_scale": 255, "threshold": float(threshold),
