@@ -117,7 +117,7 @@ def read_cluster(client, pred_path, truth_path, *, with_mask):
     """Read the arrays alone, with the same blocks and cluster as evaluate."""
     from distributed import wait
 
-    from volseg.evaluate import _client_threads
+    from volseg.blocks import client_threads as _client_threads
 
     arrays, blocks = _blocks(pred_path, truth_path, _client_threads(client), with_mask=with_mask)
     futs = [client.submit(_read_task, arrays, b, pure=False) for b in blocks]
