@@ -280,11 +280,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
     roi_record = None
     if roi is not None:
-        mask = st.open_image(roi, what="ROI store")
-        rs, s = tuple(mask.shape), tuple(image.shape)
-        if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
-            raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
-                             "equal or 1)", param="roi")
+        mask = st.open_roi(roi, image.shape, param="roi")
         roi = str(roi)
         roi_record = {"path": str(Path(roi).resolve()),
                       "fingerprint": mask.volseg.get("job", {}).get("fingerprint")}

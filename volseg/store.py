@@ -407,6 +407,24 @@ def open_image(path, *, require_complete: bool = True, mode: str = "r", what="im
     return store
 
 
+def open_roi(path, image_shape, *, param: str, what: str = "ROI store",
+             **select) -> ImageStore:
+    """Open an ROI store and check that it fits images of ``image_shape``: the same y, x,
+    and t and z each equal or 1 (one mask for every time point or slice).
+
+    Raises
+    ------
+    InputError
+        Naming ``param`` when the shapes do not fit.
+    """
+    roi = open_image(path, what=what, **select)
+    rs, s = tuple(roi.shape), tuple(image_shape)
+    if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
+        raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
+                         "equal or 1)", param=param)
+    return roi
+
+
 # --------------------------------------------------------------------------- ledger
 
 class BlockLedger:

@@ -187,7 +187,7 @@ def open_stores(images_path, truth_path, roi_path=None, *, channel=None, series=
     -------
     (ImageStore, ImageStore, ImageStore or None)
     """
-    from ..store import open_image
+    from ..store import open_image, open_roi
 
     select = dict(channel=channel, series=series)
     image = open_image(images_path, what="image store (--images)", **select)
@@ -201,11 +201,8 @@ def open_stores(images_path, truth_path, roi_path=None, *, channel=None, series=
                          "with `volseg convert --mask`", param="truth_path")
     roi = None
     if roi_path is not None:
-        roi = open_image(roi_path, what="ROI store (--roi)", **select)
-        rs, s = tuple(roi.shape), tuple(image.shape)
-        if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
-            raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
-                             "equal or 1)", param="roi_path")
+        roi = open_roi(roi_path, image.shape, param="roi_path", what="ROI store (--roi)",
+                       **select)
     return image, truth, roi
 
 
