@@ -64,3 +64,30 @@ def say(args, message: str) -> None:
     """Print a status line unless --quiet."""
     if not getattr(args, "quiet", False):
         print(message, flush=True)
+
+
+#: Options whose values never reach a store, a log or a message (they may hold keys).
+SECRET_OPTIONS = ("--storage-options",)
+
+
+def command_line(argv=None) -> str:
+    """The command as provenance records it, with ``--storage-options`` hidden."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    out, hide = [], False
+    for a in args:
+        if hide:
+            out.append("'<hidden>'")
+            hide = False
+            continue
+        name, eq, _ = a.partition("=")
+        if name in SECRET_OPTIONS:
+            if eq:
+                out.append(f"{name}='<hidden>'")
+            else:
+                out.append(a)
+                hide = True
+            continue
+        out.append(shlex.quote(a))
+    return "volseg " + " ".join(out)

@@ -1,12 +1,11 @@
 """volseg convert: TIFF stacks -> OME-Zarr."""
 
 import argparse
-import shlex
-import sys
 
 from volseg.convert import convert
 from volseg.tiffio import DEFAULT_PATTERN
 
+from ._progress import command_line
 from ._progress import Progress, say
 
 
@@ -49,7 +48,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line()
     with Progress("convert", quiet=args.quiet) as progress:
         summary = convert(args.inputs, args.output, mask=args.mask, pattern=args.pattern,
                           channel=args.channel, chunks=args.chunks, allow_gaps=args.allow_gaps,

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment microscopy volumes larger than memory, streamed over chunks.",
     )
     parser.add_argument("--version", action="version", version=f"volseg {__version__}")
+    parser.add_argument("--storage-options", metavar="JSON", default=None,
+                        help="fsspec/s3fs options for s3:// (and other URL) stores, e.g. "
+                             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' or "
+                             "'{\"profile\": \"site\"}'; default: the AWS_* environment "
+                             "(AWS_ENDPOINT_URL, AWS_PROFILE, ...)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -74,6 +79,8 @@ def _quiet_libraries() -> None:
     import logging
 
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    # aiohttp's "Unclosed client session" at exit (s3fs's sessions live until the end)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -85,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.storage_options is not None:
+            from volseg.location import set_storage_options
+
+            set_storage_options(args.storage_options)
         return int(args.run(args) or 0)
     except InputError as exc:
         print(f"volseg {args.command}: error: {describe(exc)}", file=sys.stderr)
@@ -94,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         from volseg.errors import operational_error
 
-        known = operational_error(exc)
+        known = operational_error(exc) or _storage_error(exc)
         if known is None or os.environ.get("VOLSEG_DEBUG"):
             raise
         print(f"volseg {args.command}: error: {known}", file=sys.stderr)
@@ -103,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"volseg {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as exc:
+        known = _storage_error(exc)
+        if known is not None and not os.environ.get("VOLSEG_DEBUG"):
+            print(f"volseg {args.command}: error: {known}", file=sys.stderr)
+            return 2
         if os.environ.get("VOLSEG_DEBUG"):
             raise
         import traceback
@@ -112,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"volseg {args.command}: internal error (a bug in volseg); "
               "please report it with the traceback above", file=sys.stderr)
         return 1
+
+
+def _storage_error(exc: BaseException):
+    """A storage service's failure (access denied, no bucket, no endpoint) met in the
+    middle of a run, as one line (None: something else)."""
+    if "volseg.location" not in sys.modules:
+        return None  # no URL was used
+    from volseg.location import remote_error
+
+    return remote_error(exc)
 
 
 def _quiet_broken_pipe() -> int:

@@ -1,12 +1,11 @@
 """volseg predict: images -> probability and mask, on a local or Slurm Dask cluster."""
 
 import argparse
-import shlex
-import sys
 
 from volseg.model import PRECISION_CHOICES
 
 from ._cluster import add_cluster_arguments, cluster_kwargs
+from ._progress import command_line
 from ._progress import Progress, say
 from ._select import add_select_arguments, select_kwargs
 
@@ -74,7 +73,7 @@ def run(args) -> int:
     from volseg.cluster import gpu_resources, open_client
     from volseg.predict import predict
 
-    command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line()
     tile = parse_tile(args.tile)
     kw = cluster_kwargs(args)
     if kw["cluster"] == "local" and kw["threads"] is None:

@@ -1,11 +1,10 @@
 """volseg train: U-Net training on patches streamed from Zarr stores."""
 
-import shlex
-import sys
 
 from volseg.model import PRECISION_CHOICES
 from volseg.train.config import LOSSES
 
+from ._progress import command_line
 from ._progress import Progress, say
 from ._select import add_select_arguments, select_kwargs
 from ._remote import add_slurm_options, trainer
@@ -122,7 +121,7 @@ def run_forest(args, command) -> int:
 
 def run(args) -> int:
 
-    command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line()
     if args.method == "forest":
         if args.cluster != "local":
             from volseg.errors import InputError

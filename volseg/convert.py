@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -12,6 +11,7 @@ from . import store as st
 from .blocks import BlockGrid, frame_runs, run_blocks
 from .errors import InputError
 from .integrity import nonfinite_counts
+from .location import locate
 from .outputs import open_output
 from .pyramid import choose_levels, write_levels
 from .tiffio import DEFAULT_PATTERN, TiffStack, discover
@@ -152,7 +152,7 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         image = dest.open_or_create(
             lambda path: st.open_image(path, require_complete=False, mode="r+"),
             lambda path: st.create_image(path, shape=stack.shape, dtype=dtype, chunks=chunks,
-                                         shards=shards, job=job, name=Path(out).stem,
+                                         shards=shards, job=job, name=locate(out).stem,
                                          units=stack.units, scale=stack.scale, extra=extra,
                                          levels=levels, downsampling="max" if mask else "mean"))
         grid = frame_runs(stack.shape, image.block_shape[1])

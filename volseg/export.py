@@ -32,7 +32,8 @@ import zarr
 from . import store as st
 from .blocks import frame_runs, run_blocks
 from .errors import InputError
-from .outputs import write_text_atomic
+from .location import is_url, locate, zarr_store
+from .outputs import read_node, write_text_atomic
 from .tiffio import EXPORT_MANIFEST, frame_file_name
 
 #: ImageJ reads these pixel types (uint8, uint16, int16, float32).
@@ -72,7 +73,7 @@ def open_source(path, *, array: str | None = None) -> tuple[st.ImageStore, str, 
     InputError
         Missing, incomplete or unknown stores and arrays.
     """
-    path = Path(path)
+    path = locate(path)
     notes: list[str] = []
     if array is None and path.name == "0" and _is_zarr(path.parent):
         path = path.parent  # STORE/0: the full-resolution array itself
@@ -103,14 +104,14 @@ def open_source(path, *, array: str | None = None) -> tuple[st.ImageStore, str, 
 
 
 def _is_zarr(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
+    return read_node(path) is not None
 
 
 def _is_prediction(path: Path) -> bool:
     if not _is_zarr(path):
         return False
     try:
-        return "mask" in zarr.open_group(str(path), mode="r")
+        return "mask" in zarr.open_group(zarr_store(path), mode="r")
     except Exception:  # unreadable metadata: let open_image report it
         return False
 
@@ -337,7 +338,8 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
     zarray = image.array
     truncated = False
     if not hyperstack:
-        record = {"source": os.path.abspath(str(image.path)), "shape": list(shape),
+        record = {"source": str(image.path) if is_url(image.path)
+                  else os.path.abspath(str(image.path)), "shape": list(shape),
                   "dtype": str(dtype), "made": image.volseg.get("finished")}
         resume = _prepare_folder(out, source=record, overwrite=overwrite)
         out.mkdir(exist_ok=True)

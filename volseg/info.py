@@ -60,7 +60,9 @@ def describe(path, *, channel=None, series=None) -> dict:
     (or, for a model file, :func:`describe_model`)."""
     from pathlib import Path
 
-    if Path(path).is_file():
+    from .location import is_url
+
+    if not is_url(path) and Path(path).is_file():
         return describe_model(path)
     obj = st.open_any(path, channel=channel, series=series)
     if isinstance(obj, st.Prediction):

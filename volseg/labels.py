@@ -23,6 +23,7 @@ import zarr
 from . import store as st
 from .blocks import BlockGrid, run_blocks
 from .errors import InputError
+from .location import zarr_store
 from .outputs import _decide, open_output, read_node
 from .pyramid import write_levels
 
@@ -82,9 +83,9 @@ def _labels_group(image_path: Path) -> zarr.Group:
     """The image's ``labels`` group, created (listing nothing yet) when missing."""
     labels = image_path / "labels"
     if read_node(labels) is None:
-        return zarr.create_group(str(labels), zarr_format=3,
+        return zarr.create_group(zarr_store(labels, mode="w"), zarr_format=3,
                                  attributes={"ome": {"version": st.NGFF_VERSION, "labels": []}})
-    return zarr.open_group(str(labels), mode="r+")
+    return zarr.open_group(zarr_store(labels, mode="r+"), mode="r+")
 
 
 def _list(group: zarr.Group, name: str) -> None:

@@ -425,10 +425,11 @@ def compare_volumes(mask, truth, spacing=(1.0, 1.0, 1.0), *, prune=None) -> dict
 
 def open_binary(path, *, what: str = "mask store") -> _store.ImageStore:
     """A prediction store's mask (``PRED`` or ``PRED/mask``), or any image store of 0/1."""
-    from pathlib import Path
+    from .location import locate
+    from .outputs import read_node
 
-    path = Path(path)
-    if (path / "mask" / "zarr.json").is_file():
+    path = locate(path)
+    if read_node(path / "mask") is not None:
         return _store.open_prediction(path).mask
     return _store.open_image(path, what=what)
 

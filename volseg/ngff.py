@@ -139,7 +139,14 @@ def series_names(root: Path, attrs) -> list[str]:
 def node_kind(path: Path) -> str | None:
     """``"group"``, ``"array"`` or None: what Zarr (v3 or v2) node ``path`` holds."""
     meta = path / "zarr.json"
-    if meta.is_file():
+    if not isinstance(path, Path):  # a URL: one request, not an existence check and a read
+        try:
+            return json.loads(meta.read_text()).get("node_type")
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError):
+            return None
+    elif meta.is_file():
         try:
             return json.loads(meta.read_text()).get("node_type")
         except (OSError, ValueError, AttributeError):

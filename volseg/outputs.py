@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import posixpath
 import re
 import shutil
 import socket
@@ -35,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .location import RemotePath, locate, remote_error
+from .location import check as check_location
 
 #: Seconds between refreshes of a lock's modification time.
 HEARTBEAT = 10.0
@@ -45,6 +48,8 @@ _NEW = ".volseg-new"
 #: zarr's LocalStore writes ``NAME.<uuid hex>.partial`` and renames it into place.
 _ZARR_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
 _OLD = ".volseg-old"
+#: On object storage: the marker of a swap in progress (see _finish_remote_swap).
+_SWAP = ".volseg-swap"
 
 
 def _sibling(path: Path, suffix: str) -> Path:
@@ -68,6 +73,8 @@ class WriterLock:
 
     @classmethod
     def acquire(cls, output: Path, *, command: str | None) -> "WriterLock":
+        if isinstance(output, RemotePath):
+            return RemoteLock.acquire(output, command=command)
         path = _sibling(output, ".lock")
         info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
                 "command": command or "volseg"}
@@ -142,10 +149,12 @@ def read_node(path: Path) -> dict | None:
         When ``zarr.json`` exists but cannot be read or parsed.
     """
     meta = path / "zarr.json"
-    if not meta.is_file():
+    if isinstance(path, Path) and not meta.is_file():
         return None
     try:
         node = json.loads(meta.read_text())
+    except FileNotFoundError:
+        return None  # a URL: asked in one request
     except OSError as exc:
         raise InputError(f"{path}: cannot read {meta.name} ({exc.strerror or exc})") from None
     except ValueError:
@@ -158,6 +167,8 @@ def read_node(path: Path) -> dict | None:
 
 def foreign_entries(path: Path) -> list[Path]:
     """Files under a Zarr store that Zarr does not own (a user's notes, other data)."""
+    if isinstance(path, RemotePath):
+        return [path / key for key in _remote_foreign(path.find())]
     found: list[Path] = []
 
     def walk(node_dir: Path) -> None:
@@ -192,7 +203,134 @@ def remove_store(path: Path) -> None:
         raise InputError(f"{path}: holds files that are not part of the store (e.g. "
                          f"{others[0].relative_to(path)}); volseg deletes only its own stores: "
                          "move them out first")
+    if isinstance(path, RemotePath):
+        path.rm_tree()
+        return
     shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- object storage
+
+@dataclass
+class RemoteLock:
+    """The lock object that keeps a second writer away from an output on object storage.
+
+    Object stores have no ``O_EXCL`` and no file times to touch, but S3 (and MinIO,
+    moto, Ceph) has the conditional put ``If-None-Match: *``: the lock object
+    ``.NAME.lock`` beside the output is created only if it is not there, atomically.
+    It names command, host, process, start time and a random token; the heartbeat
+    rewrites it with the time of the beat (after checking that the token is still
+    ours). Stale, as on a local disk: the process is gone (same host) or the last beat
+    is older than :data:`STALE_AFTER` seconds.
+    """
+
+    path: RemotePath
+    info: dict
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def acquire(cls, output: RemotePath, *, command: str | None) -> "RemoteLock":
+        import uuid
+
+        path = _sibling(output, ".lock")
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
+                "command": command or "volseg", "token": uuid.uuid4().hex, "beat": time.time()}
+        for _ in range(3):
+            try:
+                path.fs.pipe_file(path.fs_path, json.dumps(info).encode(), mode="create")
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder is not None and not _stale_remote(holder):
+                    raise InputError(
+                        f"{output}: another volseg is writing it: `{holder.get('command')}` "
+                        f"(process {holder.get('pid')} on {holder.get('host')}, since "
+                        f"{holder.get('since')}); wait for it to finish, or stop it first")
+                path.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            except Exception as exc:  # noqa: BLE001  (storage errors as one line)
+                err = remote_error(exc, output)
+                if err is None:
+                    raise
+                raise err from None
+            lock = cls(path, info)
+            lock._thread = threading.Thread(target=lock._beat, daemon=True,
+                                            name="volseg-lock-heartbeat")
+            lock._thread.start()
+            return lock
+        raise InputError(f"{output}: cannot take the writer lock {path}; delete that object "
+                         "if no volseg is running")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                if (_read_lock(self.path) or {}).get("token") != self.info["token"]:
+                    return  # taken over: not ours to refresh
+                self.info["beat"] = time.time()
+                self.path.write_text(json.dumps(self.info))
+            except Exception:  # noqa: BLE001  (the next beat tries again)
+                continue
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            if (_read_lock(self.path) or {}).get("token") == self.info["token"]:
+                self.path.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001  (a lock left behind goes stale)
+            pass
+
+
+def _stale_remote(holder: dict) -> bool:
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, OverflowError):
+            pass
+    try:
+        return time.time() - float(holder.get("beat", 0)) > STALE_AFTER
+    except (TypeError, ValueError):
+        return True
+
+
+def _remote_foreign(keys: list[str]) -> list[str]:
+    """Keys under a store on object storage that Zarr does not own: not a node's
+    ``zarr.json``, not a chunk (under ``c/`` of a node) and not zarr's temporary file."""
+    nodes = {posixpath.dirname(k) for k in keys if posixpath.basename(k) == "zarr.json"}
+    out = []
+    for key in keys:
+        if posixpath.basename(key) == "zarr.json":
+            continue
+        parts = key.split("/")
+        owned = any(parts[i] == "c" and "/".join(parts[:i]) in nodes for i in range(len(parts) - 1))
+        if not owned and not _ZARR_TEMP.search(key):
+            out.append(key)
+    return out
+
+
+def _finish_remote_swap(path: RemotePath) -> None:
+    """Put the complete store at ``.NAME.volseg-new`` in the place of ``path``.
+
+    Object storage has no rename: the new store is copied (server-side) over. The old
+    store is deleted only now, when the new one is complete; the new one's root
+    ``zarr.json`` (its ``complete``) is copied last, so a reader never takes a half copy
+    for a store; the marker ``.NAME.volseg-swap``, written before anything is deleted,
+    makes the next run finish an interrupted swap. The new store's root ``zarr.json`` is
+    deleted first when it is cleaned up, so a new store without it is a finished copy.
+    """
+    new, marker = _sibling(path, _NEW), _sibling(path, _SWAP)
+    if (new / "zarr.json").is_file():
+        if path.exists():
+            path.rm_tree()
+        keys = [k for k in new.find() if k != "zarr.json"]
+        fs = path.fs
+        if keys:
+            fs.copy([f"{new.fs_path}/{k}" for k in keys], [f"{path.fs_path}/{k}" for k in keys])
+        fs.copy(f"{new.fs_path}/zarr.json", f"{path.fs_path}/zarr.json")
+        (new / "zarr.json").unlink(missing_ok=True)
+    new.rm_tree()
+    marker.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -231,6 +369,10 @@ class Output:
         """Put a complete store in place (swapping out the one it replaces)."""
         if not self.replacing:
             return
+        if isinstance(self.path, RemotePath):
+            _sibling(self.path, _SWAP).write_text(json.dumps({"since": _now()}))
+            _finish_remote_swap(self.path)
+            return
         old = _sibling(self.path, _OLD)
         if old.exists():
             remove_store(old)
@@ -251,7 +393,8 @@ def _volseg_attrs(path: Path) -> dict | None:
 
 def _decide(path: Path, job: dict, overwrite: bool, what: str) -> str:
     """"new", "resume" or "replace" for an existing store (or an InputError)."""
-    if path.is_dir() and not any(path.iterdir()):
+    remote = isinstance(path, RemotePath)
+    if not remote and path.is_dir() and not any(path.iterdir()):
         return "new"  # an empty folder (made by the user, or left by a failed start)
     if read_node(path) is None:
         raise InputError(f"{path}: exists and is not a Zarr store; choose another output path "
@@ -260,7 +403,7 @@ def _decide(path: Path, job: dict, overwrite: bool, what: str) -> str:
     if attrs is None:
         raise InputError(f"{path}: a Zarr store not made by volseg is there; volseg never "
                          "deletes it, even with --overwrite: choose another output path")
-    if not os.access(path, os.W_OK | os.X_OK):
+    if not remote and not os.access(path, os.W_OK | os.X_OK):
         raise InputError(f"{path}: not writable")
     same_job = (attrs.get("job") or {}).get("fingerprint") == job["fingerprint"]
     if overwrite:
@@ -281,6 +424,10 @@ def _decide(path: Path, job: dict, overwrite: bool, what: str) -> str:
 
 def _recover_swap(path: Path) -> None:
     """Finish or undo a swap that a crash interrupted between its two renames."""
+    if isinstance(path, RemotePath):
+        if _sibling(path, _SWAP).is_file():
+            _finish_remote_swap(path)
+        return
     old = _sibling(path, _OLD)
     if not old.exists():
         return
@@ -304,15 +451,11 @@ def open_output(path, *, job: dict, overwrite: bool = False, what: str = "output
         The output is a symbolic link, its folder is missing or read-only, another volseg
         writes it, or what is there may not be replaced (see module docstring).
     """
-    path = Path(path)
-    if path.is_symlink():
-        raise InputError(f"{path}: is a symbolic link; give the real path of the output "
-                         f"({os.path.realpath(path)})")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{path}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: folder {parent} is not writable")
+    path = locate(path)
+    if isinstance(path, RemotePath):
+        check_location(path, write=True, param=None)
+    else:
+        _check_local_output(path)
     lock = WriterLock.acquire(path, command=command)
     try:
         _recover_swap(path)
@@ -341,10 +484,23 @@ def open_output(path, *, job: dict, overwrite: bool = False, what: str = "output
         lock.release()
 
 
+def _check_local_output(path: Path) -> None:
+    if path.is_symlink():
+        raise InputError(f"{path}: is a symbolic link; give the real path of the output "
+                         f"({os.path.realpath(path)})")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{path}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: folder {parent} is not writable")
+
+
 def _blocks_done(store: Path) -> int:
     """Blocks marked done in a store's ledger (its chunk files; 0 without a ledger)."""
     from .store import LEDGER
 
+    if isinstance(store, RemotePath):
+        return sum(1 for k in (store / LEDGER / "c").find() if k.isdigit())
     ledger = store / LEDGER / "c"
     return sum(1 for p in ledger.iterdir() if p.name.isdigit()) if ledger.is_dir() else 0
 
@@ -371,7 +527,10 @@ def _discard(store: Path) -> None:
     """Remove a store this run created (only Zarr's own entries; never raises)."""
     try:
         if store.exists() and not foreign_entries(store):
-            shutil.rmtree(store)
+            if isinstance(store, RemotePath):
+                store.rm_tree()
+            else:
+                shutil.rmtree(store)
     except (OSError, InputError):
         pass
 

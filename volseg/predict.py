@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import threading
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from .blocks import BlockGrid, run_blocks
 from .errors import DamagedDataError, InputError
 from .forest import FeatureSpec, forest_probabilities, load_forest, tile_features
 from .integrity import nonfinite_counts
+from .location import RemotePath, locate
+from .location import text as location_text
 from .metrics import quantise, threshold_bin
 from .model import check_precision, file_sha256, read_model_info, resolve_precision
 from .outputs import open_output
@@ -282,7 +285,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     if roi is not None:
         mask = st.open_roi(roi, image.shape, param="roi")
         roi = str(roi)
-        roi_record = {"path": str(Path(roi).resolve()),
+        roi_record = {"path": location_text(roi),
                       "fingerprint": mask.volseg.get("job", {}).get("fingerprint")}
     if log and str(image.dtype) != info.get("input_dtype", str(image.dtype)):
         log(f"warning: {images} is {image.dtype} but the model was trained on "
@@ -301,7 +304,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     grid = BlockGrid(shape, block_shape, halo=(0, 0, method["halo"], method["halo"]))
     parameters = {"model_sha256": sha, "threshold": threshold, "probability": probability,
                   **select, **method["parameters"]}
-    sources = [{"path": str(Path(images).resolve()),
+    sources = [{"path": location_text(images),
                 "fingerprint": image.volseg.get("job", {}).get("fingerprint")}]
     if roi_record is not None:
         parameters["roi"] = roi_record
@@ -315,7 +318,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     if labels_into is not None:
         label_job = st.make_job("labels", parameters={"name": label_path.name,
                                                       "pyramid_levels": lb.levels_of(image)},
-                                sources=[{"path": str(Path(out).resolve()),
+                                sources=[{"path": location_text(out),
                                           "fingerprint": job["fingerprint"]}], command=command)
         # refused now, not after hours of prediction
         lb.preflight(label_path, label_job, overwrite)
@@ -370,7 +373,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
             st.finish(part.group, *level_ledgers)
         if labels_into is not None:
             # before the prediction's own `complete`: an interrupted copy resumes with it
-            lb.write_label(Path(dest.write_path) / "mask", image, label_path.name,
+            lb.write_label(locate(dest.write_path) / "mask", image, label_path.name,
                            job=label_job, overwrite=overwrite, client=client,
                            command=command)
         st.finish(pred.group, ledger, precision_used=sorted(used))
@@ -386,6 +389,13 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
 
 def _source_link(images, out) -> str:
     """The image store as seen from ``out/mask`` (NGFF ``image-label`` ``source``)."""
+    images, out = locate(images), locate(out)
+    if isinstance(images, RemotePath) or isinstance(out, RemotePath):
+        a, b = str(images), str(out / "mask")
+        if isinstance(images, RemotePath) and isinstance(out, RemotePath) and \
+                images.protocol == out.protocol and images.bucket == out.bucket:
+            return posixpath.relpath(a.split("://", 1)[1], b.split("://", 1)[1])
+        return location_text(images)  # another bucket or file system: absolute
     return os.path.relpath(Path(images).resolve(), (Path(out) / "mask").resolve())
 
 

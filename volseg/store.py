@@ -29,6 +29,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from . import __version__
 from .errors import InputError
 from .integrity import INTEGRITY, CheckedArray
+from .location import RemotePath, check as check_location, locate, zarr_store
 from .ngff import (AXES, AxisView, NgffImage, choose_channel, is_series_root, node_kind,
                    ome_attributes, parse_image, series_names)
 from .outputs import read_node
@@ -300,19 +301,19 @@ def create_image(path, *, shape, dtype, chunks=None, shards=None, job: dict, nam
     volseg = {"version": __version__, "complete": False, "created": _now(), "job": job,
               "integrity": dict(INTEGRITY)}
     volseg.update(extra or {})
-    attrs = {"ome": {**_ngff_attrs(name or Path(path).stem, ndim_scale=scale, units=units,
+    attrs = {"ome": {**_ngff_attrs(name or locate(path).stem, ndim_scale=scale, units=units,
                                    levels=levels, downsampling=downsampling),
                      **(ome or {})},
              "volseg": volseg}
     if group is None:
-        g = zarr.create_group(str(path), zarr_format=3, attributes=attrs)
+        g = zarr.create_group(zarr_store(path, mode="w"), zarr_format=3, attributes=attrs)
     else:
         g = group.create_group(name, attributes=attrs)
     _create_array(g, "0", shape, dtype, chunks, shards)
     for k, level_shape in enumerate(level_shapes(shape, levels), start=1):
         # each level is chunked for its own size (whole frames up to 1024 x 1024)
         _create_array(g, str(k), level_shape, dtype, *default_chunks(level_shape, dtype))
-    return ImageStore(Path(path), g)
+    return ImageStore(locate(path), g)
 
 
 def _create_array(group: zarr.Group, name: str, shape, dtype, chunks, shards) -> None:
@@ -337,14 +338,19 @@ def _reason(exc: BaseException) -> str:
 
 def open_group(path, *, mode: str = "r", what: str = "store", made_by: str = "volseg convert"):
     """Open a Zarr group (v3, or v2 from other tools); :class:`InputError` for anything unreadable."""
-    path = Path(path)
-    if not path.exists():
+    path = locate(path)
+    check_location(path, write=mode != "r")
+    if isinstance(path, RemotePath):
+        if read_node(path) is None and node_kind(path) is None:
+            raise InputError(f"{path}: no such {what} (no zarr.json or .zgroup there); check "
+                             f"the URL, or make one with `{made_by}`")
+    elif not path.exists():
         raise InputError(f"{path}: no such {what}")
     if read_node(path) is None and node_kind(path) is None:  # read_node reports a damaged zarr.json
         raise InputError(f"{path}: not a Zarr store (no zarr.json or .zgroup); make one with "
                          f"`{made_by}`")
     try:
-        return zarr.open_group(str(path), mode=mode)
+        return zarr.open_group(zarr_store(path, mode=mode), mode=mode)
     except Exception as exc:  # zarr raises several types for unreadable metadata
         raise InputError(f"{path}: cannot open as a Zarr group ({_reason(exc)})") from None
 
@@ -389,7 +395,7 @@ def open_image(path, *, require_complete: bool = True, mode: str = "r", what="im
     InputError
         Missing, not an NGFF image, unfinished, or a channel or series that is not there.
     """
-    path = Path(path)
+    path = locate(path)
     g = open_group(path, mode=mode, what=what)
     path, g = _series_group(path, g, series, mode=mode, what=what)
     if "multiscales" not in ome_attributes(g.attrs):
@@ -562,19 +568,19 @@ def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bo
     info = {"version": __version__, "complete": False, "created": _now(), "job": job,
             "threshold": float(threshold)}
     info.update(extra or {})
-    root = zarr.create_group(str(path), zarr_format=3, attributes={
+    root = zarr.create_group(zarr_store(path, mode="w"), zarr_format=3, attributes={
         "ome": {"version": NGFF_VERSION, "labels": ["mask"]}, "volseg": info})
     common = dict(shape=shape, dtype="uint8", chunks=chunks, shards=shards, job=job, group=root,
                   levels=levels, scale=scale, units=units)
     if probability:
-        create_image(Path(path) / "probability", name="probability", downsampling="mean",
+        create_image(locate(path) / "probability", name="probability", downsampling="mean",
                      extra={"probability_scale": 255, "threshold": float(threshold),
                             "meaning": "probability of structure = value / 255"}, **common)
-    create_image(Path(path) / "mask", name="mask", ome=image_label(source), downsampling="max",
+    create_image(locate(path) / "mask", name="mask", ome=image_label(source), downsampling="max",
                  extra={"threshold": float(threshold),
                         "meaning": "1 = structure (probability >= threshold), 0 = background"},
                  **common)
-    return Prediction(Path(path), root)
+    return Prediction(locate(path), root)
 
 
 def _is_prediction(group: zarr.Group, path: Path) -> bool:
@@ -583,7 +589,7 @@ def _is_prediction(group: zarr.Group, path: Path) -> bool:
 
 def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> Prediction:
     """Open a prediction store; :class:`InputError` if missing, not one, or unfinished."""
-    path = Path(path)
+    path = locate(path)
     g = open_group(path, mode=mode, what="prediction store", made_by="volseg predict")
     if not _is_prediction(g, path):
         raise InputError(f"{path}: not a volseg prediction store (no 'mask' group)")
@@ -600,7 +606,7 @@ def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> 
 
 def open_any(path, *, channel: int | None = None, series: int | None = None):
     """Open an image or prediction store for `volseg info` (complete or not)."""
-    path = Path(path)
+    path = locate(path)
     g = open_group(path)
     if _is_prediction(g, path):
         return open_prediction(path, require_complete=False)
@@ -608,5 +614,8 @@ def open_any(path, *, channel: int | None = None, series: int | None = None):
 
 
 def stored_bytes(path) -> int:
-    """Bytes on disk under ``path``."""
+    """Bytes on disk (or in the bucket) under ``path``."""
+    loc = locate(path)
+    if isinstance(loc, RemotePath):
+        return int(sum(loc.fs.du(loc.fs_path, total=False).values())) if not loc.read_only else 0
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
