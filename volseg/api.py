@@ -2,7 +2,9 @@
 
 ``volseg.convert``, ``volseg.train``, ``volseg.predict``, ``volseg.evaluate`` and
 ``volseg.verify`` call the functions below; ``volseg.open`` gives a store as a lazily
-loaded, labelled array. They take the command line's options under the library's
+loaded, labelled array. Every store may be a path or a URL (``s3://``, ``https://``);
+``storage_options=`` (a dict) is what the command line's ``--storage-options`` is.
+They take the command line's options under the library's
 parameter names (``--batch`` is ``batch_size``, see each function), show a progress
 bar (a widget in Jupyter, text elsewhere; ``progress=False`` for none, or a callable
 ``progress(done, total)``), return what the command prints as a dict, and raise
@@ -43,6 +45,16 @@ class _Bar:
             self.bar = None
 
 
+def _storage(options) -> None:
+    """``storage_options=``: fsspec/s3fs options for URL stores (``s3://``, ``https://``),
+    process-wide from now on (see :mod:`volseg.location`); None keeps what is set (by
+    default the AWS_* environment)."""
+    if options is not None:
+        from .location import set_storage_options
+
+        set_storage_options(options)
+
+
 @contextmanager
 def _progress(progress, desc: str):
     """The ``progress`` callable for a library function: a bar, the caller's, or None."""
@@ -57,7 +69,7 @@ def _progress(progress, desc: str):
 
 
 def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progress=True,
-            **options) -> dict:
+            storage_options=None, **options) -> dict:
     """TIFF stacks to an OME-Zarr image store (``volseg convert``).
 
     Parameters
@@ -81,6 +93,7 @@ def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progres
     dict
         Shape, dtype, chunks, shards, blocks written and skipped.
     """
+    _storage(storage_options)
     from .convert import convert as run
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -90,7 +103,7 @@ def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progres
 
 def train(images, truth, out, *, method: str = "unet", channel: int | None = None,
           series: int | None = None, overwrite: bool = False, progress=True, log=None,
-          **options) -> dict:
+          storage_options=None, **options) -> dict:
     """Train a model on image and truth stores (``volseg train``).
 
     Parameters
@@ -119,6 +132,7 @@ def train(images, truth, out, *, method: str = "unet", channel: int | None = Non
     dict
         Paths, validation Dice, threshold and timings.
     """
+    _storage(storage_options)
     common = dict(channel=channel, series=series, overwrite=overwrite, log=log, **options)
     if method == "forest":
         from .forest import train_forest
@@ -135,7 +149,7 @@ def train(images, truth, out, *, method: str = "unet", channel: int | None = Non
 
 def predict(images, model, out, *, threshold="auto", channel: int | None = None,
             series: int | None = None, overwrite: bool = False, progress=True,
-            **options) -> dict:
+            storage_options=None, **options) -> dict:
     """Segment every frame of an image store with a model (``volseg predict``).
 
     Parameters
@@ -161,6 +175,7 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
     dict
         Blocks computed and skipped, threshold, pixels.
     """
+    _storage(storage_options)
     from .predict import predict as run
 
     with _progress(progress, "predict") as bar:
@@ -170,7 +185,7 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
 
 def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None = None,
              series: int | None = None, json=None, csv=None, plots=None, progress=True,
-             **options) -> dict:
+             storage_options=None, **options) -> dict:
     """Exact metrics of a prediction over every voxel (``volseg evaluate``).
 
     Parameters
@@ -194,6 +209,7 @@ def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None
     dict
         The report (``dice``, ``roc_auc``, ``per_timepoint`` ...).
     """
+    _storage(storage_options)
     from . import evaluate as ev
 
     with _progress(progress, "evaluate") as bar:
@@ -211,7 +227,7 @@ def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None
 
 
 def verify(store, *, channel: int | None = None, series: int | None = None, progress=True,
-           **options) -> dict:
+           storage_options=None, **options) -> dict:
     """Read every chunk of a store and name the damaged frames (``volseg verify``).
 
     Returns
@@ -220,6 +236,7 @@ def verify(store, *, channel: int | None = None, series: int | None = None, prog
         ``ok``, ``complete`` and per array the damaged frames
         (see :func:`volseg.verify.verify_store`).
     """
+    _storage(storage_options)
     from .verify import verify_store
 
     with _progress(progress, "verify") as bar:
@@ -227,7 +244,7 @@ def verify(store, *, channel: int | None = None, series: int | None = None, prog
 
 
 def open(path, *, array: str | None = None, channel: int | None = None,  # noqa: A001
-         series: int | None = None):
+         series: int | None = None, storage_options=None):
     """A store as a lazily loaded, labelled array: an ``xarray.DataArray`` over dask.
 
     Dims ``t, z, y, x``; coordinates in physical units (index x pixel size from the
@@ -245,6 +262,7 @@ def open(path, *, array: str | None = None, channel: int | None = None,  # noqa:
     channel, series : int, optional
         The channel and bioformats2raw series of images made by other tools.
     """
+    _storage(storage_options)
     import dask.array as da
     import numpy as np
     import xarray as xr

@@ -60,6 +60,12 @@ def set_storage_options(options) -> None:
         _OPTIONS.clear()
         _OPTIONS.update(opts)
         _CHECKED.clear()
+    # worker processes (a local cluster's, a Slurm job's: sbatch exports the environment)
+    # read the same options; the environment is never logged or recorded
+    if opts:
+        os.environ["VOLSEG_STORAGE_OPTIONS"] = json.dumps(opts)
+    else:
+        os.environ.pop("VOLSEG_STORAGE_OPTIONS", None)
 
 
 def parse_storage_options(text) -> dict:
