@@ -304,3 +304,18 @@ def test_storage_options_flag_and_no_secret_anywhere(s3, data, tmp_path):
     log = Path(s3.log_path).read_text(errors="replace")
     assert "PUT /volseg-test/" in log  # the server's own log saw the traffic ...
     assert s3.secret not in log  # ... but never the secret (requests are signed)
+
+
+def test_train_forest_from_s3(s3, data, tmp_path):
+    """Training reads its images and truth from the bucket; provenance names the URLs."""
+    url = f"s3://{BUCKET}/train"
+    ok(volseg(s3, "convert", data["images"], "-o", f"{url}/im.zarr", "-q"))
+    ok(volseg(s3, "convert", data["truth"], "--mask", "-o", f"{url}/truth.zarr", "-q"))
+    r = ok(volseg(s3, "train", "--method", "forest", "--images", f"{url}/im.zarr",
+                  "--truth", f"{url}/truth.zarr", "-o", tmp_path / "f.model", "--trees", "5",
+                  "--max-samples", "5000"))
+    assert "random forest on" in r.stdout
+    from volseg.forest import load_forest
+
+    info = load_forest(tmp_path / "f.model")[1]
+    assert info["provenance"]["images"] == f"{url}/im.zarr"

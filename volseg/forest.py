@@ -34,6 +34,7 @@ import numpy as np
 
 from .blocks import BlockGrid
 from .errors import InputError
+from .location import text as location_text
 
 #: The model file member holding the forest, in skops' format (no pickle).
 FOREST_MEMBER = "forest.skops"
@@ -411,9 +412,9 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
                      "val_split": split.by, "val_indices": split.val_indices,
                      "val_dice": val_dice, "seconds": round(time.monotonic() - start, 3),
                      "fit_seconds": round(fit_seconds, 3), "command": command},
-        "provenance": {"images": str(Path(images_path).resolve()),
-                       "truth": str(Path(truth_path).resolve()),
-                       "roi": None if roi_path is None else str(Path(roi_path).resolve())},
+        "provenance": {"images": location_text(images_path),
+                       "truth": location_text(truth_path),
+                       "roi": None if roi_path is None else location_text(roi_path)},
     }
     save_forest(out, forest, info=info)
     return {"path": str(out), "samples": int(len(y)), "threshold": float(threshold),

@@ -109,6 +109,8 @@ def provenance_record(config, inputs, keras) -> dict:
 
 def _store_record(store) -> dict:
     job = store.volseg.get("job", {}) or {}
-    return {"path": str(Path(store.path).resolve()), "shape": list(store.shape),
+    from ..location import text as location_text
+
+    return {"path": location_text(store.path), "shape": list(store.shape),
             "dtype": str(store.dtype), "fingerprint": job.get("fingerprint"),
             "sources": job.get("sources")}
