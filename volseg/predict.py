@@ -22,6 +22,7 @@ import functools
 import os
 import posixpath
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from .blocks import BlockGrid, run_blocks
 from .errors import DamagedDataError, InputError
 from .forest import FeatureSpec, forest_probabilities, load_forest, tile_features
 from .integrity import nonfinite_counts
-from .location import RemotePath, locate
+from .location import RemotePath, is_remote, locate
 from .location import text as location_text
 from .metrics import quantise, threshold_bin
 from .model import check_precision, file_sha256, read_model_info, resolve_precision
@@ -116,11 +117,12 @@ def read_block(images: str, grid: BlockGrid, i: int, select: dict | None = None)
         into garbage around each one).
     """
     box = grid.read_box(i)
-    frames = np.asarray(st.open_image(images, **(select or {})).array[box], dtype=np.float32)[0]
+    array = _opened(images, select)
+    frames = np.asarray(array[box], dtype=np.float32)[0]
     bad = nonfinite_counts(frames)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise DamagedDataError(f"{images}/0: frame t={box[0].start} z={box[1].start + k} holds "
+        raise DamagedDataError(f"{_label(images)}: frame t={box[0].start} z={box[1].start + k} holds "
                                f"{int(bad[k])} NaN or infinite pixel(s); the model would turn "
                                "them into garbage: fix the image store (e.g. `volseg convert "
                                "--nonfinite VALUE`)")
@@ -149,11 +151,40 @@ def write_block(out: str, grid: BlockGrid, i: int, p8: np.ndarray, *, threshold:
     """Write block ``i``'s probability and mask, then mark it done in the ledger."""
     region = grid.region(i)
     level = threshold_bin(threshold)  # evaluate's rule, so mask and histogram agree
+    if isinstance(out, BlockTargets):
+        if probability:
+            out.probability[region] = p8[None]
+        out.mask[region] = (p8 >= level).astype(np.uint8)[None]
+        out.ledger[i] = 1
+        return
     pred = st.open_prediction(out, require_complete=False, mode="r+")
     if probability:
         pred.probability.array[region] = p8[None]
     pred.mask.array[region] = (p8 >= level).astype(np.uint8)[None]
     st.BlockLedger(pred.group, len(grid)).mark_done(i)
+
+
+@dataclass
+class BlockTargets:
+    """The opened arrays a block writes (a store at a URL): probability (or None), mask
+    and the ledger. Tasks take them instead of the store's URL, so a block costs its data
+    requests, not a dozen metadata reads to open the store again (they pickle as their
+    store's URL and path, like evaluate's arrays)."""
+
+    probability: object
+    mask: object
+    ledger: object
+
+
+def _opened(store, select=None):
+    """The (t, z, y, x) array of an image store given as its path, or already opened."""
+    if isinstance(store, (str, os.PathLike)):
+        return st.open_image(store, **(select or {})).array
+    return store
+
+
+def _label(store) -> str:
+    return f"{store}/0" if isinstance(store, (str, os.PathLike)) else store.label
 
 
 def unet_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str,
@@ -172,7 +203,7 @@ def roi_inside(roi: str | None, grid: BlockGrid, i: int) -> np.ndarray | None:
     without an ROI. An ROI with one time point or slice applies to all."""
     if roi is None:
         return None
-    array = st.open_image(roi, what="ROI store").array
+    array = st.open_image(roi, what="ROI store").array if isinstance(roi, str) else roi
     t, zs, ys, xs = grid.region(i)
     tr = slice(0, 1) if array.shape[0] == 1 else t
     zr = slice(0, 1) if array.shape[1] == 1 else zs
@@ -348,10 +379,17 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
             log(f"{verb} {out}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, "
                 f"{len(todo)} of {len(grid)} blocks to predict (threshold {threshold:g}, "
                 f"{method['describe']}" + (f", only inside {roi}" if roi else "") + ")")
-        task = functools.partial(predict_block, compute=method["compute"], images=str(images),
-                                 out=str(dest.write_path), grid=grid, threshold=threshold,
-                                 probability=probability, roi=roi, model_path=model, sha=sha,
-                                 select=select, **method["kwargs"])
+        images_arg, out_arg, roi_arg = str(images), str(dest.write_path), roi
+        if is_remote(images) or is_remote(out) or is_remote(roi):
+            # at a URL, opening a store is a dozen requests: tasks take the open arrays
+            images_arg = image.array
+            out_arg = BlockTargets(pred.probability.array if probability else None,
+                                   pred.mask.array, ledger.array)
+            roi_arg = None if roi is None else mask.array
+        task = functools.partial(predict_block, compute=method["compute"], images=images_arg,
+                                 out=out_arg, grid=grid, threshold=threshold,
+                                 probability=probability, roi=roi_arg, model_path=model,
+                                 sha=sha, select=select, **method["kwargs"])
         used = set(pred.volseg.get("precision_used") or [])
         skipped = {"blocks": 0}
 
