@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import make_image_store, make_tiny_model  # noqa: E402
 from remote_servers import S3Server  # noqa: E402
 
-_REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) ([^ ]+) HTTP/1\.[01]"')
+# werkzeug colours error statuses (404 ...) with ANSI codes inside the quotes
+_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) ([^ ]+) HTTP/1\.[01]')
 
 
 class RequestLog:
@@ -104,20 +105,21 @@ def main() -> None:
                     if place == "s3" and k == 0:
                         requests[stage] = (log.since_mark(), blocks)
                 rows[(stage, place)] = (np.prod(shape) / best / 1e6, blocks)
+        shards = rows[("predict", "disk")][1]  # one shard of the output per block
         print(f"\nvolume {shape} uint8, {rows[('predict', 'disk')][1]} blocks "
-              f"(shard {rows[('predict', 'disk')][1] and shape[1]} frames of "
+              f"(shards of {shape[1]} frames of "
               f"{args.size} x {args.size}); moto server on 127.0.0.1\n")
-        print("| stage | disk Mvox/s | S3 Mvox/s | S3 / disk | S3 requests per block "
-              "(GET / PUT / HEAD / LIST / DELETE) |")
-        print("|---|---|---|---|---|")
+        print("| stage | blocks | disk Mvox/s | S3 Mvox/s | S3 / disk | S3 requests per shard "
+              "(GET / PUT / HEAD / LIST / DELETE) | S3 requests, whole run |")
+        print("|---|---|---|---|---|---|---|")
         for stage in ("predict", "evaluate"):
             disk, s3 = rows[(stage, "disk")][0], rows[(stage, "s3")][0]
             counts, blocks = requests[stage]
             total = sum(counts.values())
-            by = " / ".join(f"{counts.get(m, 0) / blocks:.1f}"
+            by = " / ".join(f"{counts.get(m, 0) / shards:.1f}"
                             for m in ("GET", "PUT", "HEAD", "LIST", "DELETE"))
-            print(f"| {stage} | {disk:.2f} | {s3:.2f} | {s3 / disk:.2f} | "
-                  f"{total / blocks:.1f} ({by}) |")
+            print(f"| {stage} | {blocks} | {disk:.2f} | {s3:.2f} | {s3 / disk:.2f} | "
+                  f"{total / shards:.1f} ({by}) | {total} |")
     finally:
         location.set_storage_options(None)
         server.stop()

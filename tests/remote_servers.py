@@ -32,7 +32,8 @@ class S3Server:
     def __init__(self, *, log_path=None):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4")
+        # unbuffered: the request log is read while the server runs (bench_remote.py)
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4", PYTHONUNBUFFERED="1")
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                       "-p", str(self.port)], env=env, stdout=self.log,
