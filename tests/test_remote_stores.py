@@ -258,7 +258,9 @@ def test_http_is_read_only(s3, data, tmp_path):
         one_line_error(volseg(s3, "predict", url, "--model", data["model"], "-o",
                               f"{http.url}/p.zarr"), "read-only")
         one_line_error(volseg(s3, "info", f"{http.url}/missing.zarr"), "missing.zarr")
-        one_line_error(volseg(s3, "info", "https://user:pw@127.0.0.1:1/x.zarr"))
+        line = one_line_error(volseg(s3, "info", "https://user:secretpw@127.0.0.1:1/x.zarr"),
+                              "https://127.0.0.1:1/x.zarr", "cannot reach")
+        assert "secretpw" not in line
     finally:
         http.stop()
 

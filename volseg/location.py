@@ -352,7 +352,8 @@ def remote_error(exc: BaseException, where=None) -> OperationalError | None:
                                 "URL, AWS_ENDPOINT_URL or --storage-options, and the network, "
                                 "then rerun")
     if module.startswith("aiohttp") and "ClientResponseError" in name:
-        return OperationalError(f"{label}: the server refused the request ({_short(message)}); "
+        status = getattr(exc, "status", "?")  # its text may hold the URL's user:password
+        return OperationalError(f"{label}: the server refused the request (HTTP {status}); "
                                 "check the URL and access to it")
     return None
 

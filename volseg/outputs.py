@@ -84,21 +84,14 @@ class WriterLock:
             except FileExistsError:
                 holder = _read_lock(path)
                 if holder is not None and not _stale(path, holder):
-                    raise InputError(
-                        f"{output}: another volseg is writing it: `{holder.get('command')}` "
-                        f"(process {holder.get('pid')} on {holder.get('host')}, since "
-                        f"{holder.get('since')}); wait for it to finish, or stop it first")
+                    raise _busy(output, holder)
                 path.unlink(missing_ok=True)  # stale: its writer is gone
                 continue
             except OSError as exc:
                 raise InputError(f"{output}: cannot write there ({exc.strerror or exc})") from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(info, fh)
-            lock = cls(path, info)
-            lock._thread = threading.Thread(target=lock._beat, daemon=True,
-                                            name="volseg-lock-heartbeat")
-            lock._thread.start()
-            return lock
+            return _started(cls(path, info))
         raise InputError(f"{output}: cannot take the writer lock {path}; remove it if no "
                          "volseg is running")
 
@@ -115,6 +108,32 @@ class WriterLock:
             self.path.unlink(missing_ok=True)
 
 
+def _busy(output, holder: dict) -> InputError:
+    return InputError(f"{output}: another volseg is writing it: `{holder.get('command')}` "
+                      f"(process {holder.get('pid')} on {holder.get('host')}, since "
+                      f"{holder.get('since')}); wait for it to finish, or stop it first")
+
+
+def _started(lock):
+    """A lock with its heartbeat thread running."""
+    lock._thread = threading.Thread(target=lock._beat, daemon=True, name="volseg-lock-heartbeat")
+    lock._thread.start()
+    return lock
+
+
+def _process_gone(holder: dict) -> bool:
+    """The holder ran on this host and its process has ended."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        pass
+    return False
+
+
 def _read_lock(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -124,13 +143,8 @@ def _read_lock(path: Path) -> dict | None:
 
 def _stale(path: Path, holder: dict) -> bool:
     """The holder is gone: its process ended (same host) or its heartbeat stopped."""
-    if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError, OverflowError):
-            pass
+    if _process_gone(holder):
+        return True
     try:
         age = time.time() - path.stat().st_mtime
     except OSError:
@@ -156,6 +170,8 @@ def read_node(path: Path) -> dict | None:
     except FileNotFoundError:
         return None  # a URL: asked in one request
     except OSError as exc:
+        if isinstance(path, RemotePath) and (err := remote_error(exc, path)) is not None:
+            raise err from None
         raise InputError(f"{path}: cannot read {meta.name} ({exc.strerror or exc})") from None
     except ValueError:
         raise InputError(f"{meta}: damaged metadata (not valid JSON); restore the store from a "
@@ -242,10 +258,7 @@ class RemoteLock:
             except FileExistsError:
                 holder = _read_lock(path)
                 if holder is not None and not _stale_remote(holder):
-                    raise InputError(
-                        f"{output}: another volseg is writing it: `{holder.get('command')}` "
-                        f"(process {holder.get('pid')} on {holder.get('host')}, since "
-                        f"{holder.get('since')}); wait for it to finish, or stop it first")
+                    raise _busy(output, holder)
                 path.unlink(missing_ok=True)  # stale: its writer is gone
                 continue
             except Exception as exc:  # noqa: BLE001  (storage errors as one line)
@@ -253,11 +266,7 @@ class RemoteLock:
                 if err is None:
                     raise
                 raise err from None
-            lock = cls(path, info)
-            lock._thread = threading.Thread(target=lock._beat, daemon=True,
-                                            name="volseg-lock-heartbeat")
-            lock._thread.start()
-            return lock
+            return _started(cls(path, info))
         raise InputError(f"{output}: cannot take the writer lock {path}; delete that object "
                          "if no volseg is running")
 
@@ -281,13 +290,8 @@ class RemoteLock:
 
 
 def _stale_remote(holder: dict) -> bool:
-    if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError, OverflowError):
-            pass
+    if _process_gone(holder):
+        return True
     try:
         return time.time() - float(holder.get("beat", 0)) > STALE_AFTER
     except (TypeError, ValueError):
