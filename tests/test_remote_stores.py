@@ -321,3 +321,16 @@ def test_train_forest_from_s3(s3, data, tmp_path):
 
     info = load_forest(tmp_path / "f.model")[1]
     assert info["provenance"]["images"] == f"{url}/im.zarr"
+
+
+def test_lost_shard_on_s3_is_damage_not_data(s3, data, tmp_path):
+    """The integrity rules hold on object storage: a deleted shard object is named as
+    missing frames by every read (export) and by verify, never read as zeros."""
+    url = f"s3://{BUCKET}/damage/im.zarr"
+    ok(volseg(s3, "convert", data["images"], "-o", url, "-q"))
+    s3.client().delete_object(Bucket=BUCKET, Key="damage/im.zarr/0/c/7/0/0/0")
+    line = one_line_error(volseg(s3, "export", url, "-o", tmp_path / "out", "-q"),
+                          f"{url}/0", "missing", "t=7")
+    assert "t=7 z=0" in line
+    r = volseg(s3, "verify", url)
+    assert r.returncode != 0 and "t=7" in r.stdout + r.stderr
