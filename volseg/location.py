@@ -316,6 +316,10 @@ def check(path, *, write: bool = False, param: str | None = None) -> None:
         return
     try:
         loc.fs.ls(loc.bucket, detail=False, refresh=True)
+    except PermissionError as exc:
+        if write:
+            raise remote_error(exc, loc) from None
+        return  # a reader may be allowed to get objects but not to list: its reads say
     except Exception as exc:  # noqa: BLE001  (mapped to a message, or re-raised)
         err = remote_error(exc, loc)
         if err is None:
