@@ -51,6 +51,12 @@ def add_parser(sub):
                    help="filters of the first level (default %(default)s)")
     g.add_argument("--depth", type=int, default=4, help="poolings (default %(default)s)")
     g.add_argument("--dropout", type=float, default=0.1, help="default %(default)s")
+    g.add_argument("--context", type=int, default=1, metavar="K",
+                   help="depth context (2.5D): give the network K neighbouring z-slices of "
+                        "the same time point as channels (odd; the edge slice is repeated at "
+                        "the stack's ends). Helps when the structure continues across "
+                        "neighbouring slices; costs K times the first layer's input reads. "
+                        "predict reads K from the model (default %(default)s: the slice alone)")
     g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam (default %(default)s)")
     g.add_argument("--foreground-share", type=float, default=1 / 3,
                    help="share of patches centred on foreground (default 1/3)")
@@ -124,11 +130,13 @@ def run(args) -> int:
 
     command = "volseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.method == "forest":
-        if args.cluster != "local":
-            from volseg.errors import InputError
+        from volseg.errors import InputError
+        from volseg.forest import check_forest_context
 
+        if args.cluster != "local":
             raise InputError("a forest trains on this machine in minutes; drop --cluster",
                              param="method")
+        check_forest_context(args.context)
         return run_forest(args, command)
     progress = _EpochProgress(args.quiet)
 
@@ -143,7 +151,7 @@ def run(args) -> int:
             val_fraction=args.val_fraction, val_timepoints=args.val_timepoints,
             val_frames=args.val_frames, loss=args.loss, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, patch=args.patch, batch=args.batch,
-            filters=args.filters, depth=args.depth, dropout=args.dropout,
+            filters=args.filters, depth=args.depth, dropout=args.dropout, context=args.context,
             learning_rate=args.learning_rate, foreground_share=args.foreground_share,
             augment=not args.no_augment, patience=args.patience, seed=args.seed,
             time_limit=args.time_limit, precision=args.precision, workers=args.workers,

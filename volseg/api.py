@@ -121,7 +121,9 @@ def train(images, truth, out, *, method: str = "unet", channel: int | None = Non
     """
     common = dict(channel=channel, series=series, overwrite=overwrite, log=log, **options)
     if method == "forest":
-        from .forest import train_forest
+        from .forest import check_forest_context, train_forest
+
+        check_forest_context(common.pop("context", 1))
 
         with _progress(progress, "forest: sampling") as bar:
             return train_forest(images, truth, out, progress=bar, **common)

@@ -92,7 +92,7 @@ def model_loads() -> int:
 
 
 def predict_batch_fn(model):
-    """A ``(b, H, W, 1) float32 -> (b, H, W, 1) float32`` callable for the tiling code."""
+    """A ``(b, H, W, K) float32 -> (b, H, W, 1) float32`` callable for the tiling code."""
 
     def run(batch: np.ndarray) -> np.ndarray:
         out = model.predict_on_batch(batch)
@@ -128,7 +128,8 @@ def block_probabilities(frames: np.ndarray, run_model, *, grid: BlockGrid, i: in
                         blend: int | None, multiple: int, batch_size: int) -> np.ndarray:
     """The uint8 probabilities (value / 255) of block ``i``'s region from its read box.
 
-    ``run_model`` maps a ``(b, H, W, 1)`` float32 batch to probabilities
+    ``frames`` are (n, H, W), or (n, H, W, K) context stacks (:func:`block_channels`);
+    ``run_model`` maps a ``(b, H, W, K)`` float32 batch to probabilities
     (:func:`predict_batch_fn`).
     """
     region, box = grid.region(i), grid.read_box(i)
@@ -153,12 +154,29 @@ def write_block(out: str, grid: BlockGrid, i: int, p8: np.ndarray, *, threshold:
     st.BlockLedger(pred.group, len(grid)).mark_done(i)
 
 
+def block_channels(frames: np.ndarray, grid: BlockGrid, i: int, context: int) -> np.ndarray:
+    """Block ``i``'s frames as K-slice context stacks (n, H, W, K) from its read box.
+
+    ``frames`` is :func:`read_block`'s (z, y, x) read box, which holds the z-halo of
+    ``(K - 1) / 2`` slices clipped at the stack's ends; the channels follow the
+    end-of-stack rule of training (:mod:`volseg.context`). K = 1 returns ``frames``.
+    """
+    if context == 1:
+        return frames
+    from .context import channels_from_slab
+
+    zs, box_z = grid.region(i)[1], grid.read_box(i)[1]
+    return channels_from_slab(frames, box_z.start, range(zs.start, zs.stop), grid.shape[1],
+                              context)
+
+
 def unet_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str,
                precision: str, tile, blend: int | None, multiple: int,
-               batch_size: int, select: dict | None = None) -> tuple[np.ndarray, dict]:
+               batch_size: int, context: int = 1,
+               select: dict | None = None) -> tuple[np.ndarray, dict]:
     """The U-Net's uint8 probabilities of block ``i`` (and the precision it used)."""
     model = cached_model(model_path, sha, precision)
-    frames = read_block(images, grid, i, select)
+    frames = block_channels(read_block(images, grid, i, select), grid, i, context)
     p8 = block_probabilities(frames, predict_batch_fn(model), grid=grid, i=i, tile=tile,
                              blend=blend, multiple=multiple, batch_size=batch_size)
     return p8, {"precision": model.volseg_precision}
@@ -298,7 +316,8 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         method = _unet_method(info, image.shape, block_shape, precision=precision,
                               tile=tile, halo=halo, blend=blend, batch_size=batch_size)
     shape = image.shape
-    grid = BlockGrid(shape, block_shape, halo=(0, 0, method["halo"], method["halo"]))
+    grid = BlockGrid(shape, block_shape,
+                     halo=(0, method.get("z_halo", 0), method["halo"], method["halo"]))
     parameters = {"model_sha256": sha, "threshold": threshold, "probability": probability,
                   **select, **method["parameters"]}
     sources = [{"path": str(Path(images).resolve()),
@@ -399,7 +418,15 @@ def _output_chunks(image) -> tuple[tuple, tuple | None]:
 
 
 def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batch_size) -> dict:
-    """How a U-Net predicts: tiles through the model, one block at a time per process."""
+    """How a U-Net predicts: tiles through the model, one block at a time per process.
+
+    A model with depth context K (its info's ``context``) reads a z-halo of
+    ``(K - 1) / 2`` slices around each block and gets K slices per frame as channels.
+    """
+    from .context import radius
+    from .model import model_context
+
+    context = model_context(info)
     multiple = int(info.get("multiple", 16))
     halo = int(info.get("margin", 32)) if halo is None else int(halo)
     by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
@@ -408,13 +435,19 @@ def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batc
                             multiple=multiple)
     tile = tuple(int(v) for v in tile)
     plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
-    return {"halo": halo, "compute": unet_block, "threads": 1,  # TF uses every core
+    parameters = {"precision": precision, "tile": list(tile), "halo": halo,
+                  "blend": blend, "batch_size": batch_size}
+    describe = f"{precision}, tiles {plan['tile_shape']} per frame grid {plan['grid']}"
+    if context > 1:  # absent for K = 1, so those jobs keep their fingerprint
+        parameters["context"] = context
+        describe += f", {context} z-slices per input"
+    return {"halo": halo, "z_halo": radius(context), "compute": unet_block,
+            "threads": 1,  # TF uses every core
             "kwargs": dict(precision=precision, tile=tile, blend=blend, multiple=multiple,
-                           batch_size=batch_size),
-            "parameters": {"precision": precision, "tile": list(tile), "halo": halo,
-                           "blend": blend, "batch_size": batch_size},
+                           batch_size=batch_size, context=context),
+            "parameters": parameters,
             "extra": {"tiling": plan, "precision": precision},
-            "describe": f"{precision}, tiles {plan['tile_shape']} per frame grid {plan['grid']}"}
+            "describe": describe}
 
 
 def _forest_method(info, *, halo) -> dict:

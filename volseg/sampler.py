@@ -354,12 +354,19 @@ class PatchSampler:
     normalization : (low, high)
         Intensity range, used to scale the brightness jitter.
     augment : Augment or None
+    context : int
+        K, odd: the image patch holds the K slices around the frame's (same time point,
+        clamped at the stack's ends: :mod:`volseg.context`) as channels; the truth and
+        weight stay the centre slice's. 1: the frame alone.
     """
 
     def __init__(self, image, truth, index: TrainingIndex, *, patch=(256, 256), roi=None,
                  foreground_share: float = 1 / 3, normalization=(0.0, 255.0),
-                 augment: Augment | None = None):
+                 augment: Augment | None = None, context: int = 1):
+        from .context import check_context
+
         check_foreground_share(foreground_share)
+        self.context = check_context(context)
         self.image, self.truth, self.roi, self.index = image, truth, roi, index
         self.patch = (int(patch[0]), int(patch[1]))
         self.foreground_share = float(foreground_share)
@@ -382,7 +389,7 @@ class PatchSampler:
 
         Returns
         -------
-        image : (h, w, 1) float32, raw intensities (augmented)
+        image : (h, w, K) float32, raw intensities (augmented), K = ``context``
         target : (h, w, 2) float32, channels truth (0/1) and weight (0/1)
         info : dict with ``frame`` (t, z), ``origin`` (y, x) in the frame (before
             augmentation), ``centre`` (y, x) in the patch, ``forced`` (bool)
@@ -392,7 +399,7 @@ class PatchSampler:
         t, z = self.index.frames[fi]
         (y0, y1, py), (x0, x1, px) = (_window(cy, self.patch[0], self.index.frame_shape[0]),
                                       _window(cx, self.patch[1], self.index.frame_shape[1]))
-        img = _read(self.image, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
+        img = self._read_image(t, z, slice(y0, y1), slice(x0, x1))
         lab = _read(self.truth, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
         if self.roi is not None:
             rt = 0 if self.roi.shape[0] == 1 else t
@@ -409,7 +416,16 @@ class PatchSampler:
         target = np.stack([lab, weight], axis=-1)
         info = {"frame": (t, z), "origin": (y0 - py[0], x0 - px[0]),
                 "centre": (cy - y0 + py[0], cx - x0 + px[0]), "forced": forced}
-        return img[..., None], target, info
+        return (img if img.ndim == 3 else img[..., None]), target, info
+
+    def _read_image(self, t: int, z: int, ys: slice, xs: slice) -> np.ndarray:
+        """The image window of frame (t, z) as float32: (h, w), or (h, w, K) with the
+        K context slices when ``context`` > 1 (one read of the slab holding them)."""
+        if self.context == 1:
+            return _read(self.image, (t, z, ys, xs)).astype(np.float32)
+        from .context import read_context
+
+        return read_context(self.image, t, z, ys, xs, context=self.context).astype(np.float32)
 
     def _augment(self, rng, img, lab, weight):
         a = self.augment
@@ -434,7 +450,7 @@ class PatchSampler:
         return img.astype(np.float32, copy=False), lab, weight
 
     def batch(self, rng: np.random.Generator, size: int):
-        """``size`` patches: images (n, h, w, 1) and targets (n, h, w, 2)."""
+        """``size`` patches: images (n, h, w, K) and targets (n, h, w, 2)."""
         xs, ys = [], []
         for _ in range(size):
             x, y, _ = self.draw(rng)
@@ -461,9 +477,11 @@ def _window(centre: int, size: int, extent: int):
 
 
 def _reflect(a: np.ndarray, py, px) -> np.ndarray:
-    if min(a.shape) < 2:
-        return np.pad(a, (py, px), mode="edge")
-    return np.pad(a, (py, px), mode="reflect")
+    """Pad y and x (the first two axes; channels, if any, are not padded)."""
+    pad = (py, px) + ((0, 0),) * (a.ndim - 2)
+    if min(a.shape[:2]) < 2:
+        return np.pad(a, pad, mode="edge")
+    return np.pad(a, pad, mode="reflect")
 
 
 # --------------------------------------------------------------------------- pipeline
