@@ -20,8 +20,9 @@ import numpy as np
 from ..errors import InputError
 from ..model import check_precision
 from ..sampler import check_foreground_share
+from .schedule import check_schedule
 
-LOSSES = ("bce", "dice", "bce+dice")
+LOSSES = ("bce", "dice", "bce+dice", "bce+dice+cldice")
 
 
 def check_loss(loss: str) -> None:
@@ -72,14 +73,18 @@ class TrainConfig:
         A volseg model to continue from (its architecture and normalisation are kept).
     val_fraction, val_timepoints, val_frames
         Validation split (see :func:`volseg.sampler.split_frames`).
-    loss : "bce", "dice" or "bce+dice"
+    loss : "bce", "dice", "bce+dice" or "bce+dice+cldice"
+        See :func:`volseg.train.losses.make_loss`.
     epochs, steps_per_epoch, patch, batch
         Training length and batch geometry. ``patch`` must be multiples of 2**depth.
     filters, depth, dropout, batch_norm
         U-Net architecture (ignored with ``init``).
     learning_rate : float
-        Adam's initial rate; halved after ``lr_patience`` epochs without a better
-        validation Dice.
+        Adam's peak rate.
+    schedule : "cosine" or "plateau"
+        ``cosine``: warm-up, then cosine decay that ends when the run must end (the time
+        limit, else the last epoch); ``plateau``: halve after ``lr_patience`` epochs
+        without a better validation Dice (:mod:`volseg.train.schedule`).
     foreground_share : float
         Share of patches centred on foreground.
     augment : bool
@@ -126,6 +131,7 @@ class TrainConfig:
     dropout: float = 0.1
     batch_norm: bool = True
     learning_rate: float = 1e-3
+    schedule: str = "cosine"
     foreground_share: float = 1 / 3
     augment: bool = True
     patience: int = 10
@@ -141,6 +147,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_loss(self.loss)
+        check_schedule(self.schedule)
         check_precision(self.precision)
         for name in ("epochs", "steps_per_epoch", "batch", "filters", "depth"):
             value = getattr(self, name)
