@@ -5,6 +5,7 @@ import sys
 
 from volseg.model import PRECISION_CHOICES
 from volseg.train.config import LOSSES
+from volseg.train.schedule import SCHEDULES
 
 from ._progress import Progress, say
 from ._select import add_select_arguments, select_kwargs
@@ -57,7 +58,12 @@ def add_parser(sub):
                         "the stack's ends). Helps when the structure continues across "
                         "neighbouring slices; costs K times the first layer's input reads. "
                         "predict reads K from the model (default %(default)s: the slice alone)")
-    g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam (default %(default)s)")
+    g.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="Adam's peak rate (default %(default)s)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="cosine (default): warm-up, then decay that ends with the run (the "
+                        "time limit, else the last epoch); plateau: halve after 3 epochs "
+                        "without a better validation Dice")
     g.add_argument("--foreground-share", type=float, default=1 / 3,
                    help="share of patches centred on foreground (default 1/3)")
     g.add_argument("--no-augment", action="store_true", help="no flips, rotations or jitter")
@@ -152,7 +158,8 @@ def run(args) -> int:
             val_frames=args.val_frames, loss=args.loss, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, patch=args.patch, batch=args.batch,
             filters=args.filters, depth=args.depth, dropout=args.dropout, context=args.context,
-            learning_rate=args.learning_rate, foreground_share=args.foreground_share,
+            learning_rate=args.learning_rate, schedule=args.schedule,
+            foreground_share=args.foreground_share,
             augment=not args.no_augment, patience=args.patience, seed=args.seed,
             time_limit=args.time_limit, precision=args.precision, workers=args.workers,
             overwrite=args.overwrite, command=command, progress=progress, log=log)

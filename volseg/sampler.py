@@ -331,6 +331,8 @@ class Augment:
     rotations: bool = True
     contrast: float = 0.15  # multiply deviations from mid-range by U(1 - c, 1 + c)
     brightness: float = 0.10  # shift by U(-b, b) times the intensity range
+    gamma: float = 0.0  # normalised intensity ** exp(U(-g, g)): other mid-tone responses
+    noise: float = 0.0  # add Gaussian noise of sigma U(0, n) times the intensity range
 
     @classmethod
     def none(cls) -> "Augment":
@@ -447,7 +449,22 @@ class PatchSampler:
             c = rng.uniform(1 - a.contrast, 1 + a.contrast)
             b = rng.uniform(-a.brightness, a.brightness) * (high - low)
             img = (img - mid) * np.float32(c) + np.float32(mid + b)
+        if a.gamma or a.noise:
+            img = self._gamma_noise(rng, img)
         return img.astype(np.float32, copy=False), lab, weight
+
+    def _gamma_noise(self, rng, img):
+        a = self.augment
+        low, high = self.normalization
+        span = np.float32(max(high - low, 1e-6))
+        if a.gamma:
+            g = np.float32(np.exp(rng.uniform(-a.gamma, a.gamma)))
+            unit = np.clip((img - np.float32(low)) / span, 0.0, None)
+            img = np.float32(low) + span * unit ** g
+        if a.noise:
+            sigma = np.float32(rng.uniform(0.0, a.noise)) * span
+            img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+        return img
 
     def batch(self, rng: np.random.Generator, size: int):
         """``size`` patches: images (n, h, w, K) and targets (n, h, w, 2)."""

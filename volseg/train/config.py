@@ -21,8 +21,9 @@ from ..context import check_context
 from ..errors import InputError
 from ..model import check_precision
 from ..sampler import check_foreground_share
+from .schedule import check_schedule
 
-LOSSES = ("bce", "dice", "bce+dice")
+LOSSES = ("bce", "dice", "bce+dice", "bce+dice+cldice")
 
 
 def check_loss(loss: str) -> None:
@@ -73,7 +74,8 @@ class TrainConfig:
         A volseg model to continue from (its architecture and normalisation are kept).
     val_fraction, val_timepoints, val_frames
         Validation split (see :func:`volseg.sampler.split_frames`).
-    loss : "bce", "dice" or "bce+dice"
+    loss : "bce", "dice", "bce+dice" or "bce+dice+cldice"
+        See :func:`volseg.train.losses.make_loss`.
     epochs, steps_per_epoch, patch, batch
         Training length and batch geometry. ``patch`` must be multiples of 2**depth.
     filters, depth, dropout, batch_norm
@@ -84,8 +86,11 @@ class TrainConfig:
         option). At the stack's ends the edge slice is repeated (:mod:`volseg.context`).
         With ``init`` it must equal the model's own.
     learning_rate : float
-        Adam's initial rate; halved after ``lr_patience`` epochs without a better
-        validation Dice.
+        Adam's peak rate.
+    schedule : "cosine" or "plateau"
+        ``cosine``: warm-up, then cosine decay that ends when the run must end (the time
+        limit, else the last epoch); ``plateau``: halve after ``lr_patience`` epochs
+        without a better validation Dice (:mod:`volseg.train.schedule`).
     foreground_share : float
         Share of patches centred on foreground.
     augment : bool
@@ -133,6 +138,7 @@ class TrainConfig:
     batch_norm: bool = True
     context: int = 1
     learning_rate: float = 1e-3
+    schedule: str = "cosine"
     foreground_share: float = 1 / 3
     augment: bool = True
     patience: int = 10
@@ -148,6 +154,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_loss(self.loss)
+        check_schedule(self.schedule)
         check_precision(self.precision)
         for name in ("epochs", "steps_per_epoch", "batch", "filters", "depth"):
             value = getattr(self, name)
