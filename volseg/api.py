@@ -155,7 +155,7 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
     progress : bool or callable
     **options
         ``probability``, ``precision``, ``tile``, ``halo``, ``batch_size``, ``pyramid``,
-        ``labels_into``, ``client``
+        ``labels_into``, ``tta`` (test-time augmentation: 8x the work), ``client``
         (see :func:`volseg.predict.predict`).
 
     Returns
