@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,19 +34,6 @@ DATA = ROOT.parent / "shared" / "data" / "chasedb1"
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-class CpuClock:
-    """Wall and process CPU time of a block: CPU/wall ~ cores busy."""
-
-    def __enter__(self):
-        self.w0, self.c0 = time.monotonic(), sum(os.times()[:2])
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.monotonic() - self.w0
-        self.cpu = sum(os.times()[:2]) - self.c0
-        self.load = os.getloadavg()[0]
 
 
 def stores(out: Path, data: Path):
@@ -85,6 +71,7 @@ def run(image, truth, roi, frames, *, precision: str, steps: int, batch: int, pa
         warm: int) -> dict:
     import keras
 
+    from bench_train import CpuClock
     from volseg.model import PRECISIONS, build_unet
     from volseg.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
     from volseg.train import make_loss
@@ -151,7 +138,7 @@ def run(image, truth, roi, frames, *, precision: str, steps: int, batch: int, pa
     with CpuClock() as c:
         model.fit(dataset(steps, 5), epochs=1, verbose=0)
     rows["streamed fit, steps_per_execution=4"] = c
-    return {name: (n / c.wall, c.cpu / c.wall, c.load) for name, c in rows.items()}
+    return {name: (n / c.wall, c.cores, c.load) for name, c in rows.items()}
 
 
 def main(argv=None) -> int:
