@@ -81,7 +81,7 @@ def _format_model(info, indent=""):
     lines = [f"{indent}{info['path']}  ({info['kind']}, {_size(info['bytes'])})",
              f"{indent}  threshold {info['threshold']}, input {info['input_dtype']}, "
              f"normalisation {info['normalization']}"]
-    for key in ("architecture", "patch", "margin", "features"):
+    for key in ("architecture", "patch", "margin", "context", "features"):
         if info.get(key) is not None:
             lines.append(f"{indent}  {key}: {info[key]}")
     for key, value in (info.get("training") or {}).items():

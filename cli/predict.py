@@ -45,6 +45,10 @@ def add_parser(sub):
                    help="also copy the mask into IMAGES.zarr/labels/NAME, an NGFF label image "
                         "(image and segmentation open together in napari); IMAGES.zarr is "
                         "otherwise unchanged")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation (U-Net only): average each tile's probabilities "
+                        "over its 8 rotations and mirror images; 8x the model's work (see the "
+                        "README for what it buys)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PRED.zarr (and label image NAME)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_select_arguments(p)
@@ -87,7 +91,7 @@ def run(args) -> int:
                           **select_kwargs(args), probability=not args.no_probability,
                           precision=args.precision, tile=tile, halo=args.halo,
                           batch_size=args.batch, roi=args.roi, pyramid=args.pyramid,
-                          labels_into=args.labels_into,
+                          labels_into=args.labels_into, tta=args.tta,
                           overwrite=args.overwrite, client=client,
                           resources=gpu_resources(client), progress=progress, command=command,
                           log=lambda m: say(args, m))
@@ -95,7 +99,8 @@ def run(args) -> int:
     px = summary["pixels"] * summary["computed"] / max(summary["blocks"], 1)
     roi = f", {summary['roi_skipped']} outside --roi not run" if args.roi else ""
     say(args, f"wrote {summary['path']}: {summary['computed']} blocks predicted{roi}, "
-              f"{summary['skipped']} already done, threshold {summary['threshold']:g}; "
+              f"{summary['skipped']} already done, threshold {summary['threshold']:g}"
+              f"{', TTA' if summary.get('tta') else ''}; "
               f"{px / max(seconds, 1e-9) / 1e6:.2f} Mpx/s; complete")
     if summary.get("labels"):
         say(args, f"mask copied to {summary['labels']} (listed in its labels group)")

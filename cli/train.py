@@ -3,6 +3,7 @@
 
 from volseg.model import PRECISION_CHOICES
 from volseg.train.config import LOSSES
+from volseg.train.schedule import SCHEDULES
 
 from ._progress import command_line
 from ._progress import Progress, say
@@ -50,7 +51,18 @@ def add_parser(sub):
                    help="filters of the first level (default %(default)s)")
     g.add_argument("--depth", type=int, default=4, help="poolings (default %(default)s)")
     g.add_argument("--dropout", type=float, default=0.1, help="default %(default)s")
-    g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam (default %(default)s)")
+    g.add_argument("--context", type=int, default=1, metavar="K",
+                   help="depth context (2.5D): give the network K neighbouring z-slices of "
+                        "the same time point as channels (odd; the edge slice is repeated at "
+                        "the stack's ends). Helps when the structure continues across "
+                        "neighbouring slices; costs K times the first layer's input reads. "
+                        "predict reads K from the model (default %(default)s: the slice alone)")
+    g.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="Adam's peak rate (default %(default)s)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="cosine (default): warm-up, then decay that ends with the run (the "
+                        "time limit, else the last epoch); plateau: halve after 3 epochs "
+                        "without a better validation Dice")
     g.add_argument("--foreground-share", type=float, default=1 / 3,
                    help="share of patches centred on foreground (default 1/3)")
     g.add_argument("--no-augment", action="store_true", help="no flips, rotations or jitter")
@@ -123,11 +135,13 @@ def run(args) -> int:
 
     command = command_line()
     if args.method == "forest":
-        if args.cluster != "local":
-            from volseg.errors import InputError
+        from volseg.errors import InputError
+        from volseg.forest import check_forest_context
 
+        if args.cluster != "local":
             raise InputError("a forest trains on this machine in minutes; drop --cluster",
                              param="method")
+        check_forest_context(args.context)
         return run_forest(args, command)
     progress = _EpochProgress(args.quiet)
 
@@ -142,8 +156,9 @@ def run(args) -> int:
             val_fraction=args.val_fraction, val_timepoints=args.val_timepoints,
             val_frames=args.val_frames, loss=args.loss, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, patch=args.patch, batch=args.batch,
-            filters=args.filters, depth=args.depth, dropout=args.dropout,
-            learning_rate=args.learning_rate, foreground_share=args.foreground_share,
+            filters=args.filters, depth=args.depth, dropout=args.dropout, context=args.context,
+            learning_rate=args.learning_rate, schedule=args.schedule,
+            foreground_share=args.foreground_share,
             augment=not args.no_augment, patience=args.patience, seed=args.seed,
             time_limit=args.time_limit, precision=args.precision, workers=args.workers,
             overwrite=args.overwrite, command=command, progress=progress, log=log)

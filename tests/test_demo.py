@@ -25,6 +25,12 @@ def test_small_demo_end_to_end(tmp_path, cli):
     m = re.search(r"sensitivity\s+([\d.]+)", stdout)
     assert float(m.group(1)) == pytest.approx(report["sensitivity"], abs=5e-4)
     assert "best global threshold Dice" in stdout
+    # test-time augmentation on the held-out time point only, with its Dice and cost
+    tta = summary["tta"]
+    assert tta["held_out_t"] == 1 and tta["dice_plain"] == pytest.approx(summary["dice_held_out"])
+    assert tta["time_ratio"] > 1 and tta["dice_tta"] is not None
+    assert f"Dice {tta['dice_plain']:.3f} -> {tta['dice_tta']:.3f}" in stdout
+    assert st.open_prediction(out / "pred-tta.zarr").volseg["tta"] is True
     # every stage left a complete, readable result
     assert st.open_image(out / "images.zarr").shape == (2, 2, 96, 128)
     assert st.open_prediction(out / "pred.zarr").complete

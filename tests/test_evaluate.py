@@ -300,3 +300,50 @@ def test_cli_bad_input_exits_2(tmp_path, stores, cli, case):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err
     assert lines[0].startswith("volseg evaluate: error:")
+
+
+def _brute_best(truth, prob):
+    """Best level (ties: nearest 0.5, then higher) and its Dice by trying all 256."""
+    found = []
+    for k in range(256):
+        pred = prob >= k
+        tp = np.count_nonzero(pred & (truth == 1))
+        den = np.count_nonzero(pred) + np.count_nonzero(truth)
+        found.append((2 * tp / den if den else 0.0, -abs(2 * k - 255), k))
+    dice, _, k = max(found)
+    return k, dice
+
+
+def test_per_timepoint_best_threshold_and_oracle_equal_brute_force(tmp_path, stores, cli):
+    pred, tru, truth, prob = stores
+    r = evaluate(pred, tru)
+    levels, gains, pooled = {}, [], np.zeros(3, np.int64)  # tp, fp, fn
+    for t, row in enumerate(r["per_timepoint"]):
+        if not truth[t].any():
+            assert row["best_threshold"] is None and row["best_dice_gain"] is None
+            m = prob[t] >= 128  # keeps the operating threshold
+        else:
+            k, dice = _brute_best(truth[t], prob[t])
+            levels[t] = k
+            assert row["best_threshold"] == pytest.approx(k / 255)
+            assert row["best_dice"] == pytest.approx(dice, abs=1e-12)
+            ref = skm.f1_score(truth[t].ravel(), (prob[t] >= 128).ravel())
+            assert row["best_dice_gain"] == pytest.approx(dice - ref, abs=1e-12)
+            gains.append(dice - ref)
+            m = prob[t] >= k
+        pooled += (np.count_nonzero(m & (truth[t] == 1)), np.count_nonzero(m & (truth[t] == 0)),
+                   np.count_nonzero(~m & (truth[t] == 1)))
+    o = r["oracle_per_timepoint_threshold"]
+    assert o["timepoints"] == len(levels) == 2
+    assert o["mean_gain"] == pytest.approx(np.mean(gains), abs=1e-12)
+    assert o["max_gain"] == pytest.approx(max(gains), abs=1e-12)
+    tp, fp, fn = pooled
+    assert o["pooled_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+    assert o["pooled_gain"] == pytest.approx(o["pooled_dice"] - r["dice"], abs=1e-12)
+    code, out, _ = cli("evaluate", pred, "--truth", tru, "--csv", tmp_path / "t.csv")
+    assert code == 0 and "a threshold per time point, chosen on this data" in out
+    assert f"+{o['mean_gain']:.4f}" in out
+    with open(tmp_path / "t.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["best_threshold"]) == pytest.approx(levels[0] / 255)
+    assert float(rows[2]["best_dice"]) == pytest.approx(r["per_timepoint"][2]["best_dice"])

@@ -222,3 +222,106 @@ def test_roi_skips_blocks_outside_and_zeroes_pixels_outside(tmp_path, cli):
     code, out, err = cli("predict", tmp_path / "i.zarr", "--model", model, "-o",
                          tmp_path / "d.zarr", "--roi", tmp_path / "bad.zarr")
     assert code == 2 and err.startswith("volseg predict: error: --roi: shape")
+
+
+# ----------------------------------------------------------------- test-time augmentation
+
+def _symmetric_model(seed=0):
+    """A model equivariant to rotations and flips: a 3x3 convolution whose kernels are
+    averaged over the 8 symmetries of the square, then a per-pixel (1x1) layer."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    conv = model.layers[1]
+    k, b = conv.get_weights()
+    sym = sum(np.rot90(np.flip(k, 1) if f else k, r, axes=(0, 1))
+              for r in range(4) for f in (False, True)) / 8
+    conv.set_weights([sym, b])
+    return model
+
+
+def test_dihedral_transforms_are_the_eight_and_invert():
+    from volseg.predict import DIHEDRAL, dihedral, undo_dihedral
+
+    x = np.arange(2 * 4 * 6).reshape(2, 4, 6, 1)
+    seen = {dihedral(x, *d).tobytes() + bytes(dihedral(x, *d).shape) for d in DIHEDRAL}
+    assert len(seen) == 8  # eight distinct images of a non-symmetric tile
+    for d in DIHEDRAL:
+        np.testing.assert_array_equal(undo_dihedral(dihedral(x, *d), *d), x)
+
+
+def test_tta_of_an_equivariant_model_is_the_plain_prediction():
+    from volseg.predict import predict_batch_fn
+
+    model = _symmetric_model()
+    batch = np.random.default_rng(0).random((3, 32, 48, 1)).astype(np.float32)  # not square
+    plain = predict_batch_fn(model)(batch)
+    for size in (1, 3, 5):
+        tta = predict_batch_fn(model, tta=True, batch_size=size)(batch)
+        assert tta.shape == plain.shape == (3, 32, 48, 1)
+        np.testing.assert_allclose(tta, plain, atol=1e-5)
+
+
+def _manual_tta(model_path, frames, multiple):
+    """The mean over the 8 transforms of whole padded frames, in numpy (float32 model)."""
+    from volseg.model import load_model
+
+    model, _ = load_model(model_path, precision="float32")
+    n, h, w = frames.shape
+    hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    x = np.pad(frames.astype(np.float32), ((0, 0), (0, hp - h), (0, wp - w)), mode="reflect")
+    outs = []
+    for r in range(4):
+        for flip in (False, True):
+            t = np.rot90(np.flip(x, 2) if flip else x, r, axes=(1, 2))
+            y = np.asarray(model.predict_on_batch(np.ascontiguousarray(t)[..., None]))[..., 0]
+            y = np.rot90(y, -r, axes=(1, 2))
+            outs.append(np.flip(y, 2) if flip else y)
+    return np.mean(outs, axis=0)[:, :h, :w]
+
+
+def test_tta_of_a_unet_equals_the_numpy_mean_of_eight_transforms(tmp_path, tiny_model, client):
+    arr = smooth_images((1, 2, 37, 53), seed=5)  # non-square, padded to 40 x 56
+    images = make_image_store(tmp_path / "im.zarr", arr)
+    predict(images.path, tiny_model, tmp_path / "plain.zarr", client=client, precision="float32")
+    summary = predict(images.path, tiny_model, tmp_path / "tta.zarr", client=client,
+                      precision="float32", tta=True, batch_size=3)
+    assert summary["tta"] is True
+    plain, tta = st.open_prediction(tmp_path / "plain.zarr"), st.open_prediction(tmp_path / "tta.zarr")
+    assert plain.volseg["tta"] is False and tta.volseg["tta"] is True
+    assert tta.volseg["job"]["parameters"]["tta"] is True
+    assert "tta" not in plain.volseg["job"]["parameters"]  # old fingerprints unchanged
+    p_plain = plain.probability.array[:][0].astype(np.float64) / 255
+    p_tta = tta.probability.array[:][0].astype(np.float64) / 255
+    manual = _manual_tta(tiny_model, arr[0], 4)
+    assert np.abs(p_tta - manual).max() <= 0.5 / 255 + 1e-4
+    assert np.abs(p_tta - p_plain).max() > 5 / 255  # a normal U-Net is not equivariant
+
+
+def test_tta_resume_mismatch_and_forest_refused(cli, tmp_path, tiny_model):
+    images = make_image_store(tmp_path / "im.zarr", smooth_images((1, 1, 32, 32)))
+    out = tmp_path / "p.zarr"
+    code, _, err = cli("predict", images.path, "--model", tiny_model, "-o", out, "-q")
+    assert code == 0, err
+    group = zarr.open_group(out, mode="r+")  # as if the run had been interrupted
+    attrs = dict(group.attrs["volseg"])
+    attrs["complete"] = False
+    group.attrs["volseg"] = attrs
+    code, _, err = cli("predict", images.path, "--model", tiny_model, "-o", out, "--tta")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "unfinished prediction" in err and "tta: there False, now True" in err, err
+
+    forest = tmp_path / "f.model"
+    labels = make_image_store(tmp_path / "t.zarr", (smooth_images((2, 1, 48, 48)) > 128)
+                              .astype(np.uint8), mask=True)
+    imgs2 = make_image_store(tmp_path / "im2.zarr", smooth_images((2, 1, 48, 48)))
+    code, _, err = cli("train", "--method", "forest", "--images", imgs2.path, "--truth",
+                       labels.path, "-o", forest, "--val-timepoints", "1", "--trees", "3", "-q")
+    assert code == 0, err
+    code, _, err = cli("predict", imgs2.path, "--model", forest, "-o", tmp_path / "f.zarr", "--tta")
+    assert code == 2 and err.startswith("volseg predict: error: --tta: only for U-Net"), err
+    assert not (tmp_path / "f.zarr").exists()

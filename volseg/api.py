@@ -135,7 +135,9 @@ def train(images, truth, out, *, method: str = "unet", channel: int | None = Non
     _storage(storage_options)
     common = dict(channel=channel, series=series, overwrite=overwrite, log=log, **options)
     if method == "forest":
-        from .forest import train_forest
+        from .forest import check_forest_context, train_forest
+
+        check_forest_context(common.pop("context", 1))
 
         with _progress(progress, "forest: sampling") as bar:
             return train_forest(images, truth, out, progress=bar, **common)
@@ -167,7 +169,7 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
     progress : bool or callable
     **options
         ``probability``, ``precision``, ``tile``, ``halo``, ``batch_size``, ``pyramid``,
-        ``labels_into``, ``client``
+        ``labels_into``, ``tta`` (test-time augmentation: 8x the work), ``client``
         (see :func:`volseg.predict.predict`).
 
     Returns

@@ -75,6 +75,32 @@ def _threshold_mask(images, level, path) -> None:
     st.finish(mask.group)
 
 
+def _timepoint_roi(images, t: int, path) -> None:
+    """An ROI store holding one time point ``t`` (shape t, 1, y, x): predict runs only there."""
+    from . import store as st
+
+    T, _, Y, X = images.shape
+    job = st.make_job("demo-roi", parameters={"t": int(t)})
+    roi = st.create_image(path, shape=(T, 1, Y, X), dtype="uint8", job=job,
+                          extra={"content": "mask"})
+    data = np.zeros((T, 1, Y, X), np.uint8)
+    data[t] = 1
+    roi.array[...] = data
+    st.finish(roi.group)
+
+
+def _tta_comparison(plain: dict, tta: dict, t: int, seconds: tuple[float, float],
+                    blocks: tuple[int, int]) -> dict:
+    """Held-out Dice and ROC AUC without and with TTA, and the time per block ratio."""
+    a = next(r for r in plain["per_timepoint"] if r["t"] == t)
+    b = next(r for r in tta["per_timepoint"] if r["t"] == t)
+    per_block = [s / max(n, 1) for s, n in zip(seconds, blocks)]
+    return {"held_out_t": t, "dice_plain": a["dice"], "dice_tta": b["dice"],
+            "roc_auc_plain": a["roc_auc"], "roc_auc_tta": b["roc_auc"],
+            "seconds_per_block_plain": per_block[0], "seconds_per_block_tta": per_block[1],
+            "time_ratio": per_block[1] / per_block[0] if per_block[0] > 0 else None}
+
+
 def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool = False,
              log=print, progress_factory=None) -> dict:
     """Run the whole pipeline into ``out_dir``; returns a summary with every path and score.
@@ -147,11 +173,25 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
 
     step("4/8 predict: tiles of every frame through the U-Net -> probability + mask")
     pred_path = out / "pred.zarr"
+    started = time.monotonic()
     psum = predict(images_path, model_path, pred_path, overwrite=True, progress=prog("predict"))
+    plain_seconds = time.monotonic() - started
     log(f"{pred_path}: {psum['blocks']} blocks, threshold {psum['threshold']:.2f}")
+    # test-time augmentation on the held-out time point only (8x the work per block)
+    _timepoint_roi(images, val_t, out / "held-out-roi.zarr")
+    tta_path = out / "pred-tta.zarr"
+    started = time.monotonic()
+    tsum = predict(images_path, model_path, tta_path, tta=True, roi=out / "held-out-roi.zarr",
+                   overwrite=True, progress=prog("predict --tta"))
+    tta_seconds = time.monotonic() - started
+    log(f"{tta_path}: time point {val_t} with test-time augmentation (8 rotations and flips "
+        f"per tile), {tta_seconds:.1f} s")
 
     step("5/8 evaluate: exact metrics over every voxel")
     report = evaluate(pred_path, truth_path, progress=prog("evaluate"))
+    tta = _tta_comparison(report, evaluate(tta_path, truth_path), val_t,
+                          (plain_seconds, tta_seconds),
+                          (psum["computed"], tsum["computed"] - tsum["roi_skipped"]))
     write_json(report, out / "report.json")
     write_csv(report, out / "per_timepoint.csv")
     figures = out / "figures"
@@ -209,7 +249,8 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     result = {
         "out_dir": str(out),
         "paths": {"images": str(images_path), "truth": str(truth_path), "model": str(model_path),
-                  "prediction": str(pred_path), "report": str(out / "report.json"),
+                  "prediction": str(pred_path), "prediction_tta": str(tta_path),
+                  "report": str(out / "report.json"),
                   "forest": str(forest_path), "forest_report": str(out / "forest-report.json"),
                   "measure": str(out / "measure.json"),
                   "per_timepoint": str(out / "per_timepoint.csv"), "figures": str(figures),
@@ -218,6 +259,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
         "sensitivity_held_out": held_out["sensitivity"],
         "threshold_dice_all": thr_all["dice"], "threshold_dice_held_out": thr_val["dice"],
         "threshold_level": thr_all["level"], "held_out_t": val_t, "report": report,
+        "tta": tta,
         "methods": {name: {"dice_all": m["all"]["dice"], "dice_held_out": m["held_out"]["dice"],
                            "sensitivity": m["all"]["sensitivity"],
                            "specificity": m["all"]["specificity"],
@@ -259,6 +301,15 @@ def format_summary(result: dict) -> list[str]:
                      f"{pct(m['length_error']):>9s}{pct(m['branch_point_error']):>11s}")
     lines.append("(length, junctions: relative error of the skeleton length and of the "
                  "branch points against the truth's)")
+    tta = result.get("tta")
+    if tta:
+        ratio = "n/a" if tta["time_ratio"] is None else f"{tta['time_ratio']:.1f}x"
+        lines += ["", f"U-Net with test-time augmentation (predict --tta: 8 rotations and flips "
+                      f"per tile), held-out t={tta['held_out_t']}:",
+                  f"  Dice {f(tta['dice_plain'])} -> {f(tta['dice_tta'])}, ROC AUC "
+                  f"{f(tta['roc_auc_plain'])} -> {f(tta['roc_auc_tta'])}; predict time per "
+                  f"time point {tta['seconds_per_block_plain']:.1f} s -> "
+                  f"{tta['seconds_per_block_tta']:.1f} s ({ratio})"]
     lines += ["", "U-Net, every voxel:",
              f"{'accuracy':14s}{f(r['accuracy'])}   {'sensitivity':14s}{f(r['sensitivity'])}",
              f"{'specificity':14s}{f(r['specificity'])}   {'precision':14s}{f(r['precision'])}",

@@ -24,6 +24,7 @@ from .blocks import BlockGrid, client_threads, describe, run_blocks
 from .errors import InputError
 from .outputs import write_text_atomic
 from .metrics import ConfusionHistogram, check_binary, count_block, default_scale, metrics
+from .thresholds import best_level, level_threshold
 
 #: Aim for blocks of about this many voxels (a few tens of MB per task with temporaries).
 TARGET_BLOCK_VOXELS = 8 * 2**20
@@ -286,6 +287,10 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     report = dict(ev.info)
     report.update(metrics(total))
     report["per_timepoint"] = [{"t": int(t), **metrics(per_t[t])} for t in sorted(per_t)]
+    if has_prob:
+        for row in report["per_timepoint"]:
+            row["best_dice_gain"] = _gain(row["best_dice"], row["dice"])
+        report["oracle_per_timepoint_threshold"] = oracle_per_timepoint(per_t)
     if per_z:
         report["per_z"] = [{"z": int(z), **metrics(per_zd[z])} for z in sorted(per_zd)]
     report["histogram"] = None if total.histogram is None else {
@@ -295,6 +300,60 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     report["seconds"] = seconds
     report["voxels_per_second"] = total.voxels / seconds if seconds > 0 else None
     return report
+
+
+def _gain(best, at_threshold):
+    return None if best is None or at_threshold is None else best - at_threshold
+
+
+def oracle_per_timepoint(per_t: dict) -> dict:
+    """What a threshold chosen per time point on the evaluated data itself could buy.
+
+    An upper bound (an oracle: it looks at the truth it is scored against), not a rule
+    to use; whether a rule chosen on validation data gets any of it is measured in
+    ``benchmarks/bench_tta.py``.
+
+    Parameters
+    ----------
+    per_t : dict
+        Time point -> :class:`~volseg.metrics.ConfusionHistogram` (with histograms), the
+        counts at the operating threshold.
+
+    Returns
+    -------
+    dict
+        ``timepoints`` (with structure, the ones averaged), ``mean_dice`` (at the
+        operating threshold), ``mean_best_dice`` (each at its own best threshold),
+        ``mean_gain`` and ``max_gain`` (with its ``max_gain_t``), ``pooled_dice``
+        (every voxel, each time point masked at its own best threshold; a time point
+        without structure keeps the operating threshold's counts) and ``pooled_gain``
+        over the operating threshold's Dice of every voxel. Ratios are None where
+        undefined.
+    """
+    gains, dice, best = [], [], []
+    tp = fp = fn = 0
+    for t in sorted(per_t):
+        counts = per_t[t]
+        found = best_level(counts.histogram)
+        if found is None:  # no structure: no best threshold
+            tp, fp, fn = tp + counts.tp, fp + counts.fp, fn + counts.fn
+            continue
+        at = counts.at_threshold(level_threshold(found[0]))
+        tp, fp, fn = tp + at.tp, fp + at.fp, fn + at.fn
+        d = metrics(counts)["dice"]
+        dice.append(0.0 if d is None else d)
+        best.append(found[1])
+        gains.append((found[1] - dice[-1], int(t)))
+    total = sum(per_t.values(), 0)
+    operating = None if not per_t else metrics(total)["dice"]
+    pooled = None if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    top = max(gains) if gains else (None, None)
+    return {"timepoints": len(gains),
+            "mean_dice": float(np.mean(dice)) if dice else None,
+            "mean_best_dice": float(np.mean(best)) if best else None,
+            "mean_gain": float(np.mean([g for g, _ in gains])) if gains else None,
+            "max_gain": top[0], "max_gain_t": top[1],
+            "pooled_dice": pooled, "pooled_gain": _gain(pooled, operating)}
 
 
 def _shape(shape) -> str:

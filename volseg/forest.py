@@ -314,6 +314,14 @@ def probability_levels(forest, image, t: int, z: int, spec: FeatureSpec) -> np.n
     return quantise(prob)
 
 
+def check_forest_context(context) -> None:
+    """:class:`InputError` naming ``context`` unless it is 1: the forest's features are
+    filters of one slice (depth context is a U-Net option)."""
+    if context != 1:
+        raise InputError(f"the random forest reads one slice per pixel; depth context "
+                         f"({context} slices) needs the U-Net (method unet)", param="context")
+
+
 def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=None, series=None,
                  val_fraction: float = 0.2,
                  val_timepoints=None, val_frames=None, trees: int = 30,

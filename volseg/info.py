@@ -47,7 +47,7 @@ def describe_model(path) -> dict:
         detail = {"features": info.get("features")}
     else:
         detail = {"architecture": info.get("architecture"), "patch": info.get("patch"),
-                  "margin": info.get("margin")}
+                  "margin": info.get("margin"), "context": int(info.get("context", 1))}
     return {"path": str(path), "kind": f"{kind} model", "bytes": Path(path).stat().st_size,
             "threshold": info.get("threshold"), "input_dtype": info.get("input_dtype"),
             "normalization": info.get("normalization"), **detail,

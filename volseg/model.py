@@ -76,8 +76,8 @@ def default_margin(depth: int = 4) -> int:
 
 def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
                batch_norm: bool = True, normalization: tuple[float, float] = (0.0, 255.0),
-               name: str = "volseg_unet"):
-    """Build the report's U-Net for single-channel 2D frames.
+               channels: int = 1, name: str = "volseg_unet"):
+    """Build the report's U-Net for 2D frames (one channel, or K context slices).
 
     Parameters
     ----------
@@ -92,14 +92,17 @@ def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
         Batch normalisation after every 3x3 convolution.
     normalization : (low, high)
         Raw intensities mapped to 0 and 1 by the first layer (a ``Rescaling``), so the
-        model takes raw pixel values. ``high`` must be greater than ``low``.
+        model takes raw pixel values. ``high`` must be greater than ``low``. The same
+        range applies to every channel.
+    channels : int
+        Input channels: K, the z-slices of depth context (:mod:`volseg.context`).
     name : str
         Model name.
 
     Returns
     -------
     keras.Model
-        Input ``(None, None, 1)`` float32 raw intensities, output ``(None, None, 1)``
+        Input ``(None, None, channels)`` float32 raw intensities, output ``(None, None, 1)``
         sigmoid probabilities (float32 even under a mixed-precision policy).
 
     Notes
@@ -127,7 +130,7 @@ def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
             x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
         return x
 
-    inputs = keras.Input(shape=(None, None, 1), dtype="float32", name="image")
+    inputs = keras.Input(shape=(None, None, int(channels)), dtype="float32", name="image")
     # Scaling in float32 whatever the global policy: uint16 raw values would lose
     # precision if bfloat16 came before the division.
     x = layers.Rescaling(scale=1.0 / (high - low), offset=-low / (high - low),
@@ -164,8 +167,12 @@ def model_normalization(model) -> tuple[float, float]:
 def base_info(*, depth: int, base_filters: int, dropout: float, batch_norm: bool,
               normalization: tuple[float, float], patch=(256, 256), threshold: float = 0.5,
               input_dtype: str = "uint8", training: dict | None = None,
-              provenance: dict | None = None) -> dict:
-    """The ``volseg.json`` record for a model with these parameters (see ``save_model``)."""
+              provenance: dict | None = None, context: int = 1) -> dict:
+    """The ``volseg.json`` record for a model with these parameters (see ``save_model``).
+
+    ``context`` is K, the z-slices the model takes as channels (:mod:`volseg.context`);
+    a model file without the key takes one (:func:`model_context`).
+    """
     from . import __version__
 
     return {
@@ -179,11 +186,18 @@ def base_info(*, depth: int, base_filters: int, dropout: float, batch_norm: bool
         "patch": [int(patch[0]), int(patch[1])],
         "normalization": {"low": float(normalization[0]), "high": float(normalization[1])},
         "input_dtype": str(input_dtype),
+        "context": int(context),
         "architecture": {"base_filters": int(base_filters), "depth": int(depth),
                          "dropout": float(dropout), "batch_norm": bool(batch_norm)},
         "training": dict(training or {}),
         "provenance": dict(provenance or {}),
     }
+
+
+def model_context(info: dict) -> int:
+    """K, the z-slices a model takes as channels: its info's ``context``, 1 for models
+    written before the key existed (and for forests)."""
+    return int(info.get("context", 1))
 
 
 def _tmp_path(path: Path) -> Path:
@@ -390,7 +404,8 @@ def with_precision(model, precision: str, *, info: dict | None = None):
     try:
         clone = build_unet(base_filters=arch["base_filters"], depth=arch["depth"],
                            dropout=arch["dropout"], batch_norm=arch["batch_norm"],
-                           normalization=model_normalization(model), name=model.name)
+                           normalization=model_normalization(model),
+                           channels=int(model.inputs[0].shape[-1]), name=model.name)
     finally:
         keras.config.set_dtype_policy(previous)
     clone.set_weights(model.get_weights())

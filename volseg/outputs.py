@@ -422,8 +422,33 @@ def _decide(path: Path, job: dict, overwrite: bool, what: str) -> str:
                          f"it, or choose another {what} path")
     if same_job:
         return "resume"
-    raise InputError(f"{path}: an unfinished {what} from other inputs or parameters is there; "
-                     "rerun the original command to finish it, or use --overwrite to start again")
+    raise InputError(f"{path}: an unfinished {what} from other inputs or parameters is there"
+                     f"{_differences(attrs.get('job') or {}, job)}; rerun the original command "
+                     "to finish it, or use --overwrite to start again")
+
+
+#: Job parameters recorded only when on (absent means False).
+_SWITCHES = ("tta",)
+
+
+def _differences(stored: dict, job: dict) -> str:
+    """The parameters in which two jobs differ, as `` (tta: there False, now True)``.
+
+    A parameter missing from a job is shown as its value when off (None, or False for
+    a switch recorded only when on, such as ``tta``); "" when only sources differ.
+    """
+    old, new = stored.get("parameters") or {}, job.get("parameters") or {}
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not keys:
+        return ""
+
+    def shown(params, key):
+        value = params.get(key, False if key in _SWITCHES else None)
+        return str(value)[:60]
+
+    return " (" + "; ".join(f"{k}: there {shown(old, k)}, now {shown(new, k)}"
+                            for k in keys) + ")"
+
 
 
 def _recover_swap(path: Path) -> None:

@@ -95,14 +95,74 @@ def model_loads() -> int:
     return LOADS["count"]
 
 
-def predict_batch_fn(model):
-    """A ``(b, H, W, 1) float32 -> (b, H, W, 1) float32`` callable for the tiling code."""
+#: The 8 symmetries of a square (the dihedral group D4), as ``(quarter turns, flip)``:
+#: identity, the 3 rotations by 90 degrees, and the mirror image (left-right) of each.
+DIHEDRAL = tuple((k % 4, k >= 4) for k in range(8))
+
+
+def dihedral(batch: np.ndarray, quarter_turns: int, flip: bool) -> np.ndarray:
+    """Transform the frames of ``batch`` (b, H, W, ...): flip left-right, then rotate.
+
+    An odd number of quarter turns swaps H and W.
+    """
+    out = np.flip(batch, axis=2) if flip else batch
+    return np.rot90(out, quarter_turns, axes=(1, 2))
+
+
+def undo_dihedral(batch: np.ndarray, quarter_turns: int, flip: bool) -> np.ndarray:
+    """The inverse of :func:`dihedral`: rotate back, then flip back."""
+    out = np.rot90(batch, -quarter_turns, axes=(1, 2))
+    return np.flip(out, axis=2) if flip else out
+
+
+def tta_average(run, batch: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+    """Test-time augmentation: the mean of ``run`` over the 8 dihedral transforms.
+
+    Parameters
+    ----------
+    run : callable
+        ``(b, H, W, 1) float32 -> (b, H, W, 1)`` probabilities; fully convolutional, so
+        it also takes (b, W, H, 1) (tiles are multiples of the model's ``multiple`` on
+        both axes, so rotated tiles still fit).
+    batch : ndarray (b, H, W, 1)
+    batch_size : int, optional
+        Tiles per call of ``run`` (default ``b``): the transformed tiles of the same
+        shape are stacked and cut into calls of this size, so each call is as full
+        (and as large in memory) as a call without TTA.
+
+    Returns
+    -------
+    ndarray (b, H, W, 1) float32
+        Each transform's probabilities mapped back to the original orientation, averaged.
+    """
+    b = len(batch)
+    size = max(1, batch_size or b)
+    total = np.zeros(batch.shape[:3], np.float64)
+    for odd in (False, True):  # transforms of one output shape go through run together
+        group = [d for d in DIHEDRAL if (d[0] % 2 == 1) == odd]
+        stack = np.ascontiguousarray(np.concatenate([dihedral(batch, *d) for d in group]))
+        out = np.concatenate([np.asarray(run(stack[s:s + size]), np.float32).reshape(
+            stack[s:s + size].shape[:3]) for s in range(0, len(stack), size)])
+        for j, d in enumerate(group):
+            total += undo_dihedral(out[j * b:(j + 1) * b], *d)
+    return (total / len(DIHEDRAL)).astype(np.float32)[..., None]
+
+
+def predict_batch_fn(model, *, tta: bool = False, batch_size: int | None = None):
+    """A ``(b, H, W, K) float32 -> (b, H, W, 1) float32`` callable for the tiling code.
+
+    The one place where tiles become probabilities. With ``tta`` each tile's
+    probabilities are the mean over its 8 dihedral transforms (:func:`tta_average`,
+    ``batch_size`` tiles per model call): 8x the model's work.
+    """
 
     def run(batch: np.ndarray) -> np.ndarray:
         out = model.predict_on_batch(batch)
         return np.asarray(out, dtype=np.float32)
 
-    return run
+    if not tta:
+        return run
+    return functools.partial(tta_average, run, batch_size=batch_size)
 
 
 def read_block(images: str, grid: BlockGrid, i: int, select: dict | None = None) -> np.ndarray:
@@ -133,7 +193,8 @@ def block_probabilities(frames: np.ndarray, run_model, *, grid: BlockGrid, i: in
                         blend: int | None, multiple: int, batch_size: int) -> np.ndarray:
     """The uint8 probabilities (value / 255) of block ``i``'s region from its read box.
 
-    ``run_model`` maps a ``(b, H, W, 1)`` float32 batch to probabilities
+    ``frames`` are (n, H, W), or (n, H, W, K) context stacks (:func:`block_channels`);
+    ``run_model`` maps a ``(b, H, W, K)`` float32 batch to probabilities
     (:func:`predict_batch_fn`).
     """
     region, box = grid.region(i), grid.read_box(i)
@@ -187,13 +248,31 @@ def _label(store) -> str:
     return f"{store}/0" if isinstance(store, (str, os.PathLike)) else store.label
 
 
+def block_channels(frames: np.ndarray, grid: BlockGrid, i: int, context: int) -> np.ndarray:
+    """Block ``i``'s frames as K-slice context stacks (n, H, W, K) from its read box.
+
+    ``frames`` is :func:`read_block`'s (z, y, x) read box, which holds the z-halo of
+    ``(K - 1) / 2`` slices clipped at the stack's ends; the channels follow the
+    end-of-stack rule of training (:mod:`volseg.context`). K = 1 returns ``frames``.
+    """
+    if context == 1:
+        return frames
+    from .context import channels_from_slab
+
+    zs, box_z = grid.region(i)[1], grid.read_box(i)[1]
+    return channels_from_slab(frames, box_z.start, range(zs.start, zs.stop), grid.shape[1],
+                              context)
+
+
 def unet_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str,
                precision: str, tile, blend: int | None, multiple: int,
-               batch_size: int, select: dict | None = None) -> tuple[np.ndarray, dict]:
+               batch_size: int, context: int = 1, select: dict | None = None,
+               tta: bool = False) -> tuple[np.ndarray, dict]:
     """The U-Net's uint8 probabilities of block ``i`` (and the precision it used)."""
     model = cached_model(model_path, sha, precision)
-    frames = read_block(images, grid, i, select)
-    p8 = block_probabilities(frames, predict_batch_fn(model), grid=grid, i=i, tile=tile,
+    frames = block_channels(read_block(images, grid, i, select), grid, i, context)
+    run_model = predict_batch_fn(model, tta=tta, batch_size=batch_size)
+    p8 = block_probabilities(frames, run_model, grid=grid, i=i, tile=tile,
                              blend=blend, multiple=multiple, batch_size=batch_size)
     return p8, {"precision": model.volseg_precision}
 
@@ -254,7 +333,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
             precision: str = "auto", tile=None, halo: int | None = None,
             blend: int | None = None, batch_size: int = 4, roi=None,
             pyramid: bool | None = None, labels_into: str | None = None,
-            overwrite: bool = False,
+            tta: bool = False, overwrite: bool = False,
             client=None, resources: dict | None = None, progress=None,
             command: str | None = None, log=None) -> dict:
     """Predict every frame of the image store ``images`` with ``model`` into ``out``.
@@ -285,6 +364,13 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         ~1.1 Mpx, the model's margin as halo.
     batch_size : int
         Tiles per model call.
+    tta : bool
+        Test-time augmentation (U-Net models only): each tile's probabilities are the
+        mean over its 8 dihedral transforms (the rotations by 90 degrees and their
+        mirror images), mapped back. 8x the model's work; recorded as ``volseg.tta``,
+        and a resumed run must use the same setting. Refused for a random forest: its
+        filter features are symmetric already, so TTA would give the same
+        probabilities at 8x the cost.
     roi : path-like, optional
         A mask store (same y, x; t and z equal or 1): blocks entirely outside it are
         written as zeros without running the model, and pixels outside it are zero.
@@ -312,6 +398,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     image = st.open_image(images, **select)
     info = read_model_info(model)
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
+    tta = _check_tta(tta, info)
     roi_record = None
     if roi is not None:
         mask = st.open_roi(roi, image.shape, param="roi")
@@ -330,9 +417,10 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         method = _forest_method(info, halo=halo)
     else:
         method = _unet_method(info, image.shape, block_shape, precision=precision,
-                              tile=tile, halo=halo, blend=blend, batch_size=batch_size)
+                              tile=tile, halo=halo, blend=blend, batch_size=batch_size, tta=tta)
     shape = image.shape
-    grid = BlockGrid(shape, block_shape, halo=(0, 0, method["halo"], method["halo"]))
+    grid = BlockGrid(shape, block_shape,
+                     halo=(0, method.get("z_halo", 0), method["halo"], method["halo"]))
     parameters = {"model_sha256": sha, "threshold": threshold, "probability": probability,
                   **select, **method["parameters"]}
     sources = [{"path": location_text(images),
@@ -342,6 +430,8 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     levels = choose_levels(shape, pyramid)
     if levels:  # absent when 0, so jobs without a pyramid keep their fingerprint
         parameters["pyramid_levels"] = levels
+    if tta:  # likewise absent when off
+        parameters["tta"] = True
     if labels_into is not None:
         label_path = lb.target(image, labels_into)
         parameters["labels_into"] = label_path.name
@@ -364,7 +454,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
                                                   "kind": info.get("kind", "unet"),
                                                   "training": info.get("training", {}),
                                                   "provenance": info.get("provenance", {})},
-                                        **method["extra"],
+                                        **method["extra"], "tta": tta,
                                         "mask_rule": f"probability_u8 >= {threshold_bin(threshold)}"})
             return open_pred(path)
 
@@ -418,7 +508,7 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         dest.commit()
     return {"path": str(out), "shape": shape, "blocks": len(grid), "computed": len(todo),
             "skipped": len(grid) - len(todo), "threshold": threshold,
-            "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"),
+            "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"), "tta": tta,
             "roi_skipped": skipped["blocks"],
             "precision": method["extra"].get("precision"), "precision_used": sorted(used),
             "tiling": method["extra"].get("tiling"), "levels": levels,
@@ -446,8 +536,28 @@ def _output_chunks(image) -> tuple[tuple, tuple | None]:
     return st.default_chunks(image.shape, "uint8")
 
 
-def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batch_size) -> dict:
-    """How a U-Net predicts: tiles through the model, one block at a time per process."""
+def _check_tta(tta, info) -> bool:
+    """``tta`` as a bool; refused for a forest (its features are symmetric already)."""
+    if not isinstance(tta, (bool, np.bool_)):
+        raise InputError(f"must be True or False, got {tta!r}", param="tta")
+    if tta and info.get("kind", "unet") == "forest":
+        raise InputError("only for U-Net models: a random forest's filter features do not "
+                         "change under rotations and flips, so TTA would give the same "
+                         "probabilities at 8x the cost; leave it out", param="tta")
+    return bool(tta)
+
+
+def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batch_size,
+                 tta=False) -> dict:
+    """How a U-Net predicts: tiles through the model, one block at a time per process.
+
+    A model with depth context K (its info's ``context``) reads a z-halo of
+    ``(K - 1) / 2`` slices around each block and gets K slices per frame as channels.
+    """
+    from .context import radius
+    from .model import model_context
+
+    context = model_context(info)
     multiple = int(info.get("multiple", 16))
     halo = int(info.get("margin", 32)) if halo is None else int(halo)
     by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
@@ -456,13 +566,19 @@ def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batc
                             multiple=multiple)
     tile = tuple(int(v) for v in tile)
     plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
-    return {"halo": halo, "compute": unet_block, "threads": 1,  # TF uses every core
+    parameters = {"precision": precision, "tile": list(tile), "halo": halo,
+                  "blend": blend, "batch_size": batch_size}
+    describe = f"{precision}, tiles {plan['tile_shape']} per frame grid {plan['grid']}"
+    if context > 1:  # absent for K = 1, so those jobs keep their fingerprint
+        parameters["context"] = context
+        describe += f", {context} z-slices per input"
+    return {"halo": halo, "z_halo": radius(context), "compute": unet_block,
+            "threads": 1,  # TF uses every core
             "kwargs": dict(precision=precision, tile=tile, blend=blend, multiple=multiple,
-                           batch_size=batch_size),
-            "parameters": {"precision": precision, "tile": list(tile), "halo": halo,
-                           "blend": blend, "batch_size": batch_size},
+                           batch_size=batch_size, context=context, tta=tta),
+            "parameters": parameters,
             "extra": {"tiling": plan, "precision": precision},
-            "describe": f"{precision}, tiles {plan['tile_shape']} per frame grid {plan['grid']}"}
+            "describe": describe + (", TTA: 8 transforms per tile" if tta else "")}
 
 
 def _forest_method(info, *, halo) -> dict:

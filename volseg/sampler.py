@@ -331,6 +331,8 @@ class Augment:
     rotations: bool = True
     contrast: float = 0.15  # multiply deviations from mid-range by U(1 - c, 1 + c)
     brightness: float = 0.10  # shift by U(-b, b) times the intensity range
+    gamma: float = 0.0  # normalised intensity ** exp(U(-g, g)): other mid-tone responses
+    noise: float = 0.0  # add Gaussian noise of sigma U(0, n) times the intensity range
 
     @classmethod
     def none(cls) -> "Augment":
@@ -354,12 +356,19 @@ class PatchSampler:
     normalization : (low, high)
         Intensity range, used to scale the brightness jitter.
     augment : Augment or None
+    context : int
+        K, odd: the image patch holds the K slices around the frame's (same time point,
+        clamped at the stack's ends: :mod:`volseg.context`) as channels; the truth and
+        weight stay the centre slice's. 1: the frame alone.
     """
 
     def __init__(self, image, truth, index: TrainingIndex, *, patch=(256, 256), roi=None,
                  foreground_share: float = 1 / 3, normalization=(0.0, 255.0),
-                 augment: Augment | None = None):
+                 augment: Augment | None = None, context: int = 1):
+        from .context import check_context
+
         check_foreground_share(foreground_share)
+        self.context = check_context(context)
         self.image, self.truth, self.roi, self.index = image, truth, roi, index
         self.patch = (int(patch[0]), int(patch[1]))
         self.foreground_share = float(foreground_share)
@@ -382,7 +391,7 @@ class PatchSampler:
 
         Returns
         -------
-        image : (h, w, 1) float32, raw intensities (augmented)
+        image : (h, w, K) float32, raw intensities (augmented), K = ``context``
         target : (h, w, 2) float32, channels truth (0/1) and weight (0/1)
         info : dict with ``frame`` (t, z), ``origin`` (y, x) in the frame (before
             augmentation), ``centre`` (y, x) in the patch, ``forced`` (bool)
@@ -392,7 +401,7 @@ class PatchSampler:
         t, z = self.index.frames[fi]
         (y0, y1, py), (x0, x1, px) = (_window(cy, self.patch[0], self.index.frame_shape[0]),
                                       _window(cx, self.patch[1], self.index.frame_shape[1]))
-        img = _read(self.image, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
+        img = self._read_image(t, z, slice(y0, y1), slice(x0, x1))
         lab = _read(self.truth, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
         if self.roi is not None:
             rt = 0 if self.roi.shape[0] == 1 else t
@@ -409,7 +418,16 @@ class PatchSampler:
         target = np.stack([lab, weight], axis=-1)
         info = {"frame": (t, z), "origin": (y0 - py[0], x0 - px[0]),
                 "centre": (cy - y0 + py[0], cx - x0 + px[0]), "forced": forced}
-        return img[..., None], target, info
+        return (img if img.ndim == 3 else img[..., None]), target, info
+
+    def _read_image(self, t: int, z: int, ys: slice, xs: slice) -> np.ndarray:
+        """The image window of frame (t, z) as float32: (h, w), or (h, w, K) with the
+        K context slices when ``context`` > 1 (one read of the slab holding them)."""
+        if self.context == 1:
+            return _read(self.image, (t, z, ys, xs)).astype(np.float32)
+        from .context import read_context
+
+        return read_context(self.image, t, z, ys, xs, context=self.context).astype(np.float32)
 
     def _augment(self, rng, img, lab, weight):
         a = self.augment
@@ -431,10 +449,25 @@ class PatchSampler:
             c = rng.uniform(1 - a.contrast, 1 + a.contrast)
             b = rng.uniform(-a.brightness, a.brightness) * (high - low)
             img = (img - mid) * np.float32(c) + np.float32(mid + b)
+        if a.gamma or a.noise:
+            img = self._gamma_noise(rng, img)
         return img.astype(np.float32, copy=False), lab, weight
 
+    def _gamma_noise(self, rng, img):
+        a = self.augment
+        low, high = self.normalization
+        span = np.float32(max(high - low, 1e-6))
+        if a.gamma:
+            g = np.float32(np.exp(rng.uniform(-a.gamma, a.gamma)))
+            unit = np.clip((img - np.float32(low)) / span, 0.0, None)
+            img = np.float32(low) + span * unit ** g
+        if a.noise:
+            sigma = np.float32(rng.uniform(0.0, a.noise)) * span
+            img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+        return img
+
     def batch(self, rng: np.random.Generator, size: int):
-        """``size`` patches: images (n, h, w, 1) and targets (n, h, w, 2)."""
+        """``size`` patches: images (n, h, w, K) and targets (n, h, w, 2)."""
         xs, ys = [], []
         for _ in range(size):
             x, y, _ = self.draw(rng)
@@ -461,9 +494,11 @@ def _window(centre: int, size: int, extent: int):
 
 
 def _reflect(a: np.ndarray, py, px) -> np.ndarray:
-    if min(a.shape) < 2:
-        return np.pad(a, (py, px), mode="edge")
-    return np.pad(a, (py, px), mode="reflect")
+    """Pad y and x (the first two axes; channels, if any, are not padded)."""
+    pad = (py, px) + ((0, 0),) * (a.ndim - 2)
+    if min(a.shape[:2]) < 2:
+        return np.pad(a, pad, mode="edge")
+    return np.pad(a, pad, mode="reflect")
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -352,23 +352,37 @@ def tile_plan(
 
 
 def _as_stack(frames: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """Frames as (n, H, W), or (n, H, W, K) for K input channels (depth context)."""
     frames = np.asarray(frames)
     if frames.ndim == 2:
         frames = frames[None]
-    if frames.ndim != 3 or frames.shape[1:] != plan.shape:
+    if frames.ndim not in (3, 4) or frames.shape[1:3] != plan.shape:
         raise ValueError(f"frames of shape {frames.shape} do not match the plan's {plan.shape} frames")
     return frames
 
 
+def _channels(frames: np.ndarray) -> int:
+    """Input channels of a frame stack from :func:`_as_stack`."""
+    return frames.shape[3] if frames.ndim == 4 else 1
+
+
 def _tile_input(frame: np.ndarray, tile: Tile, out: np.ndarray) -> None:
-    """Write tile's window of one 2D frame into ``out`` (tile_shape, float32), reflect-padded."""
-    h, w = frame.shape
+    """Write tile's window of one frame, (H, W) or (H, W, K), into ``out`` (tile_shape
+    or tile_shape + (K,), float32), reflect-padded in y and x."""
+    h, w = frame.shape[:2]
     y0, y1, x0, x1 = tile.read_box(h, w)
     pad = tile.pad_width(h, w)
     if pad == ((0, 0), (0, 0)):
         out[...] = frame[y0:y1, x0:x1]
     else:
+        pad = pad + ((0, 0),) * (frame.ndim - 2)
         out[...] = np.pad(frame[y0:y1, x0:x1].astype(np.float32, copy=False), pad, mode="reflect")
+
+
+def _input_view(buf: np.ndarray, i: int, frames: np.ndarray) -> np.ndarray:
+    """Where tile ``i``'s input goes in ``buf`` (b, Hp, Wp, K): the channel axis is
+    dropped for 2D frames."""
+    return buf[i] if frames.ndim == 4 else buf[i, ..., 0]
 
 
 def _iter_pairs(n_frames: int, plan: TilePlan) -> Iterator[tuple[int, Tile]]:
@@ -383,20 +397,20 @@ def extract_tiles(frames: np.ndarray, plan: TilePlan) -> np.ndarray:
 
     Parameters
     ----------
-    frames : array (n, H, W) or (H, W)
-        Any real dtype; already normalised as the model expects.
+    frames : array (n, H, W), (H, W) or (n, H, W, K)
+        Any real dtype; already normalised as the model expects. K: input channels.
     plan : TilePlan
 
     Returns
     -------
-    ndarray, shape (n * plan.n_tiles, Hp, Wp, 1), float32
+    ndarray, shape (n * plan.n_tiles, Hp, Wp, K), float32 (K = 1 for 2D frames)
         Frame-major: tile ``t`` of frame ``f`` is at ``f * plan.n_tiles + t``.
         Parts of a window beyond the frame are reflect-padded.
     """
     frames = _as_stack(frames, plan)
-    out = np.empty((len(frames) * plan.n_tiles, *plan.tile_shape, 1), np.float32)
+    out = np.empty((len(frames) * plan.n_tiles, *plan.tile_shape, _channels(frames)), np.float32)
     for i, (f, t) in enumerate(_iter_pairs(len(frames), plan)):
-        _tile_input(frames[f], t, out[i, ..., 0])
+        _tile_input(frames[f], t, _input_view(out, i, frames))
     return out
 
 
@@ -480,10 +494,11 @@ def predict_frames(
 
     Parameters
     ----------
-    frames : array (n, H, W) or (H, W)
-        Already normalised as the model expects; cast to float32 per tile.
+    frames : array (n, H, W), (H, W) or (n, H, W, K)
+        Already normalised as the model expects; cast to float32 per tile. K: input
+        channels (the z-slices of depth context, :mod:`volseg.context`).
     predict_batch : callable
-        ``(b, Hp, Wp, 1) float32 -> (b, Hp, Wp, 1)`` (or ``(b, Hp, Wp)``) array-like,
+        ``(b, Hp, Wp, K) float32 -> (b, Hp, Wp, 1)`` (or ``(b, Hp, Wp)``) array-like,
         with ``1 <= b <= batch_size``; the last batch may be smaller (pad it in the
         callable if a compiled model must see one batch shape).
     plan : TilePlan
@@ -497,7 +512,7 @@ def predict_frames(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     frames = _as_stack(frames, plan)
     blender = _Blender(plan, len(frames))
-    buf = np.empty((batch_size, *plan.tile_shape, 1), np.float32)
+    buf = np.empty((batch_size, *plan.tile_shape, _channels(frames)), np.float32)
     pending: list[tuple[int, Tile]] = []
 
     def flush() -> None:
@@ -510,7 +525,7 @@ def predict_frames(
         pending.clear()
 
     for f, t in _iter_pairs(len(frames), plan):
-        _tile_input(frames[f], t, buf[len(pending), ..., 0])
+        _tile_input(frames[f], t, _input_view(buf, len(pending), frames))
         pending.append((f, t))
         if len(pending) == batch_size:
             flush()

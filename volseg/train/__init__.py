@@ -109,12 +109,15 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     lo, hi = config.percentiles
     say(f"foreground {100 * index.foreground_fraction:.2f} % of training pixels; intensity "
         f"{lo}-{hi} percentiles {normalization[0]:g}..{normalization[1]:g}")
+    if config.context > 1:
+        say(context_note(config.context, image.shape[1]))
 
     keras, model, normalization = build_model(config, inputs, normalization, say)
     sampler = PatchSampler(image.array, truth.array, index, patch=config.patch, roi=roi,
                            foreground_share=config.foreground_share,
                            normalization=normalization,
-                           augment=Augment() if config.augment else Augment.none())
+                           augment=Augment() if config.augment else Augment.none(),
+                           context=config.context)
     dataset = PatchDataset(sampler, batch_size=config.batch, steps=config.steps_per_epoch,
                            seed=config.seed, workers=config.workers,
                            max_queue_size=max(2, 2 * config.workers))
@@ -128,7 +131,7 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     arch = inputs.architecture
     margin = default_margin(arch["depth"])
     validator = Validator(image.array, truth.array, val_list, roi=roi,
-                          multiple=inputs.multiple, margin=margin)
+                          multiple=inputs.multiple, margin=margin, context=config.context)
     paths = config.paths
     loop = EpochLoop(model, dataset, validator, config, stop=stop, progress=progress, say=say,
                      on_epoch=lambda history: write_history(history, paths)).run()
@@ -148,7 +151,8 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
                      dropout=arch["dropout"], batch_norm=arch["batch_norm"],
                      normalization=normalization, patch=config.patch, threshold=threshold,
                      input_dtype=str(image.dtype), training=training,
-                     provenance=provenance_record(config, inputs, keras))
+                     provenance=provenance_record(config, inputs, keras),
+                     context=config.context)
     info["margin"] = margin
     write_model(final, paths, info, loop.history, loop.best_epoch)
     say(f"saved {paths['model']}: best epoch {loop.best_epoch}, val Dice "
@@ -189,7 +193,7 @@ def build_model(config: TrainConfig, inputs: Inputs, normalization, say):
         else:
             model = build_unet(base_filters=arch["base_filters"], depth=arch["depth"],
                                dropout=arch["dropout"], batch_norm=arch["batch_norm"],
-                               normalization=normalization)
+                               normalization=normalization, channels=config.context)
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         # jit_compile=False: XLA-compiled training steps ran about 10x slower on CPU
         # (docs/decisions.md, section "XLA for training").
@@ -197,6 +201,15 @@ def build_model(config: TrainConfig, inputs: Inputs, normalization, say):
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return keras, model, normalization
+
+
+def context_note(context: int, depth: int) -> str:
+    """The status line of a run with depth context K > 1 on a stack of ``depth`` slices."""
+    note = (f"depth context: {context} slices per input (the slice and {(context - 1) // 2} "
+            "on each side; the edge slice repeated at the stack's ends)")
+    if depth == 1:
+        note += "; the images have one slice, so every channel repeats it"
+    return note
 
 
 # volseg.train(...) calls volseg.api.train (see volseg._callable).

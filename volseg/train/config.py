@@ -17,11 +17,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..context import check_context
 from ..errors import InputError
 from ..model import check_precision
 from ..sampler import check_foreground_share
+from .schedule import check_schedule
 
-LOSSES = ("bce", "dice", "bce+dice")
+LOSSES = ("bce", "dice", "bce+dice", "bce+dice+cldice")
 
 
 def check_loss(loss: str) -> None:
@@ -72,14 +74,23 @@ class TrainConfig:
         A volseg model to continue from (its architecture and normalisation are kept).
     val_fraction, val_timepoints, val_frames
         Validation split (see :func:`volseg.sampler.split_frames`).
-    loss : "bce", "dice" or "bce+dice"
+    loss : "bce", "dice", "bce+dice" or "bce+dice+cldice"
+        See :func:`volseg.train.losses.make_loss`.
     epochs, steps_per_epoch, patch, batch
         Training length and batch geometry. ``patch`` must be multiples of 2**depth.
     filters, depth, dropout, batch_norm
         U-Net architecture (ignored with ``init``).
+    context : int
+        Depth context (2.5D): the network sees this many neighbouring z-slices of the
+        same time point as channels (odd; 1 = the slice alone, exactly as without the
+        option). At the stack's ends the edge slice is repeated (:mod:`volseg.context`).
+        With ``init`` it must equal the model's own.
     learning_rate : float
-        Adam's initial rate; halved after ``lr_patience`` epochs without a better
-        validation Dice.
+        Adam's peak rate.
+    schedule : "cosine" or "plateau"
+        ``cosine``: warm-up, then cosine decay that ends when the run must end (the time
+        limit, else the last epoch); ``plateau``: halve after ``lr_patience`` epochs
+        without a better validation Dice (:mod:`volseg.train.schedule`).
     foreground_share : float
         Share of patches centred on foreground.
     augment : bool
@@ -125,7 +136,9 @@ class TrainConfig:
     depth: int = 4
     dropout: float = 0.1
     batch_norm: bool = True
+    context: int = 1
     learning_rate: float = 1e-3
+    schedule: str = "cosine"
     foreground_share: float = 1 / 3
     augment: bool = True
     patience: int = 10
@@ -141,6 +154,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_loss(self.loss)
+        check_schedule(self.schedule)
         check_precision(self.precision)
         for name in ("epochs", "steps_per_epoch", "batch", "filters", "depth"):
             value = getattr(self, name)
@@ -151,6 +165,7 @@ class TrainConfig:
                              param="time_limit")
         check_foreground_share(self.foreground_share)
         object.__setattr__(self, "patch", parse_patch(self.patch))
+        object.__setattr__(self, "context", check_context(self.context))
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -206,6 +221,17 @@ def open_stores(images_path, truth_path, roi_path=None, *, channel=None, series=
     return image, truth, roi
 
 
+def check_init_context(context: int, init_info: dict | None) -> None:
+    """:class:`InputError` naming ``context`` unless it equals the init model's (models
+    without the key take one slice)."""
+    if init_info is None:
+        return
+    theirs = int(init_info.get("context", 1))
+    if theirs != context:
+        raise InputError(f"must be {theirs}, the context of the model to continue from, "
+                         f"not {context}", param="context")
+
+
 def open_inputs(config: TrainConfig) -> Inputs:
     """Check everything about ``config`` that needs files but no pixel data.
 
@@ -232,6 +258,7 @@ def open_inputs(config: TrainConfig) -> Inputs:
     else:
         architecture = {"base_filters": int(config.filters), "depth": int(config.depth),
                         "dropout": float(config.dropout), "batch_norm": bool(config.batch_norm)}
+    check_init_context(config.context, init_info)
     inputs = Inputs(image, truth, roi, init_info, architecture)
     h, w = config.patch
     m = inputs.multiple

@@ -5,7 +5,9 @@ that read and augment the next batches while the current one trains. Not ``fit()
 in float32 it kept only one of two CPU cores busy where ``train_on_batch`` kept both
 (docs/decisions.md, section "Training step"; benchmarks/bench_train.py re-measures). After each
 epoch the validation frames are predicted whole (:mod:`volseg.train.validation`):
-Dice at 0.5 picks the best epoch and drives learning-rate halving and early stopping.
+Dice at 0.5 picks the best epoch and drives early stopping (and, with the ``plateau``
+schedule, learning-rate halving). The ``cosine`` schedule sets the rate before every
+step from the share of the run done (:mod:`volseg.train.schedule`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from .schedule import RunClock, cosine_rate
 from .stop import INTERRUPTED, TIME_LIMIT, StopSignal
 
 #: Validation counts as better only above the best so far by more than this.
@@ -69,6 +72,24 @@ class EpochLoop:
         self.since_best = 0
         # Seconds one validation takes, for the time limit; replaced by the measured time.
         self.val_seconds = validator.pixels / 1.0e6
+        self.run_clock = RunClock(int(config.epochs) * int(config.steps_per_epoch),
+                                  deadline=stop.deadline, reserve=self._reserve(0.0),
+                                  clock=stop.clock)
+
+    def _reserve(self, per_step: float) -> float:
+        """Seconds kept free at the end: a step, this epoch's validation, the final
+        float32 one and saving."""
+        return per_step + 2.2 * self.val_seconds + 3
+
+    def _schedule_step(self) -> None:
+        """Set the rate for the next step (``cosine``; ``plateau`` changes it per epoch)."""
+        if self.config.schedule != "cosine":
+            return
+        rate = cosine_rate(self.run_clock.fraction(self.result.steps),
+                           base=float(self.config.learning_rate))
+        if abs(rate - self.learning_rate) > 1e-3 * self.learning_rate or not self.result.steps:
+            self.learning_rate = rate
+            self.model.optimizer.learning_rate.assign(rate)
 
     def run(self) -> LoopResult:
         """Epochs until the last one, early stopping or a stop request."""
@@ -101,19 +122,26 @@ class EpochLoop:
         """Steps of one epoch until its end or a stop request: (losses, seconds)."""
         steps = self.config.steps_per_epoch
         losses: list[float] = []
-        t0 = time.monotonic()
+        t0, start = time.monotonic(), self.stop.clock()
         if self.progress is not None:
             self.progress(0, steps)  # a new epoch starts
         with self.stop.interruptible():
             for step, (x, y) in enumerate(batches, 1):
+                self._schedule_step()
                 value = self.model.train_on_batch(x, y)
                 losses.append(float(np.asarray(value).ravel()[0]))
                 self.result.steps += 1
                 if self.progress is not None:
                     self.progress(step, steps)
-                per_step = (time.monotonic() - t0) / step
-                # Room for a step, this epoch's validation, the final float32 one and saving.
-                if self.stop.would_overrun(per_step + 2.2 * self.val_seconds + 3):
+                now = self.stop.clock()
+                # the first step of a run also traces the graph: time the others
+                if step == 1:
+                    t1 = now
+                    if not self.result.history:  # so will the first validation
+                        self.val_seconds = max(self.val_seconds, now - start)
+                per_step = (now - t1) / (step - 1) if step > 1 else now - start
+                self.run_clock.reserve = self._reserve(per_step)
+                if self.stop.would_overrun(self._reserve(per_step)):
                     break
         return losses, time.monotonic() - t0
 
@@ -157,7 +185,8 @@ class EpochLoop:
             self.result.stop_reason = "early stopping"
             self.say(f"no better validation Dice for {cfg.patience} epochs: stopping")
             return True
-        if (self.since_best and self.since_best % cfg.lr_patience == 0
+        if (cfg.schedule == "plateau" and self.since_best
+                and self.since_best % cfg.lr_patience == 0
                 and self.learning_rate > MIN_LEARNING_RATE):
             self.learning_rate = max(self.learning_rate / 2, MIN_LEARNING_RATE)
             self.model.optimizer.learning_rate.assign(self.learning_rate)

@@ -77,6 +77,7 @@ def training_record(config, inputs, split, val_list, loop, val, *, fg_fraction: 
     return {
         "loss": c.loss, "epochs": int(c.epochs), "steps_per_epoch": int(c.steps_per_epoch),
         "batch": int(c.batch), "patch": list(c.patch), "learning_rate": float(c.learning_rate),
+        "schedule": c.schedule,
         "foreground_share": float(c.foreground_share), "augment": bool(c.augment),
         "patience": int(c.patience), "seed": int(c.seed), "precision": c.precision,
         "time_limit_min": c.time_limit, "percentiles": list(c.percentiles),

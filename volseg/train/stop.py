@@ -24,16 +24,20 @@ class StopSignal:
     ----------
     time_limit : float, optional
         Minutes from now; :meth:`would_overrun` measures against it.
+    clock : callable, optional
+        Seconds, monotonic (default :func:`time.monotonic`); the time limit, and the
+        schedule that ends with it, are measured by it.
     """
 
-    def __init__(self, time_limit: float | None = None):
+    def __init__(self, time_limit: float | None = None, *, clock=time.monotonic):
         self.reason: str | None = None
         self.deadline: float | None = None
+        self.clock = clock
         self.set_time_limit(time_limit)
 
     def set_time_limit(self, minutes: float | None) -> None:
         """Start (or clear) the time limit: ``minutes`` from now."""
-        self.deadline = time.monotonic() + 60.0 * minutes if minutes else None
+        self.deadline = self.clock() + 60.0 * minutes if minutes else None
 
     def request(self, reason: str = INTERRUPTED) -> None:
         """Ask training to stop; the first reason given is the one reported."""
@@ -46,7 +50,7 @@ class StopSignal:
 
     def would_overrun(self, seconds: float) -> bool:
         """Request a stop for the time limit unless ``seconds`` more work fits in it."""
-        if self.deadline is not None and time.monotonic() + seconds > self.deadline:
+        if self.deadline is not None and self.clock() + seconds > self.deadline:
             self.request(TIME_LIMIT)
         return self.requested
 

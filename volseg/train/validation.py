@@ -28,13 +28,17 @@ class Validator:
     """Predict whole validation frames and histogram their probabilities per class.
 
     Frames are tiled exactly as ``volseg predict`` tiles them (:mod:`volseg.tiling`),
-    with the model's margin as halo; only pixels inside the ROI count.
+    with the model's margin as halo; only pixels inside the ROI count. With
+    ``context`` K > 1 each frame's input is its K neighbouring slices as channels, by
+    the end-of-stack rule of training and predict (:mod:`volseg.context`).
     """
 
-    def __init__(self, image, truth, frames, *, roi=None, multiple: int, margin: int):
+    def __init__(self, image, truth, frames, *, roi=None, multiple: int, margin: int,
+                 context: int = 1):
         from ..tiling import tile_plan
 
         self.image, self.truth, self.roi = image, truth, roi
+        self.context = int(context)
         self.frames = list(frames)
         self.plan = tile_plan(image.shape[2], image.shape[3], halo=margin, multiple=multiple)
         self.pixels = len(self.frames) * image.shape[2] * image.shape[3]
@@ -43,7 +47,12 @@ class Validator:
         """Probability frame (H, W) float32 for frame (t, z)."""
         from ..tiling import predict_frames
 
-        frame = np.asarray(self.image[t, z])
+        if self.context == 1:
+            frame = np.asarray(self.image[t, z])
+        else:
+            from ..context import read_context
+
+            frame = read_context(self.image, t, z, context=self.context)[None]
         return predict_frames(frame, lambda x: np.asarray(model.predict_on_batch(x)),
                               self.plan, batch_size=1)[0]
 

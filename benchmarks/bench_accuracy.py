@@ -1,0 +1,163 @@
+"""Accuracy per CPU-minute: what a fixed training budget buys on CHASE_DB1, per configuration.
+
+Each configuration trains `volseg train` (library call, same defaults as the command
+line unless the configuration changes them) on CHASE_DB1 children 01-07 (frames
+01L..07R) for ``--budget`` minutes, validating on children 08-10 (08L..10R) with the
+field-of-view masks as ROI; then predicts those 6 frames whole and reports, inside the
+FOV: Dice at the model's stored threshold (chosen on these validation frames by
+training, as `volseg train` does), ROC AUC, sensitivity at specificity >= 0.97,
+samples/s, epochs, and the machine's load (a load above the core count means the runs
+shared the CPU and their samples/s are low).
+
+    .venv/bin/python benchmarks/bench_accuracy.py --budget 30 --configs default
+    .venv/bin/python benchmarks/bench_accuracy.py --budget 6 --configs plateau,default,cldice,intensity
+
+Configurations (``--configs``, comma separated): see CONFIGS. Exits 0 with a message
+when the data is absent. One training at a time: the machine has 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "chasedb1"
+
+#: name -> (train() keywords, Augment keywords or None for the defaults)
+CONFIGS = {
+    "default": ({}, None),
+    "plateau": ({"schedule": "plateau"}, None),  # the schedule before this benchmark
+    "cldice": ({"loss": "bce+dice+cldice"}, None),
+    "intensity": ({}, {"gamma": 0.3, "noise": 0.03}),
+    "f8": ({"filters": 8}, None),
+    "f24": ({"filters": 24}, None),
+    "p128b16": ({"patch": 128, "batch": 16}, None),
+    "lr3e-3": ({"learning_rate": 3e-3}, None),
+}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def sensitivity_at_specificity(histogram, min_specificity: float = 0.97) -> float:
+    """Highest sensitivity over the 256 levels whose specificity is at least the given.
+
+    ``histogram``: (2, 256) class histogram (row 0 background, row 1 foreground).
+    """
+    bg, fg = histogram[0].astype(np.float64), histogram[1].astype(np.float64)
+    # predicting level >= k: positives are the counts at and above k
+    fg_above = np.cumsum(fg[::-1])[::-1]
+    bg_above = np.cumsum(bg[::-1])[::-1]
+    sens = fg_above / max(fg.sum(), 1)
+    spec = 1 - bg_above / max(bg.sum(), 1)
+    ok = spec >= min_specificity
+    return float(sens[ok].max()) if ok.any() else 0.0
+
+
+def score(model_path, image, truth, fov, frames, *, tta: bool = False) -> dict:
+    """Metrics inside the FOV of whole-frame predictions at the model's threshold."""
+    from volseg.metrics import count_block, metrics
+    from volseg.model import load_model
+    from volseg.predict import predict_batch_fn
+    from volseg.thresholds import class_histograms, quantise
+    from volseg.tiling import predict_frames, tile_plan
+
+    model, info = load_model(model_path)
+    plan = tile_plan(image.shape[2], image.shape[3], halo=info["margin"],
+                     multiple=info["multiple"])
+    run = predict_batch_fn(model, tta=tta, batch_size=1)
+    t0 = time.monotonic()
+    prob = np.stack([predict_frames(np.asarray(image.array[t, z]), run, plan, batch_size=1)[0]
+                     for t, z in frames])
+    seconds = time.monotonic() - t0
+    lab = np.stack([np.asarray(truth.array[t, z]) for t, z in frames])
+    roi = np.stack([np.asarray(fov.array[t, z]) for t, z in frames]) > 0
+    m = metrics(count_block(lab, probability=prob, roi=roi, threshold=info["threshold"]))
+    hist = class_histograms(quantise(prob[roi]), lab[roi])
+    return {"dice": m["dice"], "roc_auc": m["roc_auc"], "best_dice": m["best_dice"],
+            "sens_at_spec97": sensitivity_at_specificity(hist, 0.97),
+            "threshold": info["threshold"], "predict_s": seconds}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--out", type=Path, default=ROOT / "bench-output" / "accuracy")
+    p.add_argument("--budget", type=float, default=30.0, help="minutes of training each")
+    p.add_argument("--configs", default="default")
+    p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
+    args = p.parse_args(argv)
+    files = {k: args.data / f"{k}.tif" for k in ("images", "labels", "fov")}
+    if not all(f.is_file() for f in files.values()):
+        log(f"skipped: CHASE_DB1 data not found under {args.data}")
+        return 0
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import volseg.sampler as sampler_module
+    from bench_train import ensure_store
+    from volseg.sampler import split_frames
+    from volseg.train import train
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    image = ensure_store(files["images"], args.out / "images.zarr", mask=False)
+    truth = ensure_store(files["labels"], args.out / "labels.zarr", mask=True)
+    fov = ensure_store(files["fov"], args.out / "fov.zarr", mask=True)
+    val = split_frames(image.shape, val_frames="14-19").val
+    results = {}
+    plain_augment = sampler_module.Augment
+    for name in names:
+        options, augment = CONFIGS[name]
+        sampler_module.Augment = (functools.partial(plain_augment, **augment) if augment
+                                  else plain_augment)
+        if augment:
+            sampler_module.Augment.none = plain_augment.none
+        model_path = args.out / f"{name}.keras"
+        log(f"== {name}: {options or ''} {augment or ''} for {args.budget:g} min")
+        try:
+            summary = train(image.path, truth.path, model_path, roi_path=fov.path,
+                            val_frames="14-19", epochs=10_000, patience=1000,
+                            time_limit=args.budget, overwrite=True, log=log,
+                            command=f"benchmarks/bench_accuracy.py {name}", **options)
+        finally:
+            sampler_module.Augment = plain_augment
+        row = {"epochs": summary["epochs_run"], "samples_per_s": summary["samples_per_s"],
+               "load": os.getloadavg()[0], **score(model_path, image, truth, fov, val)}
+        if args.tta:
+            row["tta"] = score(model_path, image, truth, fov, val, tta=True)
+        results[name] = row
+        log(json.dumps({name: row}))
+    log("")
+    log(f"CHASE_DB1 validation (08L-10R, inside the FOV), {args.budget:g} min of training each "
+        f"on {os.cpu_count()} cores")
+    log("| config | samples/s | epochs | Dice (stored threshold) | ROC AUC | sens. at spec. >= 0.97 "
+        "| best Dice | load avg |" + (" TTA Dice | TTA AUC | TTA time ratio |" if args.tta else ""))
+    log("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.tta else ""))
+    for name, r in results.items():
+        line = (f"| {name} | {r['samples_per_s']:.2f} | {r['epochs']} | {r['dice']:.4f} | "
+                f"{r['roc_auc']:.4f} | {r['sens_at_spec97']:.4f} | {r['best_dice']:.4f} | "
+                f"{r['load']:.1f} |")
+        if args.tta:
+            t = r["tta"]
+            line += (f" {t['dice']:.4f} | {t['roc_auc']:.4f} | "
+                     f"{t['predict_s'] / r['predict_s']:.2f}x |")
+        log(line)
+    (args.out / f"bench_accuracy_{int(time.time())}.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
