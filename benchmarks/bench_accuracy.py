@@ -65,19 +65,14 @@ def sensitivity_at_specificity(histogram, min_specificity: float = 0.97) -> floa
 
 def score(model_path, image, truth, fov, frames, *, tta: bool = False) -> dict:
     """Metrics inside the FOV of whole-frame predictions at the model's threshold."""
+    from bench_train import predict_val
     from volseg.metrics import count_block, metrics
     from volseg.model import load_model
-    from volseg.predict import predict_batch_fn
     from volseg.thresholds import class_histograms, quantise
-    from volseg.tiling import predict_frames, tile_plan
 
     model, info = load_model(model_path)
-    plan = tile_plan(image.shape[2], image.shape[3], halo=info["margin"],
-                     multiple=info["multiple"])
-    run = predict_batch_fn(model, tta=tta, batch_size=1)
     t0 = time.monotonic()
-    prob = np.stack([predict_frames(np.asarray(image.array[t, z]), run, plan, batch_size=1)[0]
-                     for t, z in frames])
+    prob = predict_val(model, info, image, frames, tta=tta)
     seconds = time.monotonic() - t0
     lab = np.stack([np.asarray(truth.array[t, z]) for t, z in frames])
     roi = np.stack([np.asarray(fov.array[t, z]) for t, z in frames]) > 0

@@ -6,6 +6,8 @@ does nothing but return. What remains is the engine itself:
 
 * plan     -- opening the store, the BlockGrid, the ledger's "not done" list (the
               ledger is a 1-D array of one tiny chunk per block, never written here);
+* resume   -- the same list when half the blocks are marked done (a rerun after a
+              kill): the ledger's listing against reading every mark (the old way);
 * threads  -- ``run_blocks`` with ``client=None`` (threads of this process);
 * dask     -- ``run_blocks`` on a local distributed cluster (1 worker process, 2
               threads): the scheduler's per-task overhead, as on Slurm;
@@ -56,6 +58,22 @@ def plan(image):
     return grid, todo, time.perf_counter() - t0
 
 
+def resume_plan(image, grid) -> tuple[float, float]:
+    """Seconds to find the blocks still to do with half of them marked: (listing, reading)."""
+    from volseg import store as st
+
+    ledger = st.BlockLedger(image.group, len(grid))
+    ledger.array[: len(grid) // 2] = 1
+    t0 = time.perf_counter()
+    todo = st.BlockLedger(image.group, len(grid)).todo()
+    t_list = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    read = ledger.array[:] == 1
+    t_read = time.perf_counter() - t0
+    assert len(todo) == int((~read).sum()) == len(grid) - len(grid) // 2
+    return t_list, t_read
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -84,17 +102,22 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 run_blocks(_noop, todo[:n_dask], client=client, grid=grid)
                 t_dask = time.perf_counter() - t0
+                t_list, t_read = resume_plan(image, grid)
                 rows.append({"frames": frames, "blocks": len(grid), "plan_s": t_plan,
+                             "resume_list_s": t_list, "resume_read_s": t_read,
                              "threads_us": 1e6 * t_threads / len(todo),
                              "dask_us": 1e6 * t_dask / n_dask, "dask_blocks": n_dask,
                              "rss_growth_mb": _rss_mb() - rss0})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"{'frames':>10}{'blocks':>9}{'plan s':>8}{'threads us/block':>18}"
-          f"{'dask us/block':>15}{'client RSS +MB':>16}")
+    print(f"{'frames':>10}{'blocks':>9}{'plan s':>8}{'resume s':>10}{'(read all)':>11}"
+          f"{'threads us/block':>18}{'dask us/block':>15}{'client RSS +MB':>16}")
     for r in rows:
-        print(f"{r['frames']:>10,}{r['blocks']:>9,}{r['plan_s']:>8.2f}{r['threads_us']:>18.1f}"
+        print(f"{r['frames']:>10,}{r['blocks']:>9,}{r['plan_s']:>8.2f}{r['resume_list_s']:>10.2f}"
+              f"{r['resume_read_s']:>11.2f}{r['threads_us']:>18.1f}"
               f"{r['dask_us']:>15.0f}{r['rss_growth_mb']:>16.0f}")
+    print("resume: the blocks still to do with half marked, from the ledger's listing; "
+          "(read all): reading every mark instead")
     over = rows[-1]["dask_us"] / 1e6
     print(f"\nGPU workers one scheduler keeps busy (per-block overhead {over * 1e3:.2f} ms):")
     for m in args.model_seconds:

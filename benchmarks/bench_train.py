@@ -35,8 +35,9 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def ensure_store(tif: Path, out: Path, *, mask: bool):
-    """Convert a TIFF to a store once (reused when a complete one is there)."""
+def ensure_store(tif, out: Path, *, mask: bool):
+    """Convert a TIFF (or a list of TIFFs, one frame each) to a store once (reused when
+    a complete one is there)."""
     from volseg.convert import convert
     from volseg.errors import InputError
     from volseg.store import open_image
@@ -46,9 +47,11 @@ def ensure_store(tif: Path, out: Path, *, mask: bool):
     except InputError:
         pass
     t0 = time.monotonic()
-    convert([tif], out, mask=mask, overwrite=True)
+    tifs = tif if isinstance(tif, list) else [tif]
+    convert(tifs, out, mask=mask, overwrite=True)
     store = open_image(out)
-    log(f"converted {tif.name} -> {out} {store.shape} in {time.monotonic() - t0:.1f} s")
+    log(f"converted {tifs[0].name}{' ...' if len(tifs) > 1 else ''} -> {out} {store.shape} "
+        f"in {time.monotonic() - t0:.1f} s")
     return store
 
 
@@ -70,18 +73,18 @@ class CpuClock:
         return (samples / self.wall, self.cores, self.cpu / samples, self.load)
 
 
-def predict_val(model, info, image, frames, *, tile=None):
-    """Whole-frame probabilities of ``frames`` as `volseg predict` tiles them."""
+def predict_val(model, info, image, frames, *, tile=None, tta: bool = False):
+    """Whole-frame probabilities of ``frames`` as `volseg predict` tiles them (with
+    test-time augmentation if ``tta``)."""
+    from volseg.predict import predict_batch_fn
     from volseg.tiling import predict_frames, tile_plan
 
     plan = tile_plan(image.shape[2], image.shape[3], tile=tile, halo=info["margin"],
                      multiple=info["multiple"])
-    out = []
-    for t, z in frames:
-        frame = np.asarray(image.array[t, z])
-        out.append(predict_frames(frame, lambda x: np.asarray(model.predict_on_batch(x)), plan,
-                                  batch_size=4 if tile else 1)[0])
-    return np.stack(out)
+    batch = 4 if tile else 1
+    run = predict_batch_fn(model, tta=tta, batch_size=batch)
+    return np.stack([predict_frames(np.asarray(image.array[t, z]), run, plan, batch_size=batch)[0]
+                     for t, z in frames])
 
 
 def evaluate(model_path, image, truth, fov, frames) -> dict:

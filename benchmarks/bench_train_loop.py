@@ -38,31 +38,23 @@ def log(message: str) -> None:
 
 def stores(out: Path, data: Path):
     """(images, truth, roi or None, training frames) from CHASE_DB1 or synthetic data."""
-    from volseg.convert import convert
-    from volseg.errors import InputError
+    from bench_train import ensure_store as ensure
     from volseg.sampler import split_frames
-    from volseg.store import open_image
-
-    def ensure(tifs, path, mask):
-        try:
-            return open_image(path)
-        except InputError:
-            convert(tifs if isinstance(tifs, list) else [tifs], path, mask=mask, overwrite=True)
-            return open_image(path)
 
     out.mkdir(parents=True, exist_ok=True)
     if (data / "images.tif").is_file():
-        image = ensure(data / "images.tif", out / "images.zarr", False)
-        truth = ensure(data / "labels.tif", out / "labels.zarr", True)
-        fov = ensure(data / "fov.tif", out / "fov.zarr", True)
+        image = ensure(data / "images.tif", out / "images.zarr", mask=False)
+        truth = ensure(data / "labels.tif", out / "labels.zarr", mask=True)
+        fov = ensure(data / "fov.tif", out / "fov.zarr", mask=True)
         split = split_frames(image.shape, val_frames="14-19")
         return "CHASE_DB1 (14 training frames)", image, truth, fov, split.train
     from volseg.synth import write_synth
 
     if not (out / "synth" / "images").is_dir():
         write_synth(out / "synth", timepoints=2, depth=4, overwrite=True)
-    image = ensure(sorted((out / "synth" / "images").glob("*.tif")), out / "synth.zarr", False)
-    truth = ensure(sorted((out / "synth" / "labels").glob("*.tif")), out / "synth-truth.zarr", True)
+    image = ensure(sorted((out / "synth" / "images").glob("*.tif")), out / "synth.zarr", mask=False)
+    truth = ensure(sorted((out / "synth" / "labels").glob("*.tif")), out / "synth-truth.zarr",
+                   mask=True)
     split = split_frames(image.shape, val_fraction=0.25)
     return "synthetic series", image, truth, None, split.train
 

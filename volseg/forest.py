@@ -35,6 +35,7 @@ import numpy as np
 from .blocks import BlockGrid
 from .errors import InputError
 from .location import text as location_text
+from .store import roi_index
 
 #: The model file member holding the forest, in skops' format (no pickle).
 FOREST_MEMBER = "forest.skops"
@@ -269,11 +270,6 @@ def intensity_range(array, frames, *, max_values: int = 2_000_000,
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def _frame_part(array, t: int, z: int):
-    """A frame of ``array``, or of its only time point / slice (ROIs may be 2D or 3D)."""
-    return (t if array.shape[0] > 1 else 0), (z if array.shape[1] > 1 else 0)
-
-
 def collect_sample(image, truth, roi, frames, *, spec: FeatureSpec, max_samples: int, seed: int,
                    progress=None) -> tuple[np.ndarray, np.ndarray]:
     """A class-balanced sample of feature vectors from every training frame.
@@ -289,7 +285,7 @@ def collect_sample(image, truth, roi, frames, *, spec: FeatureSpec, max_samples:
     xs_, ys_ = [], []
     for n, (t, z) in enumerate(frames):
         labels = np.asarray(truth.array[t, z])
-        mask = None if roi is None else np.asarray(roi.array[(*_frame_part(roi, t, z),)])
+        mask = None if roi is None else np.asarray(roi.array[roi_index(roi.shape, t, z)])
         get = lambda a, b, t=t, z=z: image.array[t, z, a, b]  # noqa: E731
         for ty, tx, feats in tile_features(get, Y, X, spec):
             share = math.ceil(quota * feats.shape[0] * feats.shape[1] / (Y * X))
@@ -402,7 +398,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
         levels = probability_levels(forest, image, t, z, spec)
         labels = np.asarray(truth.array[t, z]) != 0
         if roi is not None:
-            inside = np.asarray(roi.array[(*_frame_part(roi, t, z),)]) != 0
+            inside = np.asarray(roi.array[roi_index(roi.shape, t, z)]) != 0
             levels, labels = levels[inside], labels[inside]
         hist += class_histograms(levels, labels)
     best = best_threshold(hist)

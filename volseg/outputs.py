@@ -78,22 +78,20 @@ class WriterLock:
         path = _sibling(output, ".lock")
         info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
                 "command": command or "volseg"}
-        for _ in range(3):
+
+        def create() -> None:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = _read_lock(path)
-                if holder is not None and not _stale(path, holder):
-                    raise _busy(output, holder)
-                path.unlink(missing_ok=True)  # stale: its writer is gone
-                continue
+                raise
             except OSError as exc:
                 raise InputError(f"{output}: cannot write there ({exc.strerror or exc})") from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(info, fh)
-            return _started(cls(path, info))
-        raise InputError(f"{output}: cannot take the writer lock {path}; remove it if no "
-                         "volseg is running")
+
+        _take_lock(output, path, create=create, stale=lambda holder: _stale(path, holder),
+                   remove_hint="remove it")
+        return _started(cls(path, info))
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
@@ -106,6 +104,23 @@ class WriterLock:
         self._stop.set()
         if _read_lock(self.path) == self.info:
             self.path.unlink(missing_ok=True)
+
+
+def _take_lock(output, path, *, create, stale, remove_hint: str) -> None:
+    """Create the lock ``path`` with ``create()`` (which raises ``FileExistsError`` when
+    a lock is there), taking over a lock whose writer is gone (``stale(holder)``) and
+    refusing one whose writer is alive."""
+    for _ in range(3):
+        try:
+            create()
+            return
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is not None and not stale(holder):
+                raise _busy(output, holder) from None
+            path.unlink(missing_ok=True)  # stale: its writer is gone
+    raise InputError(f"{output}: cannot take the writer lock {path}; {remove_hint} if no "
+                     "volseg is running")
 
 
 def _busy(output, holder: dict) -> InputError:
@@ -252,23 +267,21 @@ class RemoteLock:
         path = _sibling(output, ".lock")
         info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
                 "command": command or "volseg", "token": uuid.uuid4().hex, "beat": time.time()}
-        for _ in range(3):
+
+        def create() -> None:
             try:
                 path.fs.pipe_file(path.fs_path, json.dumps(info).encode(), mode="create")
             except FileExistsError:
-                holder = _read_lock(path)
-                if holder is not None and not _stale_remote(holder):
-                    raise _busy(output, holder)
-                path.unlink(missing_ok=True)  # stale: its writer is gone
-                continue
+                raise
             except Exception as exc:  # noqa: BLE001  (storage errors as one line)
                 err = remote_error(exc, output)
                 if err is None:
                     raise
                 raise err from None
-            return _started(cls(path, info))
-        raise InputError(f"{output}: cannot take the writer lock {path}; delete that object "
-                         "if no volseg is running")
+
+        _take_lock(output, path, create=create, stale=_stale_remote,
+                   remove_hint="delete that object")
+        return _started(cls(path, info))
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT):

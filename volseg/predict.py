@@ -284,9 +284,7 @@ def roi_inside(roi: str | None, grid: BlockGrid, i: int) -> np.ndarray | None:
         return None
     array = st.open_image(roi, what="ROI store").array if isinstance(roi, str) else roi
     t, zs, ys, xs = grid.region(i)
-    tr = slice(0, 1) if array.shape[0] == 1 else t
-    zr = slice(0, 1) if array.shape[1] == 1 else zs
-    inside = np.asarray(array[tr, zr, ys, xs])[0] != 0
+    inside = np.asarray(array[(*st.roi_index(array.shape, t, zs), ys, xs)])[0] != 0
     return np.broadcast_to(inside, (zs.stop - zs.start,) + inside.shape[1:])
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from .blocks import BlockGrid, read_unit
 from .errors import InputError
 from .indices import parse_indices
+from .store import roi_index
 
 __all__ = [
     "Augment", "CoordinateTable", "PatchDataset", "PatchSampler", "Split", "TrainingIndex",
@@ -203,10 +204,7 @@ def _read(array, sel):
 
 
 def _roi_sel(roi, t_sel: slice, z_sel: slice, ys: slice, xs: slice):
-    # A ROI with one time point (or one z) applies to all of them.
-    t_sel = slice(0, 1) if roi.shape[0] == 1 else t_sel
-    z_sel = slice(0, 1) if roi.shape[1] == 1 else z_sel
-    return (t_sel, z_sel, ys, xs)
+    return (*roi_index(roi.shape, t_sel, z_sel), ys, xs)
 
 
 def _histogram_layout(image, frames, progress=None):
@@ -404,8 +402,7 @@ class PatchSampler:
         img = self._read_image(t, z, slice(y0, y1), slice(x0, x1))
         lab = _read(self.truth, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
         if self.roi is not None:
-            rt = 0 if self.roi.shape[0] == 1 else t
-            rz = 0 if self.roi.shape[1] == 1 else z
+            rt, rz = roi_index(self.roi.shape, t, z)
             weight = (_read(self.roi, (rt, rz, slice(y0, y1), slice(x0, x1))) > 0)
             weight = weight.astype(np.float32)
         else:

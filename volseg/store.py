@@ -431,6 +431,17 @@ def open_roi(path, image_shape, *, param: str, what: str = "ROI store",
     return roi
 
 
+def roi_index(roi_shape, t, z) -> tuple:
+    """The (t, z) index into an ROI of ``roi_shape`` for images' (t, z): an ROI with one
+    time point or one slice applies to all of them. ``t`` and ``z`` are integers or
+    slices (a slice becomes ``slice(0, 1)``, keeping the axis)."""
+    def one(size, k):
+        if size != 1:
+            return k
+        return slice(0, 1) if isinstance(k, slice) else 0
+    return one(roi_shape[0], t), one(roi_shape[1], z)
+
+
 # --------------------------------------------------------------------------- ledger
 
 class BlockLedger:
@@ -453,17 +464,30 @@ class BlockLedger:
             raise InputError(f"{group.store}: block ledger does not match this job; use --overwrite")
 
     def done(self) -> np.ndarray:
-        """Boolean array: block i is written (an unreadable mark counts as not written)."""
-        try:
-            return self.array[:] == 1
-        except Exception:  # a mark torn by a full disk or a kill: redo that block
-            marks = np.zeros(self.n, dtype=bool)
-            for i in range(self.n):
-                try:
-                    marks[i] = self.array[i] == 1
-                except Exception:
-                    marks[i] = False
-            return marks
+        """Boolean array: block i is written.
+
+        Asked of the store's listing, not by reading every mark: one listing (a few
+        requests per thousand blocks on object storage) instead of one read per block,
+        which took tens of seconds at 10^6 blocks. A mark's object exists only once the
+        block's data is written (``mark_done`` comes after the write, and marks are
+        never written as 0), so its presence is the whole statement, even if a kill
+        tore the one byte inside.
+        """
+        from zarr.core.sync import sync
+
+        array = self.array.async_array
+        # the key of block i is this text followed by i ("c/" for Zarr v3's default)
+        prefix = array.store_path.path.rstrip("/") + "/" + self.array.metadata.encode_chunk_key((0,))[:-1]
+
+        async def listing() -> list[str]:
+            return [key async for key in array.store_path.store.list_prefix(prefix)]
+
+        marks = np.zeros(self.n, dtype=bool)
+        for key in sync(listing()):
+            name = key[len(prefix):]
+            if name.isascii() and name.isdigit() and int(name) < self.n:  # else not a mark
+                marks[int(name)] = True
+        return marks
 
     def todo(self) -> list[int]:
         """The blocks still to do, in order (what a resumed run computes)."""

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from ..store import roi_index
 from ..thresholds import LEVELS, best_threshold, class_histograms, dice_at, quantise
 
 
@@ -69,9 +70,7 @@ class Validator:
             prob = self.probabilities(model, t, z)
             lab = np.asarray(self.truth[t, z]).astype(bool)
             if self.roi is not None:
-                rt = 0 if self.roi.shape[0] == 1 else t
-                rz = 0 if self.roi.shape[1] == 1 else z
-                inside = np.asarray(self.roi[rt, rz]) > 0
+                inside = np.asarray(self.roi[roi_index(self.roi.shape, t, z)]) > 0
             else:
                 inside = np.ones(lab.shape, bool)
             hist += class_histograms(quantise(prob)[inside], lab[inside])
