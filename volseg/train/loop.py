@@ -1,9 +1,10 @@
 """The epoch loop: train steps, validate, keep the best weights, decide when to stop.
 
 Steps run with ``train_on_batch`` (Keras' compiled train step) fed by worker threads
-that read and augment the next batches while the current one trains. Not ``fit()``:
-in float32 it kept only one of two CPU cores busy where ``train_on_batch`` kept both
-(docs/decisions.md, section "Training step"; benchmarks/bench_train.py re-measures). After each
+that read and augment the next batches while the current one trains: as fast as
+``fit(PyDataset)`` and faster than ``fit`` on the same patches in memory (docs/decisions.md,
+section "Training step"; benchmarks/bench_train_loop.py re-measures), and one step at a
+time is what the time limit, Ctrl-C and the per-step schedule need. After each
 epoch the validation frames are predicted whole (:mod:`volseg.train.validation`):
 Dice at 0.5 picks the best epoch and drives early stopping (and, with the ``plateau``
 schedule, learning-rate halving). The ``cosine`` schedule sets the rate before every
