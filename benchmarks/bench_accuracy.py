@@ -11,6 +11,10 @@ shared the CPU and their samples/s are low).
 
     .venv/bin/python benchmarks/bench_accuracy.py --budget 30 --configs default
     .venv/bin/python benchmarks/bench_accuracy.py --budget 6 --configs plateau,default,cldice,intensity
+    .venv/bin/python benchmarks/bench_accuracy.py --epochs 4 --configs default,float32
+
+``--epochs N`` trains every configuration for the same N epochs of 100 steps instead of
+a time budget (same steps, for comparing precisions).
 
 Configurations (``--configs``, comma separated): see CONFIGS. Exits 0 with a message
 when the data is absent. One training at a time: the machine has 2 cores.
@@ -41,6 +45,8 @@ CONFIGS = {
     "f24": ({"filters": 24}, None),
     "p128b16": ({"patch": 128, "batch": 16}, None),
     "lr3e-3": ({"learning_rate": 3e-3}, None),
+    # precision: `auto` (bfloat16 on this CPU) against float32, best compared with --epochs
+    "float32": ({"precision": "float32"}, None),
 }
 
 
@@ -88,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--out", type=Path, default=ROOT / "bench-output" / "accuracy")
     p.add_argument("--budget", type=float, default=30.0, help="minutes of training each")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train N epochs of 100 steps each instead of --budget minutes")
     p.add_argument("--configs", default="default")
     p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
     args = p.parse_args(argv)
@@ -121,22 +129,27 @@ def main(argv=None) -> int:
         if augment:
             sampler_module.Augment.none = plain_augment.none
         model_path = args.out / f"{name}.keras"
-        log(f"== {name}: {options or ''} {augment or ''} for {args.budget:g} min")
+        run_for = (f"{args.epochs} epochs of 100 steps" if args.epochs
+                   else f"{args.budget:g} min")
+        log(f"== {name}: {options or ''} {augment or ''} for {run_for}")
+        length = ({"epochs": args.epochs, "steps_per_epoch": 100, "time_limit": None}
+                  if args.epochs else {"epochs": 10_000, "time_limit": args.budget})
         try:
             summary = train(image.path, truth.path, model_path, roi_path=fov.path,
-                            val_frames="14-19", epochs=10_000, patience=1000,
-                            time_limit=args.budget, overwrite=True, log=log,
+                            val_frames="14-19", patience=1000, **length,
+                            overwrite=True, log=log,
                             command=f"benchmarks/bench_accuracy.py {name}", **options)
         finally:
             sampler_module.Augment = plain_augment
         row = {"epochs": summary["epochs_run"], "samples_per_s": summary["samples_per_s"],
+               "best_epoch": summary.get("best_epoch"),
                "load": os.getloadavg()[0], **score(model_path, image, truth, fov, val)}
         if args.tta:
             row["tta"] = score(model_path, image, truth, fov, val, tta=True)
         results[name] = row
         log(json.dumps({name: row}))
     log("")
-    log(f"CHASE_DB1 validation (08L-10R, inside the FOV), {args.budget:g} min of training each "
+    log(f"CHASE_DB1 validation (08L-10R, inside the FOV), {run_for} of training each "
         f"on {os.cpu_count()} cores")
     log("| config | samples/s | epochs | Dice (stored threshold) | ROC AUC | sens. at spec. >= 0.97 "
         "| best Dice | load avg |" + (" TTA Dice | TTA AUC | TTA time ratio |" if args.tta else ""))

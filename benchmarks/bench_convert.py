@@ -8,6 +8,10 @@ per-frame TIFFs, then, each in its own subprocess (so peak RSS is its own):
                 codec (whole shards, as volseg does)
 * ome-zarr   -- ome_zarr.writer.write_image of the whole array (held in memory)
 * volseg 8x  -- volseg on 8x the frames (peak RSS must stay flat)
+* volseg 8x, 1 core -- the same with the process pinned to one core (what parallel
+                blocks buy; under 1.2x its 2-core rate says the CPU is not the limit)
+* baseline 8x -- the single-thread loop on 8x the frames (the ratio at 8x)
+* read 8x    -- only tifffile.imread of the 8x frames, one thread (the reading's share)
 
 Prints MB/s of raw pixels, the ratio against the baseline of the same run, and peak RSS.
 
@@ -94,7 +98,24 @@ def run_omezarr(src: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "raw_bytes": int(data.nbytes)}
 
 
-MODES = {"volseg": run_volseg, "baseline": run_baseline, "ome-zarr": run_omezarr}
+def run_read_only(src: Path, out: Path) -> dict:
+    import tifffile
+
+    files = sorted(src.glob("*.tif"))
+    t0 = time.perf_counter()
+    raw = sum(tifffile.imread(f).nbytes for f in files)
+    return {"seconds": time.perf_counter() - t0, "raw_bytes": raw}
+
+
+def run_volseg_one_core(src: Path, out: Path) -> dict:
+    import os
+
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    return run_volseg(src, out)
+
+
+MODES = {"volseg": run_volseg, "baseline": run_baseline, "ome-zarr": run_omezarr,
+         "volseg-1core": run_volseg_one_core, "read-only": run_read_only}
 
 
 def child(mode: str, src: str, out: str) -> None:
@@ -139,13 +160,19 @@ def main() -> None:
         if not args.skip_8x:
             make_frames(work / "x8", 8 * t, 8)
             rows["volseg 8x"] = measure("volseg", work / "x8", work)
+            rows["volseg 8x, 1 core"] = measure("volseg-1core", work / "x8", work)
+            rows["baseline 8x"] = measure("baseline", work / "x8", work)
+            rows["read 8x"] = measure("read-only", work / "x8", work)
         base = rows["baseline"]["raw_bytes"] / rows["baseline"]["seconds"]
         print(f"\nconvert: {args.frames} frames of {H}x{W} uint8 (8x = {8 * args.frames}), "
               f"best of {args.repeat}, {sys.platform}, {__import__('os').cpu_count()} cores")
-        print(f"{'mode':<12} {'MB/s':>8} {'x baseline':>11} {'peak RSS MB':>12}")
+        print(f"{'mode':<18} {'MB/s':>8} {'x baseline':>11} {'x baseline 8x':>14} {'peak RSS MB':>12}")
+        base8 = (rows["baseline 8x"]["raw_bytes"] / rows["baseline 8x"]["seconds"]
+                 if "baseline 8x" in rows else float("nan"))
         for mode, r in rows.items():
             rate = r["raw_bytes"] / r["seconds"]
-            print(f"{mode:<12} {rate / 1e6:>8.1f} {rate / base:>11.2f} {r['peak_rss_mb']:>12.0f}")
+            print(f"{mode:<18} {rate / 1e6:>8.1f} {rate / base:>11.2f} {rate / base8:>14.2f} "
+                  f"{r['peak_rss_mb']:>12.0f}")
         if "volseg 8x" in rows:
             print(f"peak RSS 8x / 1x (volseg): "
                   f"{rows['volseg 8x']['peak_rss_mb'] / rows['volseg']['peak_rss_mb']:.2f}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -11,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-import zarr
 
 from conftest import VOLSEG, write_frames
 from volseg import store as st

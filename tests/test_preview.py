@@ -8,7 +8,6 @@ from PIL import Image
 
 from conftest import make_image_store, make_prediction
 from volseg import preview as pv
-from volseg import store as st
 from volseg.errors import InputError
 
 SHAPE = (3, 4, 24, 40)

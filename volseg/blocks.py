@@ -33,6 +33,16 @@ import numpy as np
 from .errors import InputError, operational_error
 
 
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what Slurm, ``taskset`` or
+    a container's cpuset grant it), not every core of the machine, so a job given 4 of
+    64 cores runs 4 threads, not 64."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
 @dataclass(frozen=True)
 class BlockGrid:
     """The blocks of a (t, z, y, x) array, numbered in C order.
@@ -159,7 +169,8 @@ def run_blocks(process: Callable, todo: Iterable[int], *, client=None, total: in
         Blocks still to do (a resumed run leaves out the done ones).
     client : distributed.Client, optional
         Run on this Dask cluster. None: a pool of ``threads`` threads in this process
-        (default every core), right for work that releases the GIL (codecs, TIFF, numpy).
+        (default one per core this process may use), right for work that releases the
+        GIL (codecs, TIFF, numpy).
     total, done_before : int
         For progress: all blocks, and those done before this run.
     progress : callable, optional
@@ -192,7 +203,7 @@ def run_blocks(process: Callable, todo: Iterable[int], *, client=None, total: in
         import queue as _queue
         from concurrent.futures import ThreadPoolExecutor
 
-        threads = threads or os.cpu_count() or 1
+        threads = threads or usable_cores()
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="volseg-block")
         finished = _queue.SimpleQueue()
 

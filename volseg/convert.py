@@ -114,7 +114,7 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         frame fits in 256 px; images by mean, masks by max: :mod:`volseg.pyramid`).
         Default: only for frames larger than 1024 px on a side.
     client : distributed.Client, optional
-        Where to run; default a pool of threads on every core of this machine.
+        Where to run; default a pool of threads, one per core this process may use.
     progress : callable, optional
         ``progress(done, total)`` per block.
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import store as _store
-from .blocks import BlockGrid, client_threads, describe, run_blocks
+from .blocks import BlockGrid, client_threads, describe, run_blocks, usable_cores
 from .errors import InputError
 from .outputs import write_text_atomic
 from .metrics import ConfusionHistogram, check_binary, count_block, default_scale, metrics
@@ -263,7 +262,7 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     """
     ev = prepare(pred_path, truth_path, roi_path=roi_path, threshold=threshold,
                  per_z=per_z, cldice=cldice, channel=channel, series=series)
-    threads = (os.cpu_count() or 1) if client is None else client_threads(client)
+    threads = usable_cores() if client is None else client_threads(client)
     grid = plan_blocks(ev.shape, ev.block_shape, threads=threads,
                        target_voxels=target_voxels, full_frames=cldice)
     per_t: dict = {}

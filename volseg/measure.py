@@ -79,7 +79,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize as thin
 
 from . import store as _store
-from .blocks import BlockGrid, run_blocks
+from .blocks import BlockGrid, run_blocks, usable_cores
 from .errors import InputError
 from .outputs import write_text_atomic
 
@@ -652,7 +652,6 @@ def measure(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
         (:func:`summarize`), ``spacing``, ``units``, what was measured, ``picture``
         (projections of one time point, for :func:`plot_skeleton`), ``seconds``.
     """
-    import os
 
     job, info = prepare(mask_path, truth_path=truth_path, roi_path=roi_path, spacing=spacing,
                         prune=prune, surface=surface, max_bytes=max_bytes, picture_t=picture_t)
@@ -662,7 +661,7 @@ def measure(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
     start = time.perf_counter()
     run_blocks(functools.partial(measure_timepoint, job=job, grid=grid), range(len(grid)),
                client=client, progress=progress, grid=grid,
-               threads=threads or (os.cpu_count() if client is None else None),
+               threads=threads or (usable_cores() if client is None else None),
                on_result=lambda _, row: rows.__setitem__(row["t"], row))
     seconds = time.perf_counter() - start
     per_t = [rows[t] for t in sorted(rows)]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 
+from ..blocks import usable_cores
 from ..errors import InputError
 
 
@@ -13,7 +13,7 @@ from ..errors import InputError
 def local_client(*, workers, threads, processes):
     from distributed import Client, LocalCluster
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     workers = workers or 1
     if workers < 1:
         raise InputError(f"must be at least 1, got {workers}", param="workers")
