@@ -2,7 +2,7 @@
 
 
 from volseg.model import PRECISION_CHOICES
-from volseg.train.config import LOSSES
+from volseg.train.config import LOSSES, TrainConfig
 from volseg.train.schedule import SCHEDULES
 
 from ._progress import command_line
@@ -47,8 +47,9 @@ def add_parser(sub):
     g.add_argument("--patch", default="256", metavar="N|H,W",
                    help="patch size, multiples of 2**depth (default %(default)s)")
     g.add_argument("--batch", type=int, default=8, help="patches per step (default %(default)s)")
-    g.add_argument("--filters", type=int, default=16,
-                   help="filters of the first level (default %(default)s)")
+    g.add_argument("--filters", type=int, default=TrainConfig.filters,
+                   help="filters of the first level (default %(default)s; 16 is the report's "
+                        "network)")
     g.add_argument("--depth", type=int, default=4, help="poolings (default %(default)s)")
     g.add_argument("--dropout", type=float, default=0.1, help="default %(default)s")
     g.add_argument("--context", type=int, default=1, metavar="K",
@@ -57,7 +58,7 @@ def add_parser(sub):
                         "the stack's ends). Helps when the structure continues across "
                         "neighbouring slices; costs K times the first layer's input reads. "
                         "predict reads K from the model (default %(default)s: the slice alone)")
-    g.add_argument("--learning-rate", type=float, default=1e-3,
+    g.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                    help="Adam's peak rate (default %(default)s)")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                    help="cosine (default): warm-up, then decay that ends with the run (the "

@@ -316,9 +316,9 @@ def format_summary(result: dict) -> list[str]:
              f"{'IoU':14s}{f(r['iou'])}   {'MCC':14s}{f(r['mcc'])}",
              f"{'ROC AUC':14s}{f(r['roc_auc'])}   {'PR AUC':14s}{f(r['pr_auc'])}",
              "", "written:"]
-    for k, v in result["paths"].items():
-        if v:
-            lines.append(f"  {k:14s}{v}")
+    written = {k: v for k, v in result["paths"].items() if v}
+    width = max(map(len, written), default=0) + 2
+    lines += [f"  {k:{width}s}{v}" for k, v in written.items()]
     lines.append("time per step (s): " + ", ".join(f"{k.split(' ')[1]} {v}"
                                                     for k, v in result["seconds"].items()))
     return lines

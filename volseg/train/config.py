@@ -132,12 +132,12 @@ class TrainConfig:
     steps_per_epoch: int = 100
     patch: Any = (256, 256)
     batch: int = 8
-    filters: int = 16
+    filters: int = 8
     depth: int = 4
     dropout: float = 0.1
     batch_norm: bool = True
     context: int = 1
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     schedule: str = "cosine"
     foreground_share: float = 1 / 3
     augment: bool = True
