@@ -2,8 +2,9 @@
 
 Data: N synthetic 523x821 uint8 frames (default 64: 8 time points x 8 slices,
 ``volseg.synth.synthesize``) in an image store made with ``volseg.store.create_image``.
-Model: ``build_unet()`` defaults (16 filters, depth 4, 2.16 M parameters), untrained
-seeded weights (speed does not depend on them), saved with ``save_model`` + ``base_info``;
+Model: the U-Net of `volseg train`'s defaults (``--filters``, default 8; 16 is the
+report's network, 2.16 M parameters), depth 4, untrained seeded weights (speed does not
+depend on them), saved with ``save_model`` + ``base_info``;
 ``--model PATH`` uses a trained file instead (same speed, more telling agreement).
 
 Each measurement runs in its own subprocess (its own TensorFlow, its own peak RSS):
@@ -103,21 +104,22 @@ def make_store(path: Path, images: np.ndarray) -> None:
     st.finish(image.group)
 
 
-def make_model(path: Path, seed: int = 0) -> dict:
-    """The default U-Net, untrained, seeded; returns its description."""
+def make_model(path: Path, *, filters: int, seed: int = 0) -> dict:
+    """A depth-4 U-Net of ``filters`` first-level filters, untrained, seeded; returns its
+    description."""
     from volseg._quiet import import_keras
 
     keras = import_keras()
     from volseg.model import base_info, build_unet, save_model
 
     keras.utils.set_random_seed(seed)
-    model = build_unet()  # defaults: 16 filters, depth 4 (the report's network)
-    save_model(model, path, info=base_info(depth=4, base_filters=16, dropout=0.1,
+    model = build_unet(base_filters=filters, depth=4)
+    save_model(model, path, info=base_info(depth=4, base_filters=filters, dropout=0.1,
                                            batch_norm=True, normalization=(0.0, 255.0)))
-    return {"params": int(model.count_params()), "trained": False}
+    return {"params": int(model.count_params()), "filters": filters, "trained": False}
 
 
-def setup(work: Path, frames: int, *, model: str | None, eight: bool) -> dict:
+def setup(work: Path, frames: int, *, model: str | None, eight: bool, filters: int) -> dict:
     from volseg.synth import synthesize
 
     depth = min(DEPTH, frames)
@@ -133,7 +135,7 @@ def setup(work: Path, frames: int, *, model: str | None, eight: bool) -> dict:
         # does not change memory use).
         make_store(work / "images8.zarr", np.concatenate([images] * 8, axis=0))
     if model is None:
-        desc = make_model(work / "model.keras")
+        desc = make_model(work / "model.keras", filters=filters)
         model_path = work / "model.keras"
     else:
         model_path = Path(model).resolve()
@@ -550,6 +552,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="a short try: 8 frames, one round, no 8x memory run")
     ap.add_argument("--model", default=None, help="a volseg .keras file (default: untrained U-Net)")
+    ap.add_argument("--filters", type=int, default=None,
+                    help="first-level filters of the untrained U-Net (default: volseg train's)")
     ap.add_argument("--agreement-model", default=None, metavar="PATH",
                     help="also measure bf16/fp32 agreement of this (trained) model on the frames")
     ap.add_argument("--skip-rss", action="store_true", help="skip the 1x/8x command runs")
@@ -567,7 +571,12 @@ def main() -> None:
            else _Keep(args.keep))
     with ctx as tmp:
         work = Path(tmp)
-        meta = setup(work, args.frames, model=args.model, eight=not (args.quick or args.skip_rss))
+        if args.filters is None:
+            from volseg.train.config import TrainConfig
+
+            args.filters = TrainConfig.filters
+        meta = setup(work, args.frames, model=args.model, eight=not (args.quick or args.skip_rss),
+                     filters=args.filters)
         meta["load_before"] = load_before
         common = dict(work=str(work), model=meta["model"])
         default = dict(workers=None, threads=None)  # open_client("local") defaults
