@@ -144,8 +144,8 @@ def setup(work: Path, frames: int, *, model: str | None, eight: bool, filters: i
 
     info = read_model_info(model_path)
     arch = info["architecture"]
-    if (arch["base_filters"], arch["depth"]) != (16, 4):
-        log(f"note: {model_path} is not the default architecture ({arch})")
+    if (arch["base_filters"], arch["depth"]) != (filters, 4):
+        log(f"note: {model_path} is not a depth-4 U-Net of {filters} filters ({arch})")
     log(f"set-up: {frames} frames ({frames // depth} x {depth}) in {time.monotonic() - t0:.1f} s")
     import keras
 

@@ -40,19 +40,23 @@ def add_parser(sub):
     g.add_argument("--val-frames", metavar="LIST",
                    help="held-out z-frames when there is one time point, e.g. 14-19")
     g = p.add_argument_group("training")
-    g.add_argument("--loss", choices=LOSSES, default="bce+dice",
+    g.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss,
                    help="loss (default %(default)s)")
-    g.add_argument("--epochs", type=int, default=100, help="at most this many (default %(default)s)")
-    g.add_argument("--steps-per-epoch", type=int, default=100, help="default %(default)s")
+    g.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                   help="at most this many (default %(default)s)")
+    g.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch,
+                   help="default %(default)s")
     g.add_argument("--patch", default="256", metavar="N|H,W",
                    help="patch size, multiples of 2**depth (default %(default)s)")
-    g.add_argument("--batch", type=int, default=8, help="patches per step (default %(default)s)")
+    g.add_argument("--batch", type=int, default=TrainConfig.batch,
+                   help="patches per step (default %(default)s)")
     g.add_argument("--filters", type=int, default=TrainConfig.filters,
                    help="filters of the first level (default %(default)s; 16 is the report's "
                         "network)")
-    g.add_argument("--depth", type=int, default=4, help="poolings (default %(default)s)")
-    g.add_argument("--dropout", type=float, default=0.1, help="default %(default)s")
-    g.add_argument("--context", type=int, default=1, metavar="K",
+    g.add_argument("--depth", type=int, default=TrainConfig.depth,
+                   help="poolings (default %(default)s)")
+    g.add_argument("--dropout", type=float, default=TrainConfig.dropout, help="default %(default)s")
+    g.add_argument("--context", type=int, default=TrainConfig.context, metavar="K",
                    help="depth context (2.5D): give the network K neighbouring z-slices of "
                         "the same time point as channels (odd; the edge slice is repeated at "
                         "the stack's ends). Helps when the structure continues across "
@@ -60,14 +64,14 @@ def add_parser(sub):
                         "predict reads K from the model (default %(default)s: the slice alone)")
     g.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                    help="Adam's peak rate (default %(default)s)")
-    g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+    g.add_argument("--schedule", choices=SCHEDULES, default=TrainConfig.schedule,
                    help="cosine (default): warm-up, then decay that ends with the run (the "
                         "time limit, else the last epoch); plateau: halve after 3 epochs "
                         "without a better validation Dice")
-    g.add_argument("--foreground-share", type=float, default=1 / 3,
+    g.add_argument("--foreground-share", type=float, default=TrainConfig.foreground_share,
                    help="share of patches centred on foreground (default 1/3)")
     g.add_argument("--no-augment", action="store_true", help="no flips, rotations or jitter")
-    g.add_argument("--patience", type=int, default=10,
+    g.add_argument("--patience", type=int, default=TrainConfig.patience,
                    help="stop after this many epochs without a better validation Dice "
                         "(default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="default %(default)s")

@@ -33,7 +33,6 @@ import numpy as np
 from .errors import InputError, operational_error
 
 
-
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity (what Slurm, ``taskset`` or
     a container's cpuset grant it), not every core of the machine, so a job given 4 of
@@ -42,6 +41,7 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # no affinity on this platform
         return os.cpu_count() or 1
+
 
 @dataclass(frozen=True)
 class BlockGrid:

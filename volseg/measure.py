@@ -652,7 +652,6 @@ def measure(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
         (:func:`summarize`), ``spacing``, ``units``, what was measured, ``picture``
         (projections of one time point, for :func:`plot_skeleton`), ``seconds``.
     """
-
     job, info = prepare(mask_path, truth_path=truth_path, roi_path=roi_path, spacing=spacing,
                         prune=prune, surface=surface, max_bytes=max_bytes, picture_t=picture_t)
     shape = tuple(info["shape"])

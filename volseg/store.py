@@ -477,7 +477,8 @@ class BlockLedger:
 
         array = self.array.async_array
         # the key of block i is this text followed by i ("c/" for Zarr v3's default)
-        prefix = array.store_path.path.rstrip("/") + "/" + self.array.metadata.encode_chunk_key((0,))[:-1]
+        prefix = (array.store_path.path.rstrip("/") + "/"
+                  + array.metadata.encode_chunk_key((0,))[:-1])
 
         async def listing() -> list[str]:
             return [key async for key in array.store_path.store.list_prefix(prefix)]
