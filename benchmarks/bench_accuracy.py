@@ -35,20 +35,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chasedb1"
 
-#: name -> (train() keywords, Augment keywords or None for the defaults)
+#: name -> (train() keywords, Augment keywords or None for the defaults[, build_unet
+#: keywords the command line does not offer])
 CONFIGS = {
     "default": ({}, None),
-    # width and rate named explicitly, so these do not move when the defaults do;
-    # f16-lr1e-3 is the report's network and the defaults before 2026-11-30
-    "f16-lr1e-3": ({"filters": 16, "learning_rate": 1e-3}, None),
-    "f16-lr3e-3": ({"filters": 16, "learning_rate": 3e-3}, None),
-    "f8-lr1e-3": ({"filters": 8, "learning_rate": 1e-3}, None),
-    "f8-lr3e-3": ({"filters": 8, "learning_rate": 3e-3}, None),
+    # width, rate and dropout spelled out, so these do not move when the defaults do;
+    # f16-lr1e-3 is the report's network and the defaults before 2026-11-30, f8-lr3e-3
+    # the defaults of 2026-11-30 until dropout went to 0
+    "f16-lr1e-3": ({"filters": 16, "learning_rate": 1e-3, "dropout": 0.1}, None),
+    "f16-lr3e-3": ({"filters": 16, "learning_rate": 3e-3, "dropout": 0.1}, None),
+    "f8-lr1e-3": ({"filters": 8, "learning_rate": 1e-3, "dropout": 0.1}, None),
+    "f8-lr3e-3": ({"filters": 8, "learning_rate": 3e-3, "dropout": 0.1}, None),
     "f24": ({"filters": 24}, None),
     "plateau": ({"schedule": "plateau"}, None),  # the schedule before the cosine one
     "cldice": ({"loss": "bce+dice+cldice"}, None),
     "intensity": ({}, {"gamma": 0.3, "noise": 0.03}),
     "p128b16": ({"patch": 128, "batch": 16}, None),
+    "nodrop": ({"dropout": 0.0}, None),
+    "nodrop-p128b16": ({"dropout": 0.0, "patch": 128, "batch": 16}, None),
+    "bn09": ({}, None, {"batch_norm_momentum": 0.9}),
+    "lr1e-2": ({"learning_rate": 1e-2}, None),
     # precision: `auto` (bfloat16 on this CPU) against float32, best compared with --epochs
     "float32": ({"precision": "float32"}, None),
 }
@@ -114,6 +120,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import volseg.model as model_module
     import volseg.sampler as sampler_module
     from bench_train import ensure_store
     from volseg.sampler import split_frames
@@ -126,8 +133,11 @@ def main(argv=None) -> int:
     val = split_frames(image.shape, val_frames="14-19").val
     results = {}
     plain_augment = sampler_module.Augment
+    plain_build = model_module.build_unet
     for name in names:
-        options, augment = CONFIGS[name]
+        options, augment, *build = CONFIGS[name]
+        model_module.build_unet = (functools.partial(plain_build, **build[0]) if build
+                                   else plain_build)
         sampler_module.Augment = (functools.partial(plain_augment, **augment) if augment
                                   else plain_augment)
         if augment:
@@ -135,7 +145,8 @@ def main(argv=None) -> int:
         model_path = args.out / f"{name}.keras"
         run_for = (f"{args.epochs} epochs of 100 steps" if args.epochs
                    else f"{args.budget:g} min")
-        log(f"== {name}: {options or ''} {augment or ''} for {run_for}")
+        changes = [str(c) for c in (options, augment, *build) if c]
+        log(f"== {name}: {' '.join(changes) or 'defaults'} for {run_for}")
         length = ({"epochs": args.epochs, "steps_per_epoch": 100, "time_limit": None}
                   if args.epochs else {"epochs": 10_000, "time_limit": args.budget})
         try:
@@ -145,6 +156,7 @@ def main(argv=None) -> int:
                             command=f"benchmarks/bench_accuracy.py {name}", **options)
         finally:
             sampler_module.Augment = plain_augment
+            model_module.build_unet = plain_build
         row = {"epochs": summary["epochs_run"], "samples_per_s": summary["samples_per_s"],
                "best_epoch": summary.get("best_epoch"),
                "load": os.getloadavg()[0], **score(model_path, image, truth, fov, val)}

@@ -55,7 +55,9 @@ def add_parser(sub):
                         "network)")
     g.add_argument("--depth", type=int, default=TrainConfig.depth,
                    help="poolings (default %(default)s)")
-    g.add_argument("--dropout", type=float, default=TrainConfig.dropout, help="default %(default)s")
+    g.add_argument("--dropout", type=float, default=TrainConfig.dropout,
+                   help="dropout rate after each pooling and skip concatenation (default "
+                        "%(default)s; the report's network used 0.1)")
     g.add_argument("--context", type=int, default=TrainConfig.context, metavar="K",
                    help="depth context (2.5D): give the network K neighbouring z-slices of "
                         "the same time point as channels (odd; the edge slice is repeated at "

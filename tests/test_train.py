@@ -98,8 +98,8 @@ def test_cli_writes_a_loadable_model(trained, data):
     root, images, labels, roi = data
     model, info = load_model(trained)
     assert info["format"] == "volseg-model" and info["multiple"] == 4
-    assert info["architecture"] == {"base_filters": 4, "depth": 2, "dropout": 0.1,
-                                    "batch_norm": True}
+    assert info["architecture"] == {"base_filters": 4, "depth": 2,
+                                    "dropout": TrainConfig.dropout, "batch_norm": True}
     assert info["patch"] == [32, 32] and info["input_dtype"] == "uint8"
     assert info["training"]["split"] == {"by": "timepoints", "val_indices": [2],
                                          "train_frames": 4, "val_frames": 2,

@@ -76,7 +76,8 @@ def default_margin(depth: int = 4) -> int:
 
 def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
                batch_norm: bool = True, normalization: tuple[float, float] = (0.0, 255.0),
-               channels: int = 1, name: str = "volseg_unet"):
+               channels: int = 1, batch_norm_momentum: float = 0.99,
+               name: str = "volseg_unet"):
     """Build the report's U-Net for 2D frames (one channel, or K context slices).
 
     Parameters
@@ -96,6 +97,9 @@ def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
         range applies to every channel.
     channels : int
         Input channels: K, the z-slices of depth context (:mod:`volseg.context`).
+    batch_norm_momentum : float
+        Momentum of the batch-normalisation moving statistics (training only; Keras'
+        default 0.99).
     name : str
         Model name.
 
@@ -126,7 +130,8 @@ def build_unet(*, base_filters: int = 16, depth: int = 4, dropout: float = 0.1,
             x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal",
                               name=f"{prefix}_conv{i}")(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+                x = layers.BatchNormalization(momentum=batch_norm_momentum,
+                                              name=f"{prefix}_bn{i}")(x)
             x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
         return x
 

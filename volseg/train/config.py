@@ -134,7 +134,7 @@ class TrainConfig:
     batch: int = 8
     filters: int = 8
     depth: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.0
     batch_norm: bool = True
     context: int = 1
     learning_rate: float = 3e-3
