@@ -14,6 +14,7 @@ from volseg.sampler import (
     prefetch,
     scan_training_data,
     split_frames,
+    tubed_skeleton,
 )
 from volseg.store import create_image, finish, make_job, open_image
 
@@ -225,6 +226,32 @@ def test_augmentation_keeps_image_and_labels_aligned():
         changed += not np.array_equal(y[..., 0], raw)
         assert np.isclose(y[..., 0].sum(), raw.sum())
     assert changed > 10  # flips and rotations happen
+
+
+def test_tubed_skeleton_is_a_band_along_the_centre_line_inside_the_truth():
+    truth = np.zeros((40, 40), np.float32)
+    truth[10:21, 3:-3] = 1.0  # an 11-px bar
+    truth[30, 5:-5] = 1.0  # a 1-px line
+    tube = tubed_skeleton(truth)
+    assert tube.dtype == np.float32 and set(np.unique(tube)) == {0.0, 1.0}
+    assert not (tube > truth).any()  # never outside the truth
+    assert tube[13:18, 10:-10].all()  # the centre row and 2 rows either side
+    assert not tube[[10, 11, 19, 20], 10:-10].any()  # not the whole wide bar
+    np.testing.assert_array_equal(tube[30, 8:-8], 1.0)  # the thin line is its own tube
+    assert not tubed_skeleton(np.zeros((8, 8), np.float32)).any()
+
+
+def test_skeleton_channel_follows_the_augmented_truth():
+    images, labels = synthetic((1, 2, 48, 48))
+    index = scan_training_data(images, labels, [(0, 0), (0, 1)])
+    sampler = PatchSampler(images, labels, index, patch=(32, 32), skeleton=True)
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        _, y, _ = sampler.draw(rng)
+        assert y.shape == (32, 32, 3)
+        np.testing.assert_array_equal(y[..., 2], tubed_skeleton(y[..., 0]))
+    x, y = sampler.batch(rng, 4)
+    assert y.shape == (4, 32, 32, 3) and y[..., 2].any()
 
 
 def test_dataset_is_deterministic_and_prefetch_keeps_order(stores):

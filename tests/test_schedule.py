@@ -137,6 +137,28 @@ def test_cldice_penalises_a_broken_tube_more_than_a_fat_one():
     assert float(cl(target, p)) == pytest.approx(expect, rel=1e-4)
 
 
+def test_skeleton_recall_penalises_a_broken_tube_and_needs_the_skeleton_channel():
+    from volseg.sampler import tubed_skeleton
+
+    truth = tube()
+    skeleton = tubed_skeleton(truth[0, :, :, 0])[None, :, :, None]
+    target = np.concatenate([truth, np.ones_like(truth), skeleton], axis=-1)
+    loss, bce_dice = make_loss("bce+dice+skeleton"), make_loss("bce+dice")
+    broken = np.clip(tube(gap=True), 0.02, 0.98)
+    recall = (np.sum(skeleton * broken) + 1) / (np.sum(skeleton) + 1)
+    expect = float(bce_dice(target, broken)) + 1 - recall
+    assert float(loss(target, broken)) == pytest.approx(expect, rel=1e-4)
+    whole = np.clip(truth, 0.02, 0.98)
+    assert float(loss(target, whole)) < float(loss(target, broken))
+    # outside the weight, a missed centre line costs nothing
+    target[0, :, 18:22, 1] = 0.0
+    masked = float(loss(target, broken)) - float(bce_dice(target, broken))
+    assert masked == pytest.approx(1 - (np.sum(skeleton * target[..., 1:2] * broken) + 1)
+                                   / (np.sum(skeleton * target[..., 1:2]) + 1), rel=1e-4)
+    with pytest.raises(ValueError, match="skeleton"):
+        loss(target[..., :2], broken)  # a sampler made without skeleton=True
+
+
 def test_gamma_and_noise_augmentations():
     from volseg.sampler import Augment, PatchSampler
 

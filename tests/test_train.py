@@ -94,6 +94,10 @@ def test_loss_goes_down(data, tmp_path):
     # At the best threshold (the one training stores): after 32 steps the batch-norm
     # moving statistics still lag, so Dice at 0.5 can stay 0 while the model learns.
     assert summary["history"][-1]["val_best_dice"] > summary["history"][0]["val_best_dice"]
+    # the kept epoch is the one whose Dice at its own best threshold is highest (what the
+    # saved model, with its stored threshold, gives), not the one best at 0.5
+    by_epoch = {h["epoch"]: h["val_best_dice"] for h in summary["history"]}
+    assert by_epoch[summary["best_epoch"]] == pytest.approx(max(by_epoch.values()), abs=1e-4)
 
 
 def test_cli_writes_a_loadable_model(trained, data):

@@ -28,7 +28,7 @@ import time
 from ..indices import format_ranges
 from ..model import PRECISIONS, resolve_precision
 from .config import LOSSES, Inputs, TrainConfig, open_inputs, output_paths
-from .losses import make_loss
+from .losses import SKELETON_TARGET_LOSSES, make_loss
 from .loop import EpochLoop, LoopResult
 from .output import plot_history, write_history
 from .stop import StopSignal
@@ -117,7 +117,8 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
                            foreground_share=config.foreground_share,
                            normalization=normalization,
                            augment=Augment() if config.augment else Augment.none(),
-                           context=config.context)
+                           context=config.context,
+                           skeleton=config.loss in SKELETON_TARGET_LOSSES)
     dataset = PatchDataset(sampler, batch_size=config.batch, steps=config.steps_per_epoch,
                            seed=config.seed, workers=config.workers,
                            max_queue_size=max(2, 2 * config.workers))

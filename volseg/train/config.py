@@ -23,7 +23,7 @@ from ..model import check_precision
 from ..sampler import check_foreground_share
 from .schedule import check_schedule
 
-LOSSES = ("bce", "dice", "bce+dice", "bce+dice+cldice")
+LOSSES = ("bce", "dice", "bce+dice", "bce+dice+cldice", "bce+dice+skeleton")
 
 
 def check_loss(loss: str) -> None:
@@ -74,7 +74,7 @@ class TrainConfig:
         A volseg model to continue from (its architecture and normalisation are kept).
     val_fraction, val_timepoints, val_frames
         Validation split (see :func:`volseg.sampler.split_frames`).
-    loss : "bce", "dice", "bce+dice" or "bce+dice+cldice"
+    loss : "bce", "dice", "bce+dice", "bce+dice+cldice" or "bce+dice+skeleton"
         See :func:`volseg.train.losses.make_loss`.
     epochs, steps_per_epoch, patch, batch
         Training length and batch geometry. ``patch`` must be multiples of 2**depth.
@@ -127,7 +127,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     val_timepoints: str | None = None
     val_frames: str | None = None
-    loss: str = "bce+dice"
+    loss: str = "bce+dice+skeleton"
     epochs: int = 100
     steps_per_epoch: int = 100
     patch: Any = (256, 256)

@@ -151,9 +151,10 @@ class EpochLoop:
         res = self.result
         val = self.validator.run(self.model)
         self.val_seconds = val["seconds"]
-        improved = not math.isnan(val["dice"]) and val["dice"] > res.best_dice + MIN_IMPROVEMENT
+        score = selection_dice(val)
+        improved = not math.isnan(score) and score > res.best_dice + MIN_IMPROVEMENT
         if improved or res.best_weights is None:
-            res.best_dice, res.best_epoch = val["dice"], epoch
+            res.best_dice, res.best_epoch = score, epoch
             res.best_weights = self.model.get_weights()
             self.since_best = 0
         else:
@@ -167,7 +168,8 @@ class EpochLoop:
         res.history.append(record)
         self.on_epoch(res.history)
         self.say(f"epoch {epoch}/{self.config.epochs}: loss {record['loss']:.4f}, val Dice "
-                 f"{val['dice']:.4f} (best {res.best_dice:.4f} at epoch {res.best_epoch}), "
+                 f"{score:.4f} at {val['best_threshold']:.2f} ({val['dice']:.4f} at 0.5; best "
+                 f"{res.best_dice:.4f} at epoch {res.best_epoch}), "
                  f"{record['samples_per_s']:.1f} samples/s, {seconds:.0f}+{val['seconds']:.0f} s")
 
     def _should_stop(self) -> bool:
@@ -193,6 +195,13 @@ class EpochLoop:
             self.model.optimizer.learning_rate.assign(self.learning_rate)
             self.say(f"learning rate -> {self.learning_rate:g}")
         return False
+
+
+def selection_dice(val: dict) -> float:
+    """The validation Dice that picks the best epoch: at the epoch's best threshold, or
+    at 0.5 when the validation frames hold no foreground (no threshold is better)."""
+    best = val["best_dice"]
+    return val["dice"] if best is None or math.isnan(best) else float(best)
 
 
 def rounded(value, digits: int = 6):
