@@ -41,7 +41,8 @@ def add_parser(sub):
                    help="held-out z-frames when there is one time point, e.g. 14-19")
     g = p.add_argument_group("training")
     g.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss,
-                   help="loss (default %(default)s)")
+                   help="loss (default %(default)s: skeleton recall rewards finding thin "
+                        "tubes whole; bce+dice is the loss before 2026-11-30)")
     g.add_argument("--epochs", type=int, default=TrainConfig.epochs,
                    help="at most this many (default %(default)s)")
     g.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch,
