@@ -542,7 +542,7 @@ def _make_dataset_class():
 
         Works with ``model.fit`` (which runs ``workers`` threads) and with
         :func:`prefetch`. Targets are ``(n, h, w, 2)``: truth and weight (the losses in
-        :mod:`volseg.train` read both).
+        :mod:`volseg.train` read both), and ``(n, h, w, 3)`` with the sampler's skeleton.
         """
 
         def __init__(self, sampler: PatchSampler, *, batch_size: int, steps: int,

@@ -80,7 +80,7 @@ def make_loss(kind: str = "bce+dice"):
         return 1.0 - (ops.sum(skeleton * p) + 1.0) / (ops.sum(skeleton) + 1.0)
 
     def bce_dice_skeleton(target, prob):
-        return bce(target, prob) + dice(target, prob) + skeleton_recall(target, prob)
+        return bce_dice(target, prob) + skeleton_recall(target, prob)
 
     fn = {"bce": bce, "dice": dice, "bce+dice": bce_dice,
           "bce+dice+cldice": bce_dice_cldice, "bce+dice+skeleton": bce_dice_skeleton}[kind]
