@@ -55,6 +55,9 @@ CONFIGS = {
     "cldice": ({"loss": "bce+dice+cldice"}, None),
     "skeleton": ({"loss": "bce+dice+skeleton"}, None),
     "intensity": ({"loss": BCE_DICE}, {"gamma": 0.3, "noise": 0.03}),
+    # warps: rotation by any angle; with scaling and a mild elastic deformation
+    "rotate": ({}, {"angle": 45.0}),
+    "warp": ({}, {"angle": 45.0, "scale": 0.2, "elastic": 2.0}),
     "p128b16": ({"patch": 128, "batch": 16, "dropout": 0.1, "loss": BCE_DICE}, None),
     "nodrop": ({"dropout": 0.0, "loss": BCE_DICE}, None),
     "nodrop-p128b16": ({"dropout": 0.0, "patch": 128, "batch": 16, "loss": BCE_DICE}, None),

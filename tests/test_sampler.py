@@ -13,8 +13,10 @@ from volseg.sampler import (
     percentiles_from_histogram,
     prefetch,
     scan_training_data,
+    resample,
     split_frames,
     tubed_skeleton,
+    warp_offsets,
 )
 from volseg.store import create_image, finish, make_job, open_image
 
@@ -226,6 +228,69 @@ def test_augmentation_keeps_image_and_labels_aligned():
         changed += not np.array_equal(y[..., 0], raw)
         assert np.isclose(y[..., 0].sum(), raw.sum())
     assert changed > 10  # flips and rotations happen
+
+
+def test_warp_offsets_rotate_scale_and_bend():
+    rng = np.random.default_rng(0)
+    shape = (48, 64)
+    grid = warp_offsets(rng, shape)  # no warp: each pixel from itself
+    assert grid.shape == (2, 48, 64) and grid.dtype == np.float32
+    np.testing.assert_allclose(grid[:, 0, 0], [-23.5, -31.5])
+    np.testing.assert_allclose(grid[:, 47, 63], [23.5, 31.5])
+    radius = np.hypot(*grid)
+    for _ in range(5):
+        rotated = warp_offsets(rng, shape, angle=180)
+        np.testing.assert_allclose(np.hypot(*rotated), radius, atol=1e-4)  # distances kept
+        assert not np.allclose(rotated, grid, atol=0.5)
+        scaled = warp_offsets(rng, shape, scale=0.3)
+        ratio = np.hypot(*scaled)[radius > 0] / radius[radius > 0]
+        assert np.ptp(ratio) < 1e-4 and np.exp(-0.3) - 1e-5 <= ratio[0] <= np.exp(0.3) + 1e-5
+        bent = warp_offsets(rng, shape, elastic=3.0) - grid
+        assert np.sqrt(np.mean(bent ** 2)) == pytest.approx(3.0, rel=1e-3)
+        # smooth: neighbours move together (a per-pixel jitter would differ by ~4 px)
+        assert np.abs(np.diff(bent, axis=2)).max() < 1.0
+
+
+def test_resample_interpolates_images_and_keeps_labels_binary():
+    image = np.arange(20, dtype=np.float32).reshape(4, 5)
+    coords = np.array([[[0.5, 3.0, -1.0]], [[1.0, 2.5, 9.0]]], np.float32)  # (2, 1, 3)
+    np.testing.assert_allclose(resample(image, coords, order=1), [[3.5, 17.5, 4.0]])
+    np.testing.assert_allclose(resample(image, coords, order=0), [[1.0, 17.0, 4.0]])
+    two = resample(np.stack([image, -image], axis=-1), coords, order=1)
+    assert two.shape == (1, 3, 2)
+    np.testing.assert_allclose(two[..., 1], -two[..., 0])
+
+
+def test_warped_draws_read_one_region_keep_alignment_and_weight_the_frame_only():
+    images, labels = synthetic((1, 2, 48, 56))
+    images = (labels * 200 + 20).astype(np.uint8)
+    img, lab = RecordingArray(images), RecordingArray(labels)
+    index = scan_training_data(img, lab, [(0, 0), (0, 1)])
+    img.reads.clear()
+    lab.reads.clear()
+    warp = Augment(angle=45, scale=0.2, elastic=2.0)
+    sampler = PatchSampler(img, lab, index, patch=(32, 32), augment=warp, skeleton=True)
+    rng = np.random.default_rng(7)
+    agree = []
+    for _ in range(30):
+        x, y, info = sampler.draw(rng)
+        assert len(img.reads) == 1 and len(lab.reads) == 1  # one window, not one per pixel
+        img.reads.clear()
+        lab.reads.clear()
+        assert x.shape == (32, 32, 1) and y.shape == (32, 32, 3)
+        assert set(np.unique(y[..., :2])) <= {0.0, 1.0}  # truth and weight stay binary
+        np.testing.assert_array_equal(y[..., 2], tubed_skeleton(y[..., 0]))
+        agree.append(np.mean((x[..., 0] > 120) == (y[..., 0] > 0.5)))
+    assert np.mean(agree) > 0.98  # linear image and nearest truth: only corners differ
+    # a frame smaller than the patch: weight 1 only where the source lies in the frame,
+    # about the frame's area (rotation keeps areas; scaling is off here)
+    small_images, small_labels = synthetic((1, 1, 20, 24))
+    small = PatchSampler(small_images, small_labels,
+                         scan_training_data(small_images, small_labels, [(0, 0)]),
+                         patch=(32, 32), augment=Augment(angle=45))
+    for _ in range(5):
+        _, y, _ = small.draw(rng)
+        assert 0.85 * 480 < y[..., 1].sum() < 1.15 * 480
 
 
 def test_tubed_skeleton_is_a_band_along_the_centre_line_inside_the_truth():

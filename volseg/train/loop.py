@@ -5,9 +5,9 @@ that read and augment the next batches while the current one trains: as fast as
 ``fit(PyDataset)`` and faster than ``fit`` on the same patches in memory (docs/decisions.md,
 section "Training step"; benchmarks/bench_train_loop.py re-measures), and one step at a
 time is what the time limit, Ctrl-C and the per-step schedule need. After each
-epoch the validation frames are predicted whole (:mod:`volseg.train.validation`):
-Dice at 0.5 picks the best epoch and drives early stopping (and, with the ``plateau``
-schedule, learning-rate halving). The ``cosine`` schedule sets the rate before every
+epoch the validation frames are predicted whole (:mod:`volseg.train.validation`): the
+Dice at the epoch's own best threshold (:func:`selection_dice`) picks the best epoch and
+drives early stopping (and, with the ``plateau`` schedule, learning-rate halving). The ``cosine`` schedule sets the rate before every
 step from the share of the run done (:mod:`volseg.train.schedule`).
 """
 
