@@ -7,8 +7,9 @@ section "Training step"; benchmarks/bench_train_loop.py re-measures), and one st
 time is what the time limit, Ctrl-C and the per-step schedule need. After each
 epoch the validation frames are predicted whole (:mod:`volseg.train.validation`): the
 Dice at the epoch's own best threshold (:func:`selection_dice`) picks the best epoch and
-drives early stopping (and, with the ``plateau`` schedule, learning-rate halving). The ``cosine`` schedule sets the rate before every
-step from the share of the run done (:mod:`volseg.train.schedule`).
+drives early stopping (and, with the ``plateau`` schedule, learning-rate halving). The
+``cosine`` schedule sets the rate before every step from the share of the run done
+(:mod:`volseg.train.schedule`).
 """
 
 from __future__ import annotations
