@@ -237,6 +237,10 @@ def test_output_not_writable(cli, frames_dir, tmp_path):
 def test_bad_chunks_option(cli, frames_dir, tmp_path):
     folder, _ = frames_dir
     _bad(cli, "convert", folder, "-o", tmp_path / "o.zarr", "--chunks", "a,b", match="--chunks")
+    # a chunk over two time points would be written by two blocks at once (lost chunks)
+    _bad(cli, "convert", folder, "-o", tmp_path / "o.zarr", "--chunks", "2,1,16,16",
+         match="--chunks: the T size must be 1")
+    assert not (tmp_path / "o.zarr").exists()
 
 
 # ----------------------------------------------------------------- resume

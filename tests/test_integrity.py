@@ -91,6 +91,19 @@ def flip_inner_chunk(path: Path, k: int, n_chunks: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def drop_inner_chunk(path: Path, k: int, n_chunks: int) -> None:
+    """Mark inner chunk ``k`` absent in its shard's index (valid checksum): what two
+    writers racing on one shard leave behind, and what zarr reads as the fill value."""
+    import google_crc32c
+
+    data = bytearray(path.read_bytes())
+    start = len(data) - (16 * n_chunks + 4)
+    struct.pack_into("<QQ", data, start + 16 * k, 2**64 - 1, 2**64 - 1)
+    crc = google_crc32c.value(bytes(data[start:-4]))
+    data[-4:] = struct.pack("<I", crc)
+    path.write_bytes(bytes(data))
+
+
 def volseg_attrs(path: Path) -> dict:
     return json.loads((path / "zarr.json").read_text())["attributes"]["volseg"]
 
@@ -245,6 +258,20 @@ def test_verify_names_exactly_the_damaged_frames(cli, dataset):
     # text output: one DAMAGED line per damaged array on stderr
     code, out, err = cli("verify", image, "-q")
     assert code == 2 and "DAMAGED" in err and "t=0 z=0-2" in err and "Traceback" not in err
+
+
+def test_verify_finds_chunk_absent_from_intact_shard(cli, dataset):
+    """A shard file present, its checksums right, one frame's chunk listed as absent:
+    zarr reads zeros there, verify names the frame."""
+    import zarr
+
+    image = dataset / "im.zarr"
+    drop_inner_chunk(shard(image / "0", 1), 2, 3)     # frame t=1 z=2
+    assert not zarr.open_array(str(image / "0"), mode="r")[1, 2].any()  # reads as zeros
+    code, out, err = cli("verify", image, "--json", "-q")
+    assert code == 2, err
+    (arr,) = json.loads(out)[0]["arrays"]
+    assert arr["damaged"] == [[1, 2]] and arr["missing"] == [[1, 2]]
 
 
 def test_verify_without_integrity_record_checks_decoding_only(cli, dataset):

@@ -94,6 +94,24 @@ def test_tiled_equals_whole_frame_without_seams(tmp_path, tiny_model, client):
     assert at_border <= elsewhere * 1.5
 
 
+def test_store_with_shards_over_time_points(tmp_path, tiny_model, client):
+    """A store whose chunks span several time points (made by an older volseg or
+    written by hand) is predicted one time point at a time, each from its own frames."""
+    arr = smooth_images((4, 2, 37, 53), seed=5)
+    job = st.make_job("test", parameters={"mask": False})
+    image = st.create_image(tmp_path / "im.zarr", shape=arr.shape, dtype=arr.dtype, job=job,
+                            chunks=(2, 1, 37, 53), shards=(4, 2, 37, 53),
+                            extra={"content": "image"})
+    image.array[...] = arr
+    st.finish(image.group)
+    predict(tmp_path / "im.zarr", tiny_model, tmp_path / "p.zarr", client=client)
+    pred, prob, _ = read_pred(tmp_path / "p.zarr")
+    assert pred.probability.chunks[0] == 1
+    for t in range(4):
+        whole = _whole_frame(tiny_model, arr[t], 4)
+        assert np.abs(prob[t].astype(np.float64) / 255 - whole).max() <= 0.5 / 255 + 1e-3
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (1, 1, 523, 821), (1, 1, 1100, 700)])
 def test_odd_sizes(tmp_path, tiny_model, client, shape):
     arr = smooth_images(shape, seed=2)

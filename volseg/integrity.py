@@ -12,6 +12,9 @@ attributes (``volseg.integrity``), and every read of it through :class:`CheckedA
 * turns a failed checksum or decoding into :class:`~volseg.errors.DamagedDataError`
   naming the store, the array and the frames (t, z) affected.
 
+``volseg verify`` (:meth:`CheckedArray.damage`) also reads every shard's index: a chunk
+listed there as absent reads as the fill value from an intact file.
+
 Stores made by older volseg versions or by other tools carry no such promise: a missing
 chunk there may be a legitimately empty one, so only decoding is checked (and
 ``volseg verify`` says so).
@@ -193,6 +196,46 @@ class CheckedArray:
                 lost |= self._frames_of(coords, box, step)
         return frozenset(lost)
 
+    def absent_chunk_frames(self, box=None) -> frozenset:
+        """Frames in ``box`` (default: all) with an inner chunk that its shard's index
+        lists as absent.
+
+        Zarr reads an absent inner chunk as the fill value, and a shard file can lack
+        chunks while being present and intact (two writers racing on one shard, a tool
+        that skips fill-valued chunks). One read of each shard's index (16 bytes per
+        chunk); empty for stores that do not promise every chunk, or that are not sharded
+        with the index layout volseg writes (little-endian offsets, CRC32C, at the end).
+        """
+        from zarr.core.sync import sync
+
+        if not self.require_chunks or not self.zarray.shards:
+            return frozenset()
+        layout = _index_layout(self.zarray)
+        if layout is None:
+            return frozenset()
+        box = box or tuple(slice(0, n) for n in self.zarray.shape)
+        store = self.zarray.store_path.store
+        shape, chunks, step = self.zarray.shape, self.zarray.chunks, self.block_shape
+        per_shard = tuple(s // c for s, c in zip(step, chunks))
+        size = 16 * int(np.prod(per_shard)) + 4
+        lost: set = set()
+        for coords, key in self._shard_keys(box):
+            data = sync(store.get(key, prototype=layout, byte_range=_suffix(size)))
+            if data is None:
+                continue  # a missing shard is missing_frames' to report
+            raw = data.to_bytes()
+            if len(raw) != size or _crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                continue  # a damaged index fails the read itself: damage() names it
+            entries = np.frombuffer(raw[:-4], dtype="<u8").reshape(per_shard + (2,))
+            for local in np.argwhere(entries[..., 0] == _ABSENT):
+                first = [(c * p + i) * n for c, p, i, n in zip(coords, per_shard, local, chunks)]
+                if all(f < n for f, n in zip(first, shape)):  # edge shards pad past the array
+                    region = tuple(slice(max(b.start, f), min(b.stop, f + n))
+                                   for b, f, n in zip(box, first, chunks))
+                    if all(r.start < r.stop for r in region):
+                        lost |= self._frames(region)
+        return frozenset(lost)
+
     def damage(self, box=None) -> Damage:
         """Every frame in ``box`` (default: all) that is missing, empty or fails to decode.
 
@@ -200,7 +243,7 @@ class CheckedArray:
         frames after a read failed, and by ``volseg verify``.
         """
         box = box or tuple(slice(0, n) for n in self.zarray.shape)
-        missing = set(self.missing_frames(box))
+        missing = set(self.missing_frames(box)) | set(self.absent_chunk_frames(box))
         bad: set = set()
         chunks = self.zarray.chunks
         for coords in itertools.product(*_grid_range(box, chunks)):
@@ -216,6 +259,40 @@ class CheckedArray:
             except Exception:
                 bad |= frames
         return Damage(frozenset(missing | bad), frozenset(missing))
+
+
+#: An absent inner chunk's offset (and length) in a shard index.
+_ABSENT = np.uint64(2**64 - 1)
+
+
+def _index_layout(zarray):
+    """The buffer prototype to read ``zarray``'s shard indexes with, or None when they are
+    not laid out as volseg writes them (little-endian, then CRC32C, at the shard's end)."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.core.buffer import default_buffer_prototype
+
+    codecs = zarray.metadata.codecs
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    index = tuple(sharding.index_codecs)
+    if (sharding.index_location.value != "end" or len(index) != 2
+            or not isinstance(index[0], BytesCodec) or index[0].endian is None
+            or index[0].endian.value != "little" or not isinstance(index[1], Crc32cCodec)):
+        return None
+    return default_buffer_prototype()
+
+
+def _suffix(size: int):
+    from zarr.abc.store import SuffixByteRequest
+
+    return SuffixByteRequest(size)
+
+
+def _crc32c(data: bytes) -> int:
+    import google_crc32c  # zarr's own dependency for the crc32c codec
+
+    return int(google_crc32c.value(data))
 
 
 def nonfinite_counts(frames: np.ndarray) -> np.ndarray:

@@ -527,9 +527,11 @@ def _source_link(images, out) -> str:
 
 def _output_chunks(image) -> tuple[tuple, tuple | None]:
     """The prediction's chunks and shards: the images' own, or volseg's defaults for
-    another tool's store (its chunks may span several time points, or none of its
-    frames whole; blocks are one shard of the output, one time point each)."""
-    if image.made_by_volseg:
+    another tool's store or shards over several time points (its chunks may span several
+    time points, or none of its frames whole; blocks are one shard of the output, one
+    time point each)."""
+    shards = image.shards or image.chunks
+    if image.made_by_volseg and image.chunks[0] == 1 and shards[0] == 1:
         return tuple(image.chunks), image.shards and tuple(image.shards)
     return st.default_chunks(image.shape, "uint8")
 

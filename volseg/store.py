@@ -87,7 +87,7 @@ def default_chunks(shape, dtype) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def parse_chunks(text: str, shape) -> tuple[int, ...]:
-    """Parse a chunk shape ("Y,X", "Z,Y,X" or "T,Z,Y,X"; -1 means the full axis)."""
+    """Parse a chunk shape ("Y,X", "Z,Y,X" or "T,Z,Y,X" with T = 1; -1 means the full axis)."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
@@ -105,6 +105,11 @@ def parse_chunks(text: str, shape) -> tuple[int, ...]:
             raise InputError(f"sizes must be positive (or -1 for a full axis), got {text!r}",
                              param="chunks")
         out.append(min(v, n))
+    if out[0] != 1:
+        # blocks are one time point each (every stage reads, writes and marks a time
+        # point at a time), so a chunk over several would be written by several blocks
+        raise InputError(f"the T size must be 1 (a chunk holds one time point), got {text!r}; "
+                         "give Z,Y,X", param="chunks")
     return tuple(out)
 
 
