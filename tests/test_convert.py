@@ -191,6 +191,40 @@ def test_truncated_tiff_leaves_no_store(cli, tmp_path):
         st.open_image(tmp_path / "o.zarr")
 
 
+@pytest.mark.parametrize("imagej", [True, False])
+def test_multipage_file_cut_short_refused(cli, tmp_path, imagej):
+    """A file cut in the middle of its pages (a copy that stopped): tifffile falls back
+    to the pages it finds, which must not pass for the whole stack."""
+    arr = np.random.default_rng(3).integers(0, 255, (3, 4, 64, 80)).astype(np.uint16)
+    whole = tmp_path / "stack.tif"
+    if imagej:
+        tifffile.imwrite(whole, arr, imagej=True, metadata={"axes": "TZYX"})
+    else:
+        tifffile.imwrite(whole, arr.reshape(12, 64, 80), metadata=None)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    _bad(cli, "convert", cut, "-o", tmp_path / "o.zarr", match="cut.tif: damaged TIFF")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_file_of_several_series_refused(cli, tmp_path):
+    """Pages of another size in the middle, or a second stage position: reading the first
+    series alone would drop frames without a word."""
+    pages = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(pages) as w:
+        for k, shape in enumerate([(64, 80), (64, 80), (32, 40), (64, 80)]):
+            w.write(np.full(shape, k, np.uint8), photometric="minisblack", metadata=None)
+    _bad(cli, "convert", pages, "-o", tmp_path / "o.zarr", match="pages.tif: holds 2 image series")
+    positions = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(positions, ome=True) as w:
+        for k in (1, 2):
+            w.write(np.full((2, 3, 40, 48), k, np.uint8), metadata={"axes": "TZYX"})
+    _bad(cli, "convert", positions, "-o", tmp_path / "o.zarr",
+         match="positions.ome.tif: holds 2 image series")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_rgb_needs_channel(cli, tmp_path):
     rgb = np.random.default_rng(8).integers(0, 255, size=(2, 10, 12, 3), dtype=np.uint8)
     f = tmp_path / "rgb"

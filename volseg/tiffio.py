@@ -11,6 +11,7 @@ pickled.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,14 +167,66 @@ def _header(path: Path) -> _Header:
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise InputError(f"{path}: not a TIFF file (expected .tif/.tiff)")
     try:
-        with tifffile.TiffFile(path) as tif:
-            s = tif.series[0]
+        with _tifffile_complaints() as complaints, tifffile.TiffFile(path) as tif:
+            series = tif.series
+            damage = next((c for c in complaints if any(m in c for m in _DAMAGE_MARKS)), None)
+            if damage:
+                raise InputError(f"{path}: damaged TIFF, {damage} (truncated or corrupt file? "
+                                 "its pages cannot all be found); copy or export it again")
+            _check_one_series(path, series)
+            s = series[0]
             units, scale = _physical(tif)
             return _Header(path, s.axes, tuple(s.shape), np.dtype(s.dtype), units, scale)
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable TIFF ({exc})") from None
+
+
+#: What tifffile logs when a file's chain of pages breaks off (a truncated or damaged
+#: file): it then falls back to the pages it found, so the series looks whole.
+_DAMAGE_MARKS = ("invalid page offset", "corrupted file")
+#: Formats whose further series are previews (thumbnails, slide labels), not images.
+_PREVIEW_SERIES_KINDS = ("lsm", "svs", "ndpi", "scn", "bif", "philips", "qpi")
+
+
+@contextlib.contextmanager
+def _tifffile_complaints():
+    """Collect what tifffile logs (warnings and errors), without printing it."""
+    import logging
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            text = record.getMessage()
+            complaints.append(re.sub(r"^<[^>]*>\s*", "", text))  # drop the object's repr
+
+    complaints: list[str] = []
+    logger = logging.getLogger("tifffile")
+    handler = Collect(logging.WARNING)
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield complaints
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _check_one_series(path: Path, series) -> None:
+    """Refuse a file of several image series (stage positions, or pages of different
+    sizes): volseg would read the first and silently drop the others."""
+    others = [s for s in series[1:]
+              if not (s.kind in _PREVIEW_SERIES_KINDS or getattr(s.keyframe, "is_reduced", False))]
+    if others:
+        shapes = ", ".join(f"{s.axes} {'x'.join(map(str, s.shape))}" for s in series[:4])
+        raise InputError(f"{path}: holds {len(series)} image series ({shapes}"
+                         f"{', ...' if len(series) > 4 else ''}); volseg reads files of one "
+                         "series (one position, frames of one size): save each series to "
+                         "its own file (e.g. Fiji: Bio-Formats import, then save each) and "
+                         "convert those")
 
 
 def _physical(tif) -> tuple[dict, dict]:
