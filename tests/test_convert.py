@@ -58,6 +58,32 @@ def test_multipage_per_timepoint_files_and_folder(tmp_path):
     np.testing.assert_array_equal(read_store(tmp_path / "b.zarr"), arr)
 
 
+def test_timepoint_files_ordered_by_the_number_that_differs(cli, tmp_path):
+    """``day10_pos2.tif``: the last number is the same in every file; the time point is
+    the one that differs, whatever order the shell lists the files in."""
+    folder = tmp_path / "days"
+    folder.mkdir()
+    days = (1, 2, 3, 10, 11)
+    for d in days:
+        tifffile.imwrite(folder / f"day{d}_pos2.tif", np.full((3, 8, 10), d, np.uint8),
+                         photometric="minisblack")
+    as_the_shell_lists = sorted(folder.iterdir())  # day10, day11, day1, day2, day3
+    summary = convert(as_the_shell_lists, tmp_path / "a.zarr", allow_gaps=True)
+    assert read_store(tmp_path / "a.zarr")[:, 0, 0, 0].tolist() == list(days)
+    assert summary["source_indices"] == {"t": list(days)}
+    # without --allow-gaps the missing days are refused, as for any numbering
+    _bad(cli, "convert", *as_the_shell_lists, "-o", tmp_path / "b.zarr",
+         match="time points t=4, 5, 6, 7, 8, 9 are missing")
+    # two numbers that differ: the order would be a guess
+    other = tmp_path / "other"
+    other.mkdir()
+    for a, b in ((1, 5), (2, 4), (3, 6)):  # run and dish both differ, position 2 does not
+        tifffile.imwrite(other / f"run{a}_dish{b}_pos2.tif", np.zeros((3, 8, 10), np.uint8),
+                         photometric="minisblack")
+    _bad(cli, "convert", other, "-o", tmp_path / "c.zarr",
+         match="cannot tell the time points' order from the file names")
+
+
 @pytest.mark.parametrize("kind", ["imagej", "ome"])
 def test_hyperstack(tmp_path, kind):
     arr = np.random.default_rng(3).integers(0, 255, size=(2, 3, 16, 25), dtype=np.uint8)

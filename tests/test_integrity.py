@@ -418,6 +418,10 @@ def test_nonfinite_pixels_refused_unless_replaced(cli, tmp_path):
     assert image.volseg["job"]["parameters"]["nonfinite"] == 0.0
     refused(cli("convert", folder, "-o", tmp_path / "p.zarr", "--nonfinite", "nan", "-q"),
             "--nonfinite")
+    # a value the images' type cannot hold would be stored as infinity
+    refused(cli("convert", folder, "-o", tmp_path / "p.zarr", "--nonfinite", "1e39", "-q"),
+            "--nonfinite: 1e+39 does not fit the images' float32")
+    assert not (tmp_path / "p.zarr").exists()
 
 
 def test_nonfinite_advice_works_on_same_output(cli, tmp_path):

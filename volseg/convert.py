@@ -130,6 +130,10 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         nonfinite = float(nonfinite)
         if not np.isfinite(nonfinite):
             raise InputError("must be a finite number", param="nonfinite")
+        largest = float(np.finfo(dtype).max) if np.dtype(dtype).kind == "f" else np.inf
+        if abs(nonfinite) > largest:
+            raise InputError(f"{nonfinite:g} does not fit the images' {dtype} (largest "
+                             f"{largest:g}); give a smaller value", param="nonfinite")
     if isinstance(chunks, str):
         chunks = st.parse_chunks(chunks, stack.shape)
     dchunks, dshards = st.default_chunks(stack.shape, dtype)

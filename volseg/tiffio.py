@@ -483,14 +483,36 @@ def _from_one_file(h: _Header, channel) -> TiffStack:
 
 
 def _timepoint_numbers(headers) -> list[int] | None:
-    """The last number in each file name (``embryo2_t007.tif`` -> 7), if all have one."""
-    numbers = []
-    for h in headers:
-        found = re.findall(r"\d+", h.path.stem)
-        if not found:
-            return None
-        numbers.append(int(found[-1]))
-    return numbers if len(set(numbers)) == len(numbers) else None
+    """The time point number in each file name: the last number (``embryo2_t007.tif`` ->
+    7), or where that is the same in several files, the one place where the numbers
+    differ from file to file (``day10_pos2.tif`` -> 10). None when the names hold no
+    numbers.
+
+    Raises
+    ------
+    InputError
+        The names hold numbers, but no one place numbers the files uniquely (so their
+        order would be a guess).
+    """
+    found = [[int(n) for n in re.findall(r"\d+", h.path.stem)] for h in headers]
+    if not all(found):
+        if any(found):
+            missing = headers[[bool(f) for f in found].index(False)].path
+            raise InputError(f"{missing}: no number in the file name, others have one; name "
+                             "the files by time point (t000.tif, t001.tif, ...)")
+        return None  # no numbers at all: the order given is the order
+    last = [f[-1] for f in found]
+    if len(set(last)) == len(last):
+        return last
+    if len({len(f) for f in found}) == 1:
+        unique = [[f[i] for f in found] for i in range(len(found[0]))]
+        unique = [u for u in unique if len(set(u)) == len(u)]
+        if len(unique) == 1:
+            return unique[0]
+    raise InputError(f"{headers[0].path.parent}: cannot tell the time points' order from the "
+                     f"file names ({headers[0].path.name}, {headers[1].path.name}, ...: no one "
+                     "number differs from file to file); name them by time point (t000.tif, "
+                     "t001.tif, ...)")
 
 
 def _from_timepoint_files(headers, plane, channel, allow_gaps) -> TiffStack:
