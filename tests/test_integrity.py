@@ -317,6 +317,38 @@ def test_overwrite_refuses_store_holding_foreign_file(cli, frames_dir, tmp_path)
     assert siblings(out) == []
 
 
+def test_store_deletion_cut_short_anywhere_is_finished_by_the_next_run(cli, frames_dir,
+                                                                        tmp_path, monkeypatch):
+    """Ctrl-C while ``--overwrite`` deletes the store it replaced: whatever is left must
+    still read as volseg's store (nothing foreign), so the next run deletes the rest."""
+    from volseg import outputs
+
+    folder, _ = frames_dir
+    made = tmp_path / "made.zarr"
+    ok(cli("convert", folder, "-o", made, "-q", "--pyramid"))
+    files = sum(len(names) for _, _, names in os.walk(made))
+    assert files >= 4  # metadata of the group and the array, chunks
+    real_unlink = os.unlink
+    for cut in range(files):  # cut short before each file in turn
+        victim = tmp_path / f".o{cut}.zarr.volseg-old"
+        shutil.copytree(made, victim)
+        calls = []
+
+        def unlink(path, _calls=calls, _cut=cut):
+            if len(_calls) == _cut:
+                raise KeyboardInterrupt
+            _calls.append(path)
+            real_unlink(path)
+
+        monkeypatch.setattr(outputs.os, "unlink", unlink)
+        with pytest.raises(KeyboardInterrupt):
+            outputs.remove_store(victim)
+        monkeypatch.setattr(outputs.os, "unlink", real_unlink)
+        assert outputs.foreign_entries(victim) == [], cut
+        outputs.remove_store(victim)
+        assert not victim.exists()
+
+
 def test_failed_overwrite_keeps_old_store_successful_one_replaces_it(cli, tmp_path):
     rng = np.random.default_rng(3)
     good = (rng.random((3, 4, 20, 24)) > 0.8).astype(np.uint8) * 255

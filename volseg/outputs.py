@@ -237,7 +237,24 @@ def remove_store(path: Path) -> None:
     if isinstance(path, RemotePath):
         path.rm_tree()
         return
-    shutil.rmtree(path)
+    _delete_tree(path)
+
+
+def _delete_tree(path: Path) -> None:
+    """Delete a local store: the deepest folders first and each folder's ``zarr.json``
+    last, so that a deletion cut short (Ctrl-C, a kill) leaves a tree that still reads
+    as a store, which the next run recognises as volseg's and finishes deleting
+    (``shutil.rmtree`` may take a ``zarr.json`` first: the rest then looks foreign)."""
+    for folder, dirs, files in os.walk(path, topdown=False):
+        for name in sorted(files, key=lambda n: n == "zarr.json"):
+            os.unlink(os.path.join(folder, name))
+        for name in dirs:
+            entry = os.path.join(folder, name)
+            if os.path.islink(entry):
+                os.unlink(entry)
+            else:
+                os.rmdir(entry)
+    os.rmdir(path)
 
 
 # --------------------------------------------------------------------------- object storage
@@ -392,12 +409,26 @@ class Output:
             return
         old = _sibling(self.path, _OLD)
         if old.exists():
-            remove_store(old)
+            _remove_replaced(old, self.path)
         if self.path.exists():
             os.replace(self.path, old)
         os.replace(self.write_path, self.path)
         if old.exists():
-            remove_store(old)
+            _remove_replaced(old, self.path)
+
+
+def _remove_replaced(old: Path, path: Path) -> None:
+    """Delete the store ``path`` replaced, kept beside it as ``old`` during the swap."""
+    try:
+        remove_store(old)
+    except InputError as exc:
+        raise InputError(f"{old}: the store {path.name} replaced, left beside it by an "
+                         f"earlier run, is not as volseg left it ({exc}); {path.name} itself "
+                         f"is complete: look inside {old.name} and delete it") from None
+    except OSError as exc:
+        raise InputError(f"{old}: the store {path.name} replaced could not be deleted "
+                         f"({exc.strerror or exc}: {exc.filename}); {path.name} itself is "
+                         f"complete: delete {old.name} when you can") from None
 
 
 def _volseg_attrs(path: Path) -> dict | None:
@@ -474,7 +505,7 @@ def _recover_swap(path: Path) -> None:
     if not old.exists():
         return
     if path.exists():
-        remove_store(old)
+        _remove_replaced(old, path)
     else:
         os.replace(old, path)  # the new store is still beside: the old one comes back
 
@@ -572,7 +603,7 @@ def _discard(store: Path) -> None:
             if isinstance(store, RemotePath):
                 store.rm_tree()
             else:
-                shutil.rmtree(store)
+                _delete_tree(store)
     except (OSError, InputError):
         pass
 
