@@ -27,7 +27,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import socket
 import threading
 import time
