@@ -118,6 +118,17 @@ def test_empty_volume_measures_zero():
     assert r["median_diameter"] is None and r["tortuosity"] is None
 
 
+@pytest.mark.parametrize("specks", [[(1, 10, 10)], [(1, 10, 10), (2, 40, 70)]])
+def test_specks_only_have_no_skeleton_length(specks):
+    """A nearly empty time point (a few isolated voxels) with the default pruning."""
+    mask = np.zeros((3, 64, 96), np.uint8)
+    for z, y, x in specks:
+        mask[z, y, x] = 1
+    r = measure_volume(mask, (1.0, 1.0, 1.0))
+    assert r["components"] == len(specks) and r["volume"] == len(specks)
+    assert r["skeleton_length"] == 0 and r["branches"] == 0 and r["branch_points"] == 0
+
+
 def test_synth_truth_length_matches_the_generator(tmp_path, cli):
     """The labels of `volseg synth`, measured, against the generator's own centre lines."""
     assert cli("synth", "-o", tmp_path / "d", "--timepoints", "2", "--depth", "6", "--height",

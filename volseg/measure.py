@@ -241,6 +241,8 @@ def _prune_once(skel: np.ndarray, spacing, prune: float) -> bool:
     At a junction where all branches but one are short tips, the longest tip stays.
     Returns whether anything was removed.
     """
+    if not (_neighbour_counts(skel) > 0).any():
+        return False  # isolated voxels only (specks): no branches, and skan cannot graph it
     graph = _skeleton_graph(skel, spacing)
     lengths = graph.path_lengths()
     degrees = graph.degrees
