@@ -27,6 +27,8 @@ def add_parser(sub):
     p.add_argument("--grid", action="store_true",
                    help="one figure with a row per frame instead of one file per frame")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace figure files volseg did not write (its own are replaced)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.set_defaults(run=run)
     return p
@@ -48,7 +50,8 @@ def run(args) -> int:
         say(args, f"{line} -> {info['path']}")
 
     paths = preview(args.prediction, args.images, truth=args.truth, t=args.t, z=args.z,
-                    out=args.output, grid=args.grid, dpi=args.dpi, on_frame=on_frame)
+                    out=args.output, grid=args.grid, dpi=args.dpi, on_frame=on_frame,
+                    overwrite=args.overwrite)
     say(args, f"wrote {len(paths)} figure{'s' if len(paths) != 1 else ''}"
               + (f": {paths[0]}" if len(paths) == 1 else f" ({paths[0]} ... {paths[-1]})"))
     return 0

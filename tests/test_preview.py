@@ -165,6 +165,25 @@ def test_other_bad_inputs_exit_2(stores, cli):
                         "-o", stores / "x.png"), "images.zarr")
 
 
+@pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg"])
+def test_files_not_written_by_volseg_are_kept_unless_overwrite(stores, cli, suffix):
+    base = ("preview", stores / "pred.zarr", "--images", stores / "images.zarr")
+    mine = stores / f"notes{suffix}"
+    mine.write_text("my own figure")
+    _one_line_error(cli(*base, "-o", mine), "was not written by volseg")
+    assert mine.read_text() == "my own figure"
+    # one frame per file: checked before any frame is written
+    (stores / f"fig_t000_z001{suffix}").write_text("mine too")
+    _one_line_error(cli(*base, "--z", "0-1", "-o", stores / f"fig{suffix}"), "fig_t000_z001")
+    assert not (stores / f"fig_t000_z000{suffix}").exists()
+    # volseg's own figures are replaced; others with --overwrite
+    assert cli(*base, "-o", stores / f"own{suffix}")[0] == 0
+    assert cli(*base, "-o", stores / f"own{suffix}")[0] == 0
+    assert cli(*base, "-o", mine, "--overwrite")[0] == 0
+    assert mine.read_bytes() != b"my own figure"
+    assert not list(stores.glob(".*.part"))
+
+
 def test_grid_row_limit(tmp_path):
     shape = (1, pv.MAX_GRID_ROWS + 1, 4, 4)
     make_image_store(tmp_path / "i.zarr", np.zeros(shape, np.uint8))

@@ -146,6 +146,6 @@ def evaluation_figures(report: dict, folder) -> list[Path]:
 def _save(fig, plt, path) -> Path:
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, metadata=figure_metadata())
+    fig.savefig(path, metadata=figure_metadata(Path(path).suffix))
     plt.close(fig)
     return path

@@ -671,8 +671,27 @@ def png_by_volseg(path) -> bool:
     return head.startswith(b"\x89PNG") and b"Software\x00volseg" in head
 
 
-#: The ``metadata=`` of every figure volseg saves (how :func:`png_by_volseg` knows it).
-def figure_metadata() -> dict:
+def figure_by_volseg(path) -> bool:
+    """A figure volseg wrote: a PNG by :func:`png_by_volseg`, a PDF or SVG whose
+    ``Creator`` names volseg."""
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        return png_by_volseg(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
+            tail = fh.read()
+    except OSError:
+        return False
+    if head.startswith(b"%PDF"):
+        return b"(volseg " in tail  # the document information dictionary is at the end
+    return b"<svg" in head and b"<dc:title>volseg " in head
+
+
+#: The ``metadata=`` of every figure volseg saves (how :func:`figure_by_volseg` knows it).
+def figure_metadata(suffix: str = ".png") -> dict:
     from . import __version__
 
-    return {"Software": f"volseg {__version__}"}
+    key = "Software" if suffix.lower() == ".png" else "Creator"  # what each format takes
+    return {key: f"volseg {__version__}"}

@@ -12,6 +12,7 @@ true positives yellow (drawn lighter, so the errors stand out).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 from . import store as st
 from .errors import InputError
 from .indices import parse_indices
-from .outputs import figure_metadata
+from .outputs import check_replaceable, figure_by_volseg, figure_metadata
 
 #: Okabe-Ito colours (RGB 0..1) and how opaque each class is drawn on the image.
 COLOURS = {
@@ -287,7 +288,8 @@ def frame_path(out: Path, t: int, z: int, shape) -> Path:
 
 
 def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool = False,
-            dpi: int = 100, panel_width: float = PANEL_WIDTH, on_frame=None) -> list[Path]:
+            dpi: int = 100, panel_width: float = PANEL_WIDTH, on_frame=None,
+            overwrite: bool = False) -> list[Path]:
     """Write preview figures of frames of a prediction.
 
     Parameters
@@ -310,6 +312,9 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
     on_frame : callable, optional
         Called per frame with a dict: ``t``, ``z``, ``path``, and with a truth ``dice``,
         ``tp``, ``fp``, ``fn``.
+    overwrite : bool
+        Replace files that volseg did not write; figures volseg wrote are always
+        replaced. Without it such a file is refused before anything is written.
 
     Returns
     -------
@@ -326,6 +331,10 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
         raise InputError(f"{len(pairs)} frames make too many rows (at most "
                          f"{MAX_GRID_ROWS}); choose fewer time points or slices",
                          param="grid")
+    paths = [out] if grid or len(pairs) == 1 else [frame_path(out, ti, zi, shape)
+                                                    for ti, zi in pairs]
+    for path in paths:
+        check_replaceable(path, marker=figure_by_volseg, overwrite=overwrite, what="figure")
     written: list[Path] = []
 
     def report(frame, path):
@@ -355,4 +364,11 @@ def _save(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)  # Agg, whatever backend pyplot would pick
-    fig.savefig(path, dpi=fig.dpi, metadata=figure_metadata())
+    part = path.with_name(f".{path.name}.part")
+    try:  # whole or not at all: a full disk never leaves half a figure under the name
+        fig.savefig(part, dpi=fig.dpi, metadata=figure_metadata(path.suffix),
+                    format=path.suffix.lower()[1:])
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
