@@ -15,6 +15,15 @@ def check_report_files(args, figures, csv_paths=()) -> None:
     """
     from volseg.outputs import check_replaceable, csv_by_volseg, json_by_volseg, png_by_volseg
 
+    named = [(f"--{k}", getattr(args, k)) for k in ("json", "csv") if getattr(args, k)]
+    named += [("--csv (per slice)", p) for p in csv_paths]
+    seen: dict = {}
+    for option, path in named:
+        key = Path(path).resolve()
+        if key in seen:
+            raise InputError(f"{option} {path}: the same file as {seen[key]}; give each report "
+                             "its own file")
+        seen[key] = option
     if args.json:
         check_replaceable(args.json, marker=json_by_volseg, overwrite=args.overwrite,
                           what="--json report")

@@ -711,6 +711,11 @@ def test_evaluate_reports_never_replace_foreign_files(cli, dataset):
     first = report.read_text()
     ok(cli(*base, "--json", report, "--csv", table))  # its own reports: no --overwrite needed
     assert json.loads(report.read_text())["tp"] == json.loads(first)["tp"]
+    # one file for two reports: the second would silently replace the first
+    refused(cli(*base, "--json", report, "--csv", report), "--csv", "the same file as --json")
+    refused(cli("measure", pred / "mask", "--json", table, "--csv", table, "-q"),
+            "the same file as --json")
+    assert json.loads(report.read_text())["tp"] == json.loads(first)["tp"]
 
 
 def test_plots_never_replace_foreign_png(cli, dataset):
