@@ -26,7 +26,8 @@ def add_parser(sub):
                    help="write the metrics per time point as CSV (with --per-z, also "
                         "PER_T_per_z.csv)")
     p.add_argument("--roi", metavar="ROI.zarr",
-                   help="binary store of the same shape: count only voxels inside it")
+                   help="binary store: count only voxels inside it (the same shape, or one "
+                        "time point and/or slice for all, as predict --roi takes)")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="operating threshold in [0, 1] (default: the one stored with the "
                         "prediction, counted from its mask)")

@@ -35,11 +35,11 @@ def write_image(path, data, *, chunks=None, shards=None, complete=True):
 
 
 def write_prediction(path, prob, *, threshold=0.5, chunks=None, shards=None,
-                     probability=True, mask=None, complete=True):
+                     probability=True, mask=None, complete=True, job=None):
     shape = prob.shape
     dchunks, dshards = store.default_chunks(shape, np.uint8)
     p = store.create_prediction(path, shape=shape, chunks=chunks or dchunks,
-                                shards=shards or dshards, job=_job(name=str(path)),
+                                shards=shards or dshards, job=job or _job(name=str(path)),
                                 probability=probability, threshold=threshold)
     if mask is None:
         mask = (prob >= np.ceil(threshold * 255)).astype(np.uint8)
@@ -174,6 +174,28 @@ def test_roi_restricts_counts_exactly(tmp_path, stores):
     assert_matches(r, reference(truth[inside], prob[inside] >= 128, prob[inside]))
 
 
+def test_roi_of_one_time_point_and_slice_applies_to_all(tmp_path, stores):
+    pred, tru, truth, prob = stores
+    field = np.zeros((1, 1) + truth.shape[2:], np.uint8)
+    field[..., 5:25, 3:30] = 255  # 0/255, as a field-of-view mask often is
+    r = evaluate(pred, tru, roi_path=write_image(tmp_path / "fov.zarr", field))
+    inside = np.broadcast_to(field > 0, truth.shape)
+    assert r["voxels"] == int(inside.sum())
+    assert_matches(r, reference(truth[inside], prob[inside] >= 128, prob[inside]))
+
+
+def test_prediction_made_inside_an_roi_says_so(tmp_path, stores):
+    """Voxels predict left out read as background: evaluating without the ROI counts
+    them as misses, which the report must say."""
+    _, tru, truth, prob = stores
+    job = _job(roi={"path": "fov.zarr", "fingerprint": None})
+    pred = write_prediction(tmp_path / "in_roi.zarr", prob, job=job)
+    r = evaluate(pred, tru)
+    assert "predicted inside the ROI fov.zarr only" in r["note"] and "--roi" in r["note"]
+    field = write_image(tmp_path / "fov.zarr", np.ones((1, 1) + truth.shape[2:], np.uint8))
+    assert "note" not in evaluate(pred, tru, roi_path=field)
+
+
 def test_other_threshold_counts_probability(stores):
     pred, tru, truth, prob = stores
     r = evaluate(pred, tru, threshold=0.3)
@@ -292,7 +314,7 @@ def test_cli_bad_input_exits_2(tmp_path, stores, cli, case):
     elif case == "binary":
         args[3] = write_image(tmp_path / "b.zarr", truth * 255)
     elif case == "roi":
-        args += ["--roi", write_image(tmp_path / "roi.zarr", truth[:1])]
+        args += ["--roi", write_image(tmp_path / "roi.zarr", truth[:, :2])]
     elif case == "json_dir":
         args += ["--json", tmp_path / "no" / "such" / "r.json"]
     code, out, err = cli(*args)

@@ -112,7 +112,10 @@ def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
                          "be a binary mask (make it with `volseg convert --mask`)") from None
     prob = None if job.probability is None else np.asarray(job.probability[region])
     mask = None if job.mask is None else np.asarray(job.mask[region])
-    roi = None if job.roi is None else np.asarray(job.roi[region])
+    roi = None
+    if job.roi is not None:  # an ROI of one time point or slice applies to all of them
+        where = _store.roi_index(job.roi.shape, region[0], region[1]) + tuple(region[2:])
+        roi = np.broadcast_to(np.asarray(job.roi[where]), truth.shape)
     t0, z0 = region[0].start, region[1].start
     kw = dict(threshold=job.threshold, scale=job.scale, cldice=job.cldice, check=False)
 
@@ -179,9 +182,12 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
     if prob is not None and tuple(prob.shape) != shape:
         raise InputError(f"{pred_path}: probability shape {_shape(prob.shape)} differs from "
                          f"its mask's {_shape(shape)}")
-    if roi is not None and tuple(roi.shape) != shape:
-        raise InputError(f"{roi_path}: ROI shape {_shape(roi.shape)} differs from the "
-                         f"prediction's {_shape(shape)} ({pred_path}); (t, z, y, x) must match")
+    rs = None if roi is None else tuple(roi.shape)
+    if rs is not None and (rs[2:] != shape[2:] or rs[0] not in (1, shape[0])
+                           or rs[1] not in (1, shape[1])):
+        raise InputError(f"{roi_path}: ROI shape {_shape(rs)} does not fit the prediction's "
+                         f"{_shape(shape)} ({pred_path}): the same y, x, and t and z each "
+                         "equal or 1 (one ROI for every time point or slice)")
     if truth.dtype.kind not in "biu":
         raise InputError(f"{truth_path}: truth dtype {truth.dtype} is not an integer mask; "
                          "make it with `volseg convert --mask`")
@@ -214,9 +220,17 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
         "confusion_source": "mask" if use_mask else "probability >= threshold",
         "probability": prob is not None,
     }
+    notes = []
     if not use_mask:
-        info["note"] = (f"confusion counts at --threshold {threshold} come from the stored "
-                        f"probabilities, not from the stored mask (made at {stored})")
+        notes.append(f"confusion counts at --threshold {threshold} come from the stored "
+                     f"probabilities, not from the stored mask (made at {stored})")
+    predicted_in = ((pred.volseg.get("job") or {}).get("parameters") or {}).get("roi")
+    if roi_path is None and isinstance(predicted_in, dict):
+        notes.append(f"{pred_path} was predicted inside the ROI {predicted_in.get('path')} "
+                     "only; voxels outside it count as predicted background here: pass "
+                     "--roi with that store to evaluate inside it")
+    if notes:
+        info["note"] = "; ".join(notes)
     return Evaluation(job, shape, tuple(pred.mask.block_shape), info)
 
 
@@ -233,7 +247,8 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
         Binary truth store (``volseg convert --mask``, or any OME-NGFF 0/1 image), same
         (t, z, y, x) shape.
     roi_path : path, optional
-        Binary store of the same shape: only voxels where it is nonzero are counted.
+        Binary store: only voxels where it is nonzero are counted. The same (t, z, y, x)
+        shape, or one time point and/or one slice that applies to all of them.
     threshold : float, optional
         Operating threshold in [0, 1]. Default: the one stored with the prediction,
         and the confusion counts come from the stored mask. Another value counts
