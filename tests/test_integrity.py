@@ -594,6 +594,26 @@ def test_disk_full_while_creating_store_then_rerun_completes(cli, small_disk, tm
     assert siblings(out) == []
 
 
+@pytest.mark.parametrize("hyperstack", [False, True])
+def test_disk_full_during_export_one_line_then_rerun_completes(cli, small_disk, tmp_path,
+                                                               hyperstack):
+    """tifffile's short write is an OSError without an errno: still the full-disk line."""
+    arr = np.random.default_rng(9).integers(0, 256, size=(2, 3, 64, 96), dtype=np.uint8)
+    store = make_image_store(tmp_path / "im.zarr", arr).path
+    ballast = small_disk / "ballast"
+    vfs = os.statvfs(small_disk)
+    ballast.write_bytes(b"\0" * (vfs.f_bavail * vfs.f_frsize - 24 * 1024))
+    out = small_disk / ("h.tif" if hyperstack else "frames")
+    args = ["export", store, "-o", out, "-q"] + (["--hyperstack"] if hyperstack else [])
+    refused(cli(*args), "no space left")
+    ballast.unlink()
+    ok(cli(*args))
+    if hyperstack:
+        np.testing.assert_array_equal(tifffile.imread(out).reshape(arr.shape), arr)
+    else:
+        assert len(list(out.glob("t*.tif"))) == 6 and not list(out.glob(".*.part"))
+
+
 # --------------------------------------------------------------------------- 8. export resumes
 
 N_FRAMES = 100 * 16

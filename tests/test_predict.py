@@ -158,6 +158,8 @@ def test_bad_inputs(cli, tmp_path, tiny_model):
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
     bad(images.path, "--model", tmp_path / "junk.keras", "-o", out, match="not a Keras")
     bad(images.path, "--model", tiny_model, "-o", out, "--threshold", "1.5", match="--threshold")
+    bad(images.path, "--model", tiny_model, "-o", out, "--tile", "8,8", "--halo", "8",
+        match="--tile: tile 8 is too small for halo 8")
     incomplete = st.create_image(tmp_path / "inc.zarr", shape=(1, 1, 8, 8), dtype="uint8",
                                  job=st.make_job("x", parameters={}))
     bad(incomplete.path, "--model", tiny_model, "-o", out, match="incomplete")

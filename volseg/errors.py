@@ -8,6 +8,8 @@ in one place (``volseg_cli.main.FLAGS``), so the same error reads naturally from
 
 from __future__ import annotations
 
+import re
+
 
 class InputError(Exception):
     """Bad input or usage: the CLI prints the message as one line and exits 2.
@@ -76,6 +78,8 @@ def operational_error(exc: OSError) -> OperationalError | None:
     import errno as _errno
 
     name = _errno.errorcode.get(exc.errno or -1)
+    if exc.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(exc)):
+        name = "ENOSPC"  # numpy's tofile (tifffile writes with it) on a short write
     if name not in _OPERATIONAL:
         return None
     where = exc.filename or ""

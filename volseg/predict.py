@@ -565,7 +565,11 @@ def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batc
         tile = default_tile(min(shape[2], by + 2 * halo), min(shape[3], bx + 2 * halo),
                             multiple=multiple)
     tile = tuple(int(v) for v in tile)
-    plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
+    try:
+        plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
+    except ValueError as exc:
+        raise InputError(f"{exc}; give a larger --tile (or a smaller --halo)",
+                         param="tile") from None
     parameters = {"precision": precision, "tile": list(tile), "halo": halo,
                   "blend": blend, "batch_size": batch_size}
     describe = f"{precision}, tiles {plan['tile_shape']} per frame grid {plan['grid']}"
