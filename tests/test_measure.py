@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -216,6 +217,39 @@ def test_cli_bad_parameters_exit_2_with_one_line(stores, cli, extra, needle):
     code, out, err = cli("measure", stores / "pred.zarr", *extra)
     assert code == 2 and needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _scaled_mask(path, array, scale, unit="micrometer"):
+    from volseg import store as st
+
+    image = st.create_image(path, shape=array.shape, dtype=np.uint8, scale=scale,
+                            units={a: unit for a in "zyx"},
+                            job=st.make_job("test", parameters={"mask": True}),
+                            extra={"content": "mask"})
+    image.array[...] = array
+    st.finish(image.group)
+    return path
+
+
+def test_voxel_sizes_recorded_differently_refused(stores, cli):
+    """A mask and a truth of different voxel sizes: which is right is the user's call."""
+    from volseg.store import open_image
+
+    truth = np.asarray(open_image(stores / "truth.zarr").array[:])
+    mask = _scaled_mask(stores / "m3.zarr", truth, (1.0, 3.0, 1.0, 1.0))
+    for scale, unit in [((1.0, 1.0, 0.5, 0.5), "micrometer"), ((1.0, 3.0, 1.0, 1.0), "nanometer")]:
+        other = _scaled_mask(stores / "t.zarr", truth, scale, unit)
+        code, out, err = cli("measure", mask, "--truth", other, "-q")
+        assert code == 2 and "t.zarr: records the voxel size" in err and "--spacing" in err, err
+        shutil.rmtree(other)
+    same = _scaled_mask(stores / "t.zarr", truth, (1.0, 3.0, 1.0, 1.0))
+    code, out, err = cli("measure", mask, "--truth", same, "--json", stores / "r.json", "-q")
+    assert code == 0, err
+    assert json.loads((stores / "r.json").read_text())["spacing"] == {"z": 3.0, "y": 1.0, "x": 1.0}
+    # a scale of 0 recorded in the store: named, not blamed on --spacing
+    flat = _scaled_mask(stores / "flat.zarr", truth, (1.0, 0.0, 1.0, 1.0))
+    code, out, err = cli("measure", flat, "-q")
+    assert code == 2 and "flat.zarr: records the voxel size 0 x 1 x 1" in err, err
 
 
 def test_cli_bad_stores_exit_2_with_one_line(stores, cli, tmp_path):

@@ -455,18 +455,33 @@ def _physical(image) -> tuple[tuple | None, str | None]:
 def resolve_spacing(spacing, images) -> tuple[tuple, str | None, str]:
     """The voxel size to measure with, its unit, and where it came from.
 
-    ``spacing`` (Z,Y,X text or numbers) wins; else the first store that records a scale
-    or units; else 1 x 1 x 1 voxel.
+    ``spacing`` (Z,Y,X text or numbers) wins; else the scale the stores record (they
+    must agree: a mask and truth of different voxel sizes are refused, not settled by
+    their order); else 1 x 1 x 1 voxel.
     """
     recorded = [(image, *_physical(image)) for image in images if image is not None]
     unit = next((u for _, _, u in recorded if u), None)
     if spacing is not None:
         return parse_spacing(spacing), unit, "--spacing"
+    recorded = [(image, sp, u) for image, sp, u in recorded if sp is not None]
     for image, sp, u in recorded:
-        if sp is not None:
-            return parse_spacing(sp), u, f"scale of {image.path}"
+        if not all(math.isfinite(v) and v > 0 for v in sp):
+            raise InputError(f"{image.path}: records the voxel size {_size(sp, u)}, which is "
+                             "not positive; give the real one with --spacing Z,Y,X")
+    for other, sp, u in recorded[1:]:
+        first, sp0, u0 = recorded[0]
+        if u != u0 or not np.allclose(sp, sp0, rtol=1e-6):
+            raise InputError(f"{other.path}: records the voxel size {_size(sp, u)}, "
+                             f"{first.path} {_size(sp0, u0)}; give the right one with "
+                             "--spacing Z,Y,X")
+    for image, sp, u in recorded:
+        return parse_spacing(sp), u, f"scale of {image.path}"
     return (1.0, 1.0, 1.0), None, ("none recorded in the stores: 1 x 1 x 1 voxel (z counted "
                                    "as one pixel; give the real voxel size)")
+
+
+def _size(spacing, unit) -> str:
+    return " x ".join(f"{v:g}" for v in spacing) + (f" {unit}" if unit else "")
 
 
 @dataclass(frozen=True)
