@@ -8,6 +8,7 @@ from PIL import Image
 
 from conftest import make_image_store, make_prediction
 from volseg import preview as pv
+from volseg import store as st
 from volseg.errors import InputError
 
 SHAPE = (3, 4, 24, 40)
@@ -160,6 +161,16 @@ def test_other_bad_inputs_exit_2(stores, cli):
     # the images store as truth is not a 0/1 mask
     _one_line_error(cli(*base, "--truth", stores / "images.zarr", "-o", stores / "x.png"),
                     "0/1 mask")
+    # negative or fractional truths: evaluate refuses them, so does preview
+    shape = st.open_image(stores / "truth.zarr").shape
+    minus = np.zeros(shape, np.int16)
+    minus[0, 0, 0, 0] = -1
+    half = np.zeros(shape, np.float32)
+    half[0, 0, 0, 0] = 0.5
+    for name, array in (("minus.zarr", minus), ("half.zarr", half)):
+        make_image_store(stores / name, array)
+        _one_line_error(cli(*base, "--truth", stores / name, "-o", stores / "x.png"),
+                        "the truth must be a 0/1 mask")
     # a prediction store given as images: not an image group
     _one_line_error(cli("preview", stores / "images.zarr", "--images", stores / "images.zarr",
                         "-o", stores / "x.png"), "images.zarr")

@@ -128,10 +128,16 @@ def read_frame(pred: st.Prediction, images: st.ImageStore, t: int, z: int, *,
         prob = np.asarray(pred.probability.array[t, z], np.float32) / pred.probability_scale()
     gt = None
     if truth is not None:
+        from .metrics import check_binary
+
         gt = np.asarray(truth.array[t, z])
-        if gt.max(initial=0) > 1:
-            raise InputError(f"{truth.path}: frame t={t} z={z} holds values up to {gt.max()}; "
-                             "the truth must be a 0/1 mask (make it with `volseg convert --mask`)")
+        try:  # evaluate's rule, so a preview never shows a Dice evaluate would refuse
+            if gt.dtype.kind not in "biu":
+                raise ValueError(f"frame t={t} z={z} is {gt.dtype}, not an integer mask")
+            check_binary(gt, name=f"frame t={t} z={z}")
+        except ValueError as exc:
+            raise InputError(f"{truth.path}: {exc}; the truth must be a 0/1 mask (make it "
+                             "with `volseg convert --mask`)") from None
     return Frame(t=t, z=z, image=np.asarray(images.array[t, z]), mask=np.asarray(pred.mask.array[t, z]),
                  probability=prob, truth=gt, threshold=pred.threshold)
 
