@@ -83,9 +83,9 @@ def run(args) -> int:
 
 
 _COLUMNS = (("volume", "volume", 12), ("skeleton_length", "length", 10),
-            ("branches", "branches", 9), ("branch_points", "junct", 7), ("end_points", "ends", 6),
-            ("components", "comp", 6), ("mean_diameter", "diam", 7),
-            ("median_diameter", "med.d", 7), ("tortuosity", "tort", 6))
+            ("branches", "branches", 9), ("branch_points", "junct", 7), ("end_points", "ends", 7),
+            ("components", "comp", 7), ("mean_diameter", "diam", 7),
+            ("median_diameter", "med.d", 7), ("tortuosity", "tort", 7))
 
 
 def _v(value, width) -> str:
@@ -101,7 +101,8 @@ def _e(value, width) -> str:
 
 
 def _line(label, row, fmt) -> str:
-    return f"  {label:>7}" + "".join(fmt(row.get(k), w) for k, _, w in _COLUMNS)
+    # a space before every column: a value as wide as its column (+100.0%) stays apart
+    return f"  {label:>7}" + "".join(" " + fmt(row.get(k), w) for k, _, w in _COLUMNS)
 
 
 def format_report(r: dict) -> str:
@@ -116,7 +117,7 @@ def format_report(r: dict) -> str:
         f"{unit} ({r['spacing_source']}); {r['prune_rule']}",
         f"  {r['seconds']:.1f} s ({r['seconds_per_timepoint'] or 0:.1f} s per time point)",
         "",
-        f"  {'t':>7}" + "".join(f"{h:>{w}}" for _, h, w in _COLUMNS),
+        f"  {'t':>7}" + "".join(f" {h:>{w}}" for _, h, w in _COLUMNS),
     ]
     truth = bool(r.get("truth"))
     for row in r["per_timepoint"]:

@@ -212,6 +212,8 @@ def test_cli_truth_json_csv_plots(stores, cli):
     (["--spacing", "a,b,c"], "--spacing: expected three numbers"),
     (["--prune", "-1"], "--prune: must be a length >= 0"),
     (["--max-bytes", "1000"], "--max-bytes: one time point"),
+    (["--picture-t", "2"], "--picture-t: 2 is not a time point of"),
+    (["--picture-t", "-1"], "--picture-t: -1 is not a time point of"),
 ])
 def test_cli_bad_parameters_exit_2_with_one_line(stores, cli, extra, needle):
     code, out, err = cli("measure", stores / "pred.zarr", *extra)

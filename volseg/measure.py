@@ -595,6 +595,9 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
             param="max_bytes")
     if picture_t is None:
         picture_t = shape[0] // 2
+    elif not (isinstance(picture_t, (int, np.integer)) and 0 <= picture_t < shape[0]):
+        raise InputError(f"{picture_t} is not a time point of {mask_path} (0..{shape[0] - 1})",
+                         param="picture_t")
     job = _Job(mask=mask.array, truth=None if truth is None else truth.array,
                roi=None if roi is None else roi.array, spacing=sp, prune=prune,
                surface=surface, picture_t=picture_t)
