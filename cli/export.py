@@ -3,6 +3,7 @@
 from volseg.export import export_tiff
 
 from ._progress import Progress, say
+from ._select import add_select_arguments, select_kwargs
 from .info import _size
 
 
@@ -25,6 +26,7 @@ def add_parser(sub):
                    help="replace an earlier export (only volseg's tTTT_zZZZ.tif files, or a "
                         "TIFF file, are ever deleted)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    add_select_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -35,7 +37,8 @@ def run(args) -> int:
     say(args, f"exporting {args.store} to {args.output} ({layout})")
     with Progress("export", unit=unit, quiet=args.quiet) as progress:
         summary = export_tiff(args.store, args.output, hyperstack=args.hyperstack,
-                              overwrite=args.overwrite, progress=progress)
+                              overwrite=args.overwrite, progress=progress,
+                              **select_kwargs(args))
     for note in summary["notes"]:
         say(args, f"note: {note}")
     t, z, y, x = summary["shape"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
 from ._reports import check_report_files
+from ._select import add_select_arguments, select_kwargs
 
 
 def add_parser(sub):
@@ -41,6 +42,7 @@ def add_parser(sub):
                    help="replace existing --json/--csv/--plots files that volseg did not write")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_cluster_arguments(p, default_workers_help="none: threads of this process")
+    add_select_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -56,7 +58,8 @@ def run(args) -> int:
     check_report_files(args, MEASURE_FIGURES)  # before measuring
     kw = dict(truth_path=args.truth, roi_path=args.roi, spacing=args.spacing, prune=args.prune,
               surface=args.surface, picture_t=args.picture_t,
-              max_bytes=DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes)
+              max_bytes=DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes,
+              **select_kwargs(args))
     prepare(args.mask, **kw)  # bad input fails before a cluster starts
     ckw = cluster_kwargs(args)
     # Locally, threads of this process (as verify); a local Dask cluster with --workers.

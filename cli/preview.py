@@ -3,6 +3,7 @@
 from volseg.preview import preview
 
 from ._progress import say
+from ._select import add_select_arguments, select_kwargs
 
 
 def add_parser(sub):
@@ -30,6 +31,7 @@ def add_parser(sub):
     p.add_argument("--overwrite", action="store_true",
                    help="replace figure files volseg did not write (its own are replaced)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    add_select_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -51,7 +53,7 @@ def run(args) -> int:
 
     paths = preview(args.prediction, args.images, truth=args.truth, t=args.t, z=args.z,
                     out=args.output, grid=args.grid, dpi=args.dpi, on_frame=on_frame,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, **select_kwargs(args))
     say(args, f"wrote {len(paths)} figure{'s' if len(paths) != 1 else ''}"
               + (f": {paths[0]}" if len(paths) == 1 else f" ({paths[0]} ... {paths[-1]})"))
     return 0

@@ -163,3 +163,36 @@ def test_prediction_root_is_a_labels_group_with_an_image_label(tmp_path, data):
     assert [c.label_value for c in label.colors] == [0, 1]
     source = (tmp_path / "pred.zarr" / "mask" / label.source.image).resolve()
     assert source == ome_images.resolve()
+
+
+def test_export_measure_preview_take_channel(tmp_path, data, cli):
+    """Every command that reads another tool's multichannel store offers --channel."""
+    import tifffile
+
+    from volseg.predict import predict
+
+    images, truth = data
+    two = np.stack([1 - truth, truth], axis=1)  # channel 1 is the truth
+    ome_images = write_ome(tmp_path / "ome-img.zarr", images, "tczyx", "0.5")
+    ome_masks = write_ome(tmp_path / "ome-masks.zarr", two, "tczyx", "0.5")
+    for cmd in (["export", ome_images, "-o", tmp_path / "none"],
+                ["measure", ome_masks], ["preview", tmp_path / "pred.zarr", "--images",
+                                         ome_images, "-o", tmp_path / "none.png"]):
+        if cmd[0] == "preview":
+            predict(ome_images, make_tiny_model(tmp_path / "tiny.keras"), tmp_path / "pred.zarr",
+                    channel=1, threshold=0.5)
+        code, _, err = cli(*cmd, "-q")
+        assert code == 2 and "--channel: " in err and "has 2 channels" in err, err
+
+    code, _, err = cli("export", ome_images, "-o", tmp_path / "h.tif", "--hyperstack",
+                       "--channel", "1", "-q")
+    assert code == 0, err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "h.tif").reshape(SHAPE), images[:, 1])
+    code, _, err = cli("measure", ome_masks, "--channel", "1", "--spacing", "1,1,1",
+                       "--json", tmp_path / "m.json", "-q")
+    assert code == 0, err
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert [r["volume"] for r in report["per_timepoint"]] == [int(v.sum()) for v in truth]
+    code, _, err = cli("preview", tmp_path / "pred.zarr", "--images", ome_images, "--channel", "1",
+                       "--truth", ome_masks, "-o", tmp_path / "p.png", "-q")
+    assert code == 0, err

@@ -52,12 +52,14 @@ _SECONDS = {"second": 1.0, "millisecond": 1e-3, "microsecond": 1e-6, "minute": 6
 
 # --------------------------------------------------------------------------- sources
 
-def open_source(path, *, array: str | None = None) -> tuple[st.ImageStore, str, list[str]]:
+def open_source(path, *, array: str | None = None, channel: int | None = None,
+                series: int | None = None) -> tuple[st.ImageStore, str, list[str]]:
     """Resolve ``STORE[/ARRAY]`` to the image group to export.
 
     ``path`` may be an image store (``volseg convert`` output), a prediction store, or a
     prediction store with ``/probability`` or ``/mask`` appended (or given as ``array``).
-    A prediction store without an array means its mask.
+    A prediction store without an array means its mask. ``channel`` and ``series``
+    choose what to read from another tool's image store (see :func:`volseg.store.open_image`).
 
     Returns
     -------
@@ -100,7 +102,8 @@ def open_source(path, *, array: str | None = None) -> tuple[st.ImageStore, str, 
     if array not in (None, "0"):
         raise InputError(f"{path}/{array}: {path} is an image store; it has no array "
                          f"{array!r} (give the store itself)")
-    return st.open_image(path), str(path), notes
+    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
+    return st.open_image(path, **select), str(path), notes
 
 
 def _is_zarr(path: Path) -> bool:
@@ -289,7 +292,8 @@ def _frames_in_order(array, grid, progress, total_frames):
 
 
 def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = False,
-                overwrite: bool = False, progress=None) -> dict:
+                overwrite: bool = False, progress=None, channel: int | None = None,
+                series: int | None = None) -> dict:
     """Export an image or prediction store to TIFF, streamed frame by frame.
 
     Parameters
@@ -310,6 +314,8 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
     progress : callable, optional
         ``progress(done, total)``: groups of frames (per-frame layout) or frames
         (hyperstack).
+    channel, series : int, optional
+        The channel and bioformats2raw series of an image store made by another tool.
 
     Returns
     -------
@@ -327,7 +333,7 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
     hyperstack. Programs that follow the TIFF directories (e.g. Imaris) see only the
     first frame of such a file: export per-frame files for them.
     """
-    image, source, notes = open_source(store, array=array)
+    image, source, notes = open_source(store, array=array, channel=channel, series=series)
     out = Path(out)
     shape, dtype = tuple(image.shape), np.dtype(image.dtype)
     scale, units = physical_size(image)
@@ -341,6 +347,8 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
         record = {"source": str(image.path) if is_url(image.path)
                   else os.path.abspath(str(image.path)), "shape": list(shape),
                   "dtype": str(dtype), "made": image.volseg.get("finished")}
+        if channel is not None or series is not None:  # absent otherwise: old records match
+            record.update(channel=channel, series=series)
         resume = _prepare_folder(out, source=record, overwrite=overwrite)
         out.mkdir(exist_ok=True)
         if not resume:

@@ -425,15 +425,17 @@ def compare_volumes(mask, truth, spacing=(1.0, 1.0, 1.0), *, prune=None) -> dict
 
 # --------------------------------------------------------------------------- stores
 
-def open_binary(path, *, what: str = "mask store") -> _store.ImageStore:
-    """A prediction store's mask (``PRED`` or ``PRED/mask``), or any image store of 0/1."""
+def open_binary(path, *, what: str = "mask store", channel=None, series=None) -> _store.ImageStore:
+    """A prediction store's mask (``PRED`` or ``PRED/mask``), or any image store of 0/1
+    (``channel`` and ``series`` as :func:`volseg.store.open_image` takes them)."""
     from .location import locate
     from .outputs import read_node
 
     path = locate(path)
     if read_node(path / "mask") is not None:
         return _store.open_prediction(path).mask
-    return _store.open_image(path, what=what)
+    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
+    return _store.open_image(path, what=what, **select)
 
 
 def _physical(image) -> tuple[tuple | None, str | None]:
@@ -556,7 +558,8 @@ def _check_same_shape(shape, image, path, what) -> None:
 
 
 def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=None,
-            surface=False, max_bytes=DEFAULT_MAX_BYTES, picture_t=None) -> tuple[_Job, dict]:
+            surface=False, max_bytes=DEFAULT_MAX_BYTES, picture_t=None, channel=None,
+            series=None) -> tuple[_Job, dict]:
     """Open and check the stores and parameters (cheap: call before starting a cluster).
 
     Raises :class:`InputError` for missing or incomplete stores, shapes that differ, a
@@ -575,9 +578,10 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
             or max_bytes < 1:
         raise InputError(f"must be a positive number of bytes, got {max_bytes!r}",
                          param="max_bytes")
-    mask = open_binary(mask_path)
-    truth = None if truth_path is None else open_binary(truth_path, what="truth store")
-    roi = None if roi_path is None else open_binary(roi_path, what="ROI store")
+    select = {"channel": channel, "series": series}
+    mask = open_binary(mask_path, **select)
+    truth = None if truth_path is None else open_binary(truth_path, what="truth store", **select)
+    roi = None if roi_path is None else open_binary(roi_path, what="ROI store", **select)
     shape = tuple(mask.shape)
     _check_same_shape(shape, truth, truth_path, "truth")
     _check_same_shape(shape, roi, roi_path, "ROI")
@@ -628,8 +632,8 @@ def summarize(rows: list[dict], keys=KEYS) -> dict:
 
 
 def measure(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=None,
-            surface=False, max_bytes=DEFAULT_MAX_BYTES, picture_t=None, client=None,
-            threads=None, progress=None) -> dict:
+            surface=False, max_bytes=DEFAULT_MAX_BYTES, picture_t=None, channel=None,
+            series=None, client=None, threads=None, progress=None) -> dict:
     """Measure the structure of every time point of a 0/1 store (and of a truth store).
 
     One task per time point (:func:`measure_timepoint` on ``BlockGrid(shape, (1, Z, Y,
@@ -657,6 +661,8 @@ def measure(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
     picture_t : int, optional
         The time point whose skeleton projection is kept (``picture``; default the
         middle one).
+    channel, series : int, optional
+        The channel and bioformats2raw series of stores made by other tools.
     client : distributed.Client, optional
         Run on this Dask cluster; None: ``threads`` threads of this process.
     threads : int, optional
@@ -673,7 +679,8 @@ def measure(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
         (projections of one time point, for :func:`plot_skeleton`), ``seconds``.
     """
     job, info = prepare(mask_path, truth_path=truth_path, roi_path=roi_path, spacing=spacing,
-                        prune=prune, surface=surface, max_bytes=max_bytes, picture_t=picture_t)
+                        prune=prune, surface=surface, max_bytes=max_bytes, picture_t=picture_t,
+                        channel=channel, series=series)
     shape = tuple(info["shape"])
     grid = BlockGrid(shape, (1,) + shape[1:])
     rows: dict[int, dict] = {}

@@ -268,10 +268,12 @@ def _check_output(out) -> Path:
     return out
 
 
-def open_inputs(pred, images, truth=None):
-    """Open and cross-check the stores of a preview; :class:`InputError` on mismatch."""
+def open_inputs(pred, images, truth=None, *, channel=None, series=None):
+    """Open and cross-check the stores of a preview; :class:`InputError` on mismatch.
+    ``channel`` and ``series`` choose what to read from other tools' image stores."""
+    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
     p = st.open_prediction(pred)
-    im = st.open_image(images)
+    im = st.open_image(images, **select)
     shape = tuple(p.mask.shape)
     if tuple(im.shape) != shape:
         raise InputError(f"{images}: shape {tuple(im.shape)} differs from the prediction "
@@ -279,7 +281,7 @@ def open_inputs(pred, images, truth=None):
                          param="images")
     gt = None
     if truth is not None:
-        gt = st.open_image(truth, what="truth store")
+        gt = st.open_image(truth, what="truth store", **select)
         if tuple(gt.shape) != shape:
             raise InputError(f"{truth}: shape {tuple(gt.shape)} differs from the "
                              f"prediction {pred} {shape}", param="truth")
@@ -295,7 +297,8 @@ def frame_path(out: Path, t: int, z: int, shape) -> Path:
 
 def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool = False,
             dpi: int = 100, panel_width: float = PANEL_WIDTH, on_frame=None,
-            overwrite: bool = False) -> list[Path]:
+            overwrite: bool = False, channel: int | None = None,
+            series: int | None = None) -> list[Path]:
     """Write preview figures of frames of a prediction.
 
     Parameters
@@ -321,6 +324,9 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
     overwrite : bool
         Replace files that volseg did not write; figures volseg wrote are always
         replaced. Without it such a file is refused before anything is written.
+    channel, series : int, optional
+        The channel and bioformats2raw series of image and truth stores made by other
+        tools.
 
     Returns
     -------
@@ -328,7 +334,7 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
         The files written.
     """
     out = _check_output(out)
-    p, im, gt = open_inputs(pred, images, truth)
+    p, im, gt = open_inputs(pred, images, truth, channel=channel, series=series)
     shape = p.mask.shape
     ts = parse_indices(t, shape[0], param="t", axis="time point")
     zs = parse_indices(z, shape[1], param="z", axis="depth slice")
