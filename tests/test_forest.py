@@ -199,3 +199,18 @@ def test_forest_bad_input_one_line(tmp_path, cli):
                          "--truth", tmp_path / "t2.zarr", "-o", tmp_path / "f.model",
                          "--trees", "0")
     assert code == 2 and "--trees" in err
+    # frames one pixel high: the filter features cannot be computed, in training or
+    # in prediction
+    thin = make_image_store(tmp_path / "thin.zarr", images[:, :, :1]).path
+    make_image_store(tmp_path / "thin-t.zarr", labels[:, :, :1], mask=True)
+    code, out, err = cli("train", "--method", "forest", "--images", thin,
+                         "--truth", tmp_path / "thin-t.zarr", "-o", tmp_path / "f.model")
+    assert code == 2 and "thin.zarr: frames of 1 x 40 pixels are too small" in err, err
+    code, out, err = cli("train", "--method", "forest", "--images", tmp_path / "i.zarr",
+                         "--truth", tmp_path / "t2.zarr", "-o", tmp_path / "f.model",
+                         "--trees", "2", "--max-samples", "2000", "-q")
+    assert code == 0, err
+    code, out, err = cli("predict", thin, "--model", tmp_path / "f.model",
+                         "-o", tmp_path / "p.zarr")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "too small" in err, err
+    assert not (tmp_path / "p.zarr").exists()

@@ -77,6 +77,15 @@ class FeatureSpec:
                    normalization=tuple(float(v) for v in d["normalization"]))
 
 
+def check_frame_size(shape, where) -> None:
+    """Refuse frames too small for the filter features (their gradients need 2 pixels
+    along each axis)."""
+    h, w = shape[-2:]
+    if min(h, w) < 2:
+        raise InputError(f"{where}: frames of {h} x {w} pixels are too small for the forest's "
+                         "filter features (2 x 2 at least)")
+
+
 def features(frame: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Features of a 2D frame: (y, x, n_features) float32."""
     from skimage.feature import multiscale_basic_features
@@ -373,6 +382,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
         raise InputError(f"{out} exists; use --overwrite to replace it", param="out_path")
     image, truth, roi = open_stores(images_path, truth_path, roi_path, channel=channel,
                                     series=series)
+    check_frame_size(image.shape, images_path)
     split = split_frames(image.shape, val_fraction=val_fraction, val_timepoints=val_timepoints,
                          val_frames=val_frames)
     start = time.monotonic()

@@ -412,6 +412,9 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     chunks, shards = _output_chunks(image)
     block_shape = shards or chunks
     if info.get("kind", "unet") == "forest":
+        from .forest import check_frame_size
+
+        check_frame_size(image.shape, images)
         method = _forest_method(info, halo=halo)
     else:
         method = _unet_method(info, image.shape, block_shape, precision=precision,
