@@ -22,7 +22,8 @@ def add_parser(sub):
     p.add_argument("mask", metavar="MASK", help="prediction store (its mask) or 0/1 image store")
     p.add_argument("--truth", metavar="TRUTH.zarr", help="0/1 truth store of the same shape")
     p.add_argument("--roi", metavar="ROI.zarr",
-                   help="0/1 store of the same shape: measure only structure inside it")
+                   help="mask store (nonzero inside) of the same shape, or of one time point "
+                        "and/or slice for all: measure only structure inside it")
     p.add_argument("--spacing", metavar="Z,Y,X",
                    help="voxel size (default: the store's OME-NGFF scale, else 1,1,1)")
     p.add_argument("--prune", type=float, metavar="LENGTH",

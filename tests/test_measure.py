@@ -254,6 +254,23 @@ def test_voxel_sizes_recorded_differently_refused(stores, cli):
     assert code == 2 and "flat.zarr: records the voxel size 0 x 1 x 1" in err, err
 
 
+def test_roi_0_255_of_one_time_point_applies_to_all(stores):
+    """The ROIs evaluate and predict take (nonzero inside, one time point for all)."""
+    from volseg.measure import measure
+
+    half = np.zeros((1, 8, 100, 100), np.uint8)
+    half[..., :50] = 255
+    make_image_store(stores / "half.zarr", half)
+    whole = measure(stores / "truth.zarr", spacing="3,1,1", threads=1)
+    inside = measure(stores / "truth.zarr", roi_path=stores / "half.zarr", spacing="3,1,1",
+                     threads=1)
+    from volseg.store import open_image
+
+    truth = np.asarray(open_image(stores / "truth.zarr").array[:]).astype(bool)
+    for t, (a, b) in enumerate(zip(whole["per_timepoint"], inside["per_timepoint"])):
+        assert b["volume"] == int(truth[t][..., :50].sum()) * 3 < a["volume"]
+
+
 def test_cli_bad_stores_exit_2_with_one_line(stores, cli, tmp_path):
     d = stores
     grey = np.zeros((2, 8, 100, 100), np.uint8)

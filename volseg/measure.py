@@ -522,7 +522,11 @@ def measure_timepoint(i: int, *, job: _Job, grid: BlockGrid) -> dict:
     """Process function: measure time point ``i`` (its z-stack read whole) of mask and truth."""
     t = grid.region(i)[0].start
     start = time.perf_counter()
-    roi = None if job.roi is None else read_binary(job.roi, t)
+    roi = None
+    if job.roi is not None:  # nonzero is inside, as for evaluate and predict; an ROI of
+        # one time point or slice applies to all of them
+        ti, zi = _store.roi_index(job.roi.shape, t, slice(None))
+        roi = np.asarray(job.roi[ti, zi]) != 0
     row: dict = {"t": int(t)}
     for name, array in (("mask", job.mask), ("truth", job.truth)):
         if array is None:
@@ -584,7 +588,12 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
     roi = None if roi_path is None else open_binary(roi_path, what="ROI store", **select)
     shape = tuple(mask.shape)
     _check_same_shape(shape, truth, truth_path, "truth")
-    _check_same_shape(shape, roi, roi_path, "ROI")
+    if roi is not None:
+        rs = tuple(roi.shape)
+        if rs[2:] != shape[2:] or rs[0] not in (1, shape[0]) or rs[1] not in (1, shape[1]):
+            raise InputError(f"{roi_path}: ROI shape {rs} does not fit the mask's {shape}: the "
+                             "same y, x, and t and z each equal or 1 (one ROI for every time "
+                             "point or slice)")
     for image, path in ((mask, mask_path), (truth, truth_path), (roi, roi_path)):
         if image is not None and image.dtype.kind not in "biu":
             raise InputError(f"{path}: dtype {image.dtype} is not a 0/1 mask; measure a "
@@ -648,7 +657,8 @@ def measure(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
         A 0/1 store of the same shape, measured alike; each row then carries ``truth``
         and ``relative_error`` (``(mask - truth) / truth``, None where the truth is 0).
     roi_path : path, optional
-        A 0/1 store of the same shape: only structure inside it is measured.
+        A mask store (nonzero inside) of the same shape, or of one time point and/or
+        slice for all: only structure inside it is measured.
     spacing : str or sequence of 3 floats, optional
         Voxel size (z, y, x). Default: the stores' NGFF scale, else 1 x 1 x 1.
     prune : float, optional
