@@ -160,6 +160,17 @@ def _bad(cli, *args, match):
     return lines[0]
 
 
+def test_output_inside_the_input_folder_reruns(cli, tmp_path):
+    arr = np.random.default_rng(6).integers(0, 255, size=(2, 2, 10, 12), dtype=np.uint8)
+    folder = write_frames(tmp_path / "f", arr)
+    for extra in ((), ("--overwrite",)):
+        code, _, err = cli("convert", folder, "-o", folder / "img.zarr", "-q", *extra)
+        assert code == 0, err
+        np.testing.assert_array_equal(read_store(folder / "img.zarr"), arr)
+    (folder / "sub").mkdir()  # any other folder among the frames is still refused
+    _bad(cli, "convert", folder, "-o", tmp_path / "o.zarr", match="sub: a folder among the frames")
+
+
 def test_bad_inputs(cli, tmp_path, frames_dir):
     folder, arr = frames_dir
     out = tmp_path / "o.zarr"
@@ -261,6 +272,15 @@ def test_rgb_needs_channel(cli, tmp_path):
     code, _, err = cli("convert", f, "-o", tmp_path / "o.zarr", "--channel", "1", "-q")
     assert code == 0, err
     np.testing.assert_array_equal(read_store(tmp_path / "o.zarr")[0], rgb[..., 1])
+    # the same colours stored plane by plane (planar configuration: axes SYX)
+    planar = tmp_path / "planar"
+    planar.mkdir()
+    for z in range(2):
+        tifffile.imwrite(planar / f"t000_z{z:03d}.tif", np.moveaxis(rgb[z], -1, 0),
+                         photometric="rgb", planarconfig="separate")
+    code, _, err = cli("convert", planar, "-o", tmp_path / "p.zarr", "--channel", "1", "-q")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_store(tmp_path / "p.zarr")[0], rgb[..., 1])
 
 
 def test_bad_mask_values(cli, tmp_path):

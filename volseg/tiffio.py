@@ -64,7 +64,10 @@ class TiffStack:
                         opened[fi] = tifffile.TiffFile(self.files[fi])
                     frame = _read_frame(opened[fi], idx)
                     if self.channel is not None and frame.ndim == 3:
-                        frame = frame[..., self.channel]
+                        # samples last (RGB interleaved, YXS) or first (planar, SYX)
+                        planar = (frame.shape[1:] == out.shape[1:]
+                                  and frame.shape[:2] != out.shape[1:])
+                        frame = frame[self.channel] if planar else frame[..., self.channel]
                 except InputError:
                     raise
                 except Exception as exc:
@@ -140,7 +143,9 @@ def _list_folder(folder: Path) -> list[Path]:
     files = []
     for p in sorted(folder.iterdir(), key=_natural_key):
         if p.name.startswith("."):
-            continue  # .DS_Store and friends
+            continue  # .DS_Store and friends, and an output's lock and swap folders
+        if p.is_dir() and p.suffix.lower() == ".zarr":
+            continue  # a store beside the frames (e.g. the conversion's own output)
         if p.is_dir():
             raise InputError(f"{p}: a folder among the frames; volseg reads one level of TIFF files")
         if p.suffix.lower() not in TIFF_SUFFIXES:
