@@ -193,6 +193,28 @@ def test_bad_inputs_exit_2(data, tmp_path, cli):
     assert code == 2 and "--val-frames" in err
     code, _, err = cli(*base, "-o", tmp_path / "m.keras", "--init", tmp_path / "exists.keras")
     assert code == 2 and "exists.keras" in err
+    (tmp_path / "dir.keras").mkdir()  # found before training, not when saving hours later
+    code, _, err = cli(*base, "-o", tmp_path / "dir.keras", "--overwrite")
+    assert code == 2 and "dir.keras is a folder" in err
+    # "unlabelled" as -1 is not foreground
+    minus = labels.astype(np.int8)
+    minus[:, :, :4] = -1
+    make_store(tmp_path / "minus.zarr", minus)
+    code, _, err = cli("train", "--images", root / "i.zarr", "--truth", tmp_path / "minus.zarr",
+                       "-o", tmp_path / "m.keras", *TINY)
+    assert code == 2 and "found value -1" in err, err
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_diverged_training_saves_nothing(data, tmp_path, cli):
+    """A loss gone to NaN: the outputs are NaN, and a model picked on them would be
+    garbage with a plausible Dice (threshold 0: everything foreground)."""
+    root = data[0]
+    code, _, err = cli("train", "--images", root / "i.zarr", "--truth", root / "t.zarr",
+                       "-o", tmp_path / "m.keras", *TINY, "--learning-rate", "1e30",
+                       "--precision", "float32", "--epochs", "2", "--steps-per-epoch", "3")
+    assert code == 2 and "training diverged" in err and "--learning-rate" in err, err
+    assert not (tmp_path / "m.keras").exists()
 
 
 def test_stop_signal_ends_training_after_the_current_step(data, tmp_path):
@@ -232,6 +254,10 @@ def test_stop_signal_keeps_the_first_reason():
     (dict(time_limit=-1), "time_limit", "must be positive minutes"),
     (dict(foreground_share=2), "foreground_share", "must be in [0, 1]"),
     (dict(patch="a"), "patch", "is not N or H,W"),
+    (dict(learning_rate=float("nan")), "learning_rate", "must be a positive number"),
+    (dict(learning_rate=0), "learning_rate", "must be a positive number"),
+    (dict(dropout=1.5), "dropout", "must be in [0, 1)"),
+    (dict(time_limit=float("nan")), "time_limit", "must be a number of minutes"),
 ])
 def test_config_errors_name_the_parameter(options, param, message):
     with pytest.raises(InputError) as exc:

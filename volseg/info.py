@@ -13,7 +13,8 @@ def _describe_array(name: str, image: st.ImageStore) -> dict:
     raw = int(np.prod(arr.shape)) * arr.dtype.itemsize
     ngff = image.ngff
     stored = st.stored_bytes(image.path / ngff.path)
-    codecs = [type(c).__name__ + (f"({c.cname.value}, level {c.clevel})" if hasattr(c, "cname") else "")
+    codecs = [type(c).__name__ + (f"({getattr(c.cname, 'value', c.cname)}, level {c.clevel})"
+                                        if hasattr(c, "cname") else "")
               for c in arr.compressors]
     attrs = {k: v for k, v in image.volseg.items()
              if k not in ("job", "complete", "version", "created", "finished", "integrity")}

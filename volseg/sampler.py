@@ -281,8 +281,9 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
         if lab.dtype.kind not in "biu":
             raise InputError(f"labels must be integers 0/1, found dtype {lab.dtype}",
                              param="truth_path")
-        if lab.size and lab.max() > 1:
-            raise InputError(f"labels must be 0 or 1, found value {int(lab.max())}; "
+        if lab.size and (lab.max() > 1 or lab.min() < 0):  # -1 ("unlabelled") is not 1
+            bad = int(lab.max()) if lab.max() > 1 else int(lab.min())
+            raise InputError(f"labels must be 0 or 1, found value {bad}; "
                              "convert annotations with `volseg convert --mask`",
                              param="truth_path")
         mask = _read(roi, _roi_sel(roi, *sel)) if roi is not None else None

@@ -11,6 +11,7 @@ submitting machine before a job waits in the queue, so the two cannot disagree.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -160,6 +161,16 @@ class TrainConfig:
             value = getattr(self, name)
             if int(value) < 1:
                 raise InputError(f"must be at least 1, got {value}", param=name)
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise InputError(f"must be a positive number, got {self.learning_rate!r}",
+                             param="learning_rate")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise InputError(f"must be in [0, 1), got {self.dropout!r}", param="dropout")
+        if self.time_limit is not None and not (
+                isinstance(self.time_limit, (int, float)) and math.isfinite(self.time_limit)):
+            raise InputError(f"must be a number of minutes, got {self.time_limit!r}",
+                             param="time_limit")
         if self.time_limit is not None and self.time_limit <= 0:
             raise InputError(f"must be positive minutes, got {self.time_limit}",
                              param="time_limit")
@@ -248,11 +259,16 @@ def open_inputs(config: TrainConfig) -> Inputs:
                          param="out_path")
     if not out.parent.is_dir():
         raise InputError(f"folder {out.parent} does not exist", param="out_path")
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; give a model file name", param="out_path")
     if out.exists() and not config.overwrite:
         raise InputError(f"{out} exists; use --overwrite to replace it", param="out_path")
     image, truth, roi = open_stores(config.images_path, config.truth_path, config.roi_path,
                                     channel=config.channel, series=config.series)
     init_info = read_model_info(config.init) if config.init is not None else None
+    if init_info is not None and "architecture" not in init_info:
+        raise InputError(f"{config.init}: a {init_info.get('kind', 'non-U-Net')} model, not a "
+                         "U-Net; --init continues from a U-Net (.keras)", param="init")
     if init_info is not None:
         architecture = dict(init_info["architecture"])
     else:

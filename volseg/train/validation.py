@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from ..errors import InputError
+
 from ..store import roi_index
 from ..thresholds import LEVELS, best_threshold, class_histograms, dice_at, quantise
 
@@ -68,7 +70,17 @@ class Validator:
         start = time.monotonic()
         for t, z in self.frames:
             prob = self.probabilities(model, t, z)
-            lab = np.asarray(self.truth[t, z]).astype(bool)
+            if not np.isfinite(prob).all():
+                raise InputError(f"training diverged: the network's outputs are NaN or "
+                                 f"infinite (frame t={t} z={z}); nothing was saved from this "
+                                 "epoch on: lower the learning rate, or use --precision float32",
+                                 param="learning_rate")
+            lab = np.asarray(self.truth[t, z])
+            if lab.size and (lab.max() > 1 or lab.min() < 0):
+                raise InputError(f"validation frame t={t} z={z} holds values other than 0/1 "
+                                 f"({int(lab.min())}..{int(lab.max())}); convert annotations "
+                                 "with `volseg convert --mask`", param="truth_path")
+            lab = lab.astype(bool)
             if self.roi is not None:
                 inside = np.asarray(self.roi[roi_index(self.roi.shape, t, z)]) > 0
             else:
