@@ -182,10 +182,8 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
     if prob is not None and tuple(prob.shape) != shape:
         raise InputError(f"{pred_path}: probability shape {_shape(prob.shape)} differs from "
                          f"its mask's {_shape(shape)}")
-    rs = None if roi is None else tuple(roi.shape)
-    if rs is not None and (rs[2:] != shape[2:] or rs[0] not in (1, shape[0])
-                           or rs[1] not in (1, shape[1])):
-        raise InputError(f"{roi_path}: ROI shape {_shape(rs)} does not fit the prediction's "
+    if roi is not None and not _store.roi_fits(roi.shape, shape):
+        raise InputError(f"{roi_path}: ROI shape {_shape(roi.shape)} does not fit the prediction's "
                          f"{_shape(shape)} ({pred_path}): the same y, x, and t and z each "
                          "equal or 1 (one ROI for every time point or slice)")
     if truth.dtype.kind not in "biu":

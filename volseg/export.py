@@ -102,8 +102,7 @@ def open_source(path, *, array: str | None = None, channel: int | None = None,
     if array not in (None, "0"):
         raise InputError(f"{path}/{array}: {path} is an image store; it has no array "
                          f"{array!r} (give the store itself)")
-    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
-    return st.open_image(path, **select), str(path), notes
+    return st.open_image(path, channel=channel, series=series), str(path), notes
 
 
 def _is_zarr(path: Path) -> bool:

@@ -206,12 +206,10 @@ class CheckedArray:
         chunk); empty for stores that do not promise every chunk, or that are not sharded
         with the index layout volseg writes (little-endian offsets, CRC32C, at the end).
         """
+        from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        if not self.require_chunks or not self.zarray.shards:
-            return frozenset()
-        layout = _index_layout(self.zarray)
-        if layout is None:
+        if not (self.require_chunks and self.zarray.shards and _volseg_index(self.zarray)):
             return frozenset()
         box = box or tuple(slice(0, n) for n in self.zarray.shape)
         store = self.zarray.store_path.store
@@ -220,7 +218,8 @@ class CheckedArray:
         size = 16 * int(np.prod(per_shard)) + 4
         lost: set = set()
         for coords, key in self._shard_keys(box):
-            data = sync(store.get(key, prototype=layout, byte_range=_suffix(size)))
+            data = sync(store.get(key, prototype=default_buffer_prototype(),
+                                  byte_range=_suffix(size)))
             if data is None:
                 continue  # a missing shard is missing_frames' to report
             raw = data.to_bytes()
@@ -265,22 +264,19 @@ class CheckedArray:
 _ABSENT = np.uint64(2**64 - 1)
 
 
-def _index_layout(zarray):
-    """The buffer prototype to read ``zarray``'s shard indexes with, or None when they are
-    not laid out as volseg writes them (little-endian, then CRC32C, at the shard's end)."""
+def _volseg_index(zarray) -> bool:
+    """``zarray``'s shard indexes are laid out as volseg writes them: little-endian
+    offsets and lengths, then their CRC32C, at the shard's end."""
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-    from zarr.core.buffer import default_buffer_prototype
 
     codecs = zarray.metadata.codecs
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return None
+        return False
     sharding = codecs[0]
     index = tuple(sharding.index_codecs)
-    if (sharding.index_location.value != "end" or len(index) != 2
-            or not isinstance(index[0], BytesCodec) or index[0].endian is None
-            or index[0].endian.value != "little" or not isinstance(index[1], Crc32cCodec)):
-        return None
-    return default_buffer_prototype()
+    return (sharding.index_location.value == "end" and len(index) == 2
+            and isinstance(index[0], BytesCodec) and index[0].endian is not None
+            and index[0].endian.value == "little" and isinstance(index[1], Crc32cCodec))
 
 
 def _suffix(size: int):

@@ -434,8 +434,7 @@ def open_binary(path, *, what: str = "mask store", channel=None, series=None) ->
     path = locate(path)
     if read_node(path / "mask") is not None:
         return _store.open_prediction(path).mask
-    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
-    return _store.open_image(path, what=what, **select)
+    return _store.open_image(path, what=what, channel=channel, series=series)
 
 
 def _physical(image) -> tuple[tuple | None, str | None]:
@@ -470,14 +469,14 @@ def resolve_spacing(spacing, images) -> tuple[tuple, str | None, str]:
         if not all(math.isfinite(v) and v > 0 for v in sp):
             raise InputError(f"{image.path}: records the voxel size {_size(sp, u)}, which is "
                              "not positive; give the real one with --spacing Z,Y,X")
-    for other, sp, u in recorded[1:]:
+    if recorded:
         first, sp0, u0 = recorded[0]
-        if u != u0 or not np.allclose(sp, sp0, rtol=1e-6):
-            raise InputError(f"{other.path}: records the voxel size {_size(sp, u)}, "
-                             f"{first.path} {_size(sp0, u0)}; give the right one with "
-                             "--spacing Z,Y,X")
-    for image, sp, u in recorded:
-        return parse_spacing(sp), u, f"scale of {image.path}"
+        for other, sp, u in recorded[1:]:
+            if u != u0 or not np.allclose(sp, sp0, rtol=1e-6):
+                raise InputError(f"{other.path}: records the voxel size {_size(sp, u)}, "
+                                 f"{first.path} {_size(sp0, u0)}; give the right one with "
+                                 "--spacing Z,Y,X")
+        return parse_spacing(sp0), u0, f"scale of {first.path}"
     return (1.0, 1.0, 1.0), None, ("none recorded in the stores: 1 x 1 x 1 voxel (z counted "
                                    "as one pixel; give the real voxel size)")
 
@@ -588,12 +587,10 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
     roi = None if roi_path is None else open_binary(roi_path, what="ROI store", **select)
     shape = tuple(mask.shape)
     _check_same_shape(shape, truth, truth_path, "truth")
-    if roi is not None:
-        rs = tuple(roi.shape)
-        if rs[2:] != shape[2:] or rs[0] not in (1, shape[0]) or rs[1] not in (1, shape[1]):
-            raise InputError(f"{roi_path}: ROI shape {rs} does not fit the mask's {shape}: the "
-                             "same y, x, and t and z each equal or 1 (one ROI for every time "
-                             "point or slice)")
+    if roi is not None and not _store.roi_fits(roi.shape, shape):
+        raise InputError(f"{roi_path}: ROI shape {tuple(roi.shape)} does not fit the mask's "
+                         f"{shape}: the same y, x, and t and z each equal or 1 (one ROI for "
+                         "every time point or slice)")
     for image, path in ((mask, mask_path), (truth, truth_path), (roi, roi_path)):
         if image is not None and image.dtype.kind not in "biu":
             raise InputError(f"{path}: dtype {image.dtype} is not a 0/1 mask; measure a "

@@ -271,7 +271,7 @@ def _check_output(out) -> Path:
 def open_inputs(pred, images, truth=None, *, channel=None, series=None):
     """Open and cross-check the stores of a preview; :class:`InputError` on mismatch.
     ``channel`` and ``series`` choose what to read from other tools' image stores."""
-    select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
+    select = {"channel": channel, "series": series}
     p = st.open_prediction(pred)
     im = st.open_image(images, **select)
     shape = tuple(p.mask.shape)

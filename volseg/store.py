@@ -430,10 +430,17 @@ def open_roi(path, image_shape, *, param: str, what: str = "ROI store",
     """
     roi = open_image(path, what=what, **select)
     rs, s = tuple(roi.shape), tuple(image_shape)
-    if rs[2:] != s[2:] or rs[0] not in (1, s[0]) or rs[1] not in (1, s[1]):
+    if not roi_fits(rs, s):
         raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
                          "equal or 1)", param=param)
     return roi
+
+
+def roi_fits(roi_shape, image_shape) -> bool:
+    """An ROI of ``roi_shape`` applies to images of ``image_shape``: the same y, x, and
+    t and z each equal or 1 (one mask for every time point or slice)."""
+    rs, s = tuple(roi_shape), tuple(image_shape)
+    return rs[2:] == s[2:] and rs[0] in (1, s[0]) and rs[1] in (1, s[1])
 
 
 def roi_index(roi_shape, t, z) -> tuple:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import check_binary
 
 from ..store import roi_index
 from ..thresholds import LEVELS, best_threshold, class_histograms, dice_at, quantise
@@ -76,10 +77,11 @@ class Validator:
                                  "epoch on: lower the learning rate, or use --precision float32",
                                  param="learning_rate")
             lab = np.asarray(self.truth[t, z])
-            if lab.size and (lab.max() > 1 or lab.min() < 0):
-                raise InputError(f"validation frame t={t} z={z} holds values other than 0/1 "
-                                 f"({int(lab.min())}..{int(lab.max())}); convert annotations "
-                                 "with `volseg convert --mask`", param="truth_path")
+            try:
+                check_binary(lab, name=f"validation frame t={t} z={z}")
+            except ValueError as exc:
+                raise InputError(f"{exc}; convert annotations with `volseg convert --mask`",
+                                 param="truth_path") from None
             lab = lab.astype(bool)
             if self.roi is not None:
                 inside = np.asarray(self.roi[roi_index(self.roi.shape, t, z)]) > 0
