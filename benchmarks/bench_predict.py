@@ -469,6 +469,9 @@ def report(args, meta, r, agree, max_diff) -> None:
           f"{'trained' if meta['trained'] else 'untrained'}; best of {args.repeat} rounds; "
           f"{os.cpu_count()} cores; keras {meta['keras']} / tensorflow; load average "
           f"{meta['load_before']} before, {os.getloadavg()[0]:.2f} after")
+    from _common import machine_line
+
+    print(machine_line())
     rows = [  # label, key, baseline rate, baseline name, target
         ("volseg predict fp32 (default cluster)", "volseg fp32", a32, "(a) fp32", 0.9),
         ("volseg predict bf16 (default cluster)", "volseg bf16", a32, "(a) fp32", 1.4),
@@ -478,6 +481,8 @@ def report(args, meta, r, agree, max_diff) -> None:
          "default fp32", None),
         ("volseg predict bf16, 1 worker x 1 thread", "volseg bf16 1x1", rate.get("volseg bf16"),
          "default bf16", None),
+        ("volseg predict fp32, 1 worker x a thread per core", "volseg fp32 1xcores", a32,
+         "(a) fp32", None),
         ("(a) bare model fp32, predict_on_batch x4", "bare fp32", None, "", None),
         ("(a) bare model bf16, predict_on_batch x4", "bare bf16", None, "", None),
         ("(b) model.predict(whole array) fp32", "report fp32", None, "", None),
@@ -494,7 +499,7 @@ def report(args, meta, r, agree, max_diff) -> None:
         busy = f"{max(w['cores_busy'] for w in workers):5.2f}" if workers else f"{'':5}"
         print(f"{label:<42} {rate[key] / 1e6:6.2f} {ratio}  {against:<12} {tgt:>6} {verdict:<4} "
               f"{busy} {_rss_text(r[key]):>11}")
-    print("  default cluster = open_client('local'): 1 worker process x "
+    print("  default = `volseg predict`'s layout: 1 worker process x "
           f"{r['volseg fp32']['nthreads'][0]} threads; busy = worker CPU s per s; peak RSS of "
           "volseg rows = client process + worker (w)")
     times = "; ".join(f"{k} " + " ".join(f"{s:.1f}" for s in v["all_seconds"])
@@ -579,8 +584,12 @@ def main() -> None:
                      filters=args.filters)
         meta["load_before"] = load_before
         common = dict(work=str(work), model=meta["model"])
-        default = dict(workers=None, threads=None)  # open_client("local") defaults
+        from volseg.predict import LOCAL_THREADS
+
+        # `volseg predict`'s own default: one worker process, LOCAL_THREADS Dask threads
+        default = dict(workers=None, threads=LOCAL_THREADS)
         one = dict(workers=1, threads=1)
+        two = dict(workers=None, threads=None)  # open_client("local"): a thread per core
         plan = [
             ("bare fp32", "bare", dict(precision="float32")),
             ("volseg fp32", "volseg", dict(precision="float32", tag="fp32", **default)),
@@ -588,6 +597,7 @@ def main() -> None:
             ("volseg bf16", "volseg", dict(precision="bfloat16", tag="bf16", **default)),
             ("report fp32", "keras-predict", dict(precision="float32")),
             ("volseg fp32 1x1", "volseg", dict(precision="float32", tag="fp32-1x1", **one)),
+            ("volseg fp32 1xcores", "volseg", dict(precision="float32", tag="fp32-1xn", **two)),
             ("volseg bf16 1x1", "volseg", dict(precision="bfloat16", tag="bf16-1x1", **one)),
         ]
         r = {}

@@ -1,13 +1,15 @@
 """The cluster options shared by predict, evaluate and train."""
 
 
-def add_cluster_arguments(p, *, default_workers_help="1 process using every core"):
+def add_cluster_arguments(p, *, default_workers_help="1 process using every core",
+                          default_threads_help="one per core"):
     g = p.add_argument_group("cluster")
     g.add_argument("--cluster", choices=("local", "slurm"), default="local",
                    help="where Dask workers run (default: this machine)")
     g.add_argument("--workers", type=int, default=None,
                    help=f"local: worker processes (default {default_workers_help})")
-    g.add_argument("--threads", type=int, default=None, help="local: threads per worker")
+    g.add_argument("--threads", type=int, default=None,
+                   help=f"local: Dask threads per worker (default {default_threads_help})")
     g.add_argument("--jobs", type=int, default=None, help="slurm: number of worker jobs (default 1)")
     g.add_argument("--adapt", default=None, metavar="MIN:MAX",
                    help="slurm: adaptive number of jobs; lost jobs are replaced")

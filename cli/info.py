@@ -81,10 +81,15 @@ def _format_model(info, indent=""):
     lines = [f"{indent}{info['path']}  ({info['kind']}, {_size(info['bytes'])})",
              f"{indent}  threshold {info['threshold']}, input {info['input_dtype']}, "
              f"normalisation {info['normalization']}"]
+    warning = (info.get("training") or {}).get("warning")
+    if warning:
+        lines.append(f"{indent}  warning: {warning}")
     for key in ("architecture", "patch", "margin", "context", "features"):
         if info.get(key) is not None:
             lines.append(f"{indent}  {key}: {info[key]}")
     for key, value in (info.get("training") or {}).items():
+        if key == "warning":
+            continue
         lines.append(f"{indent}  training {key}: {value}")
     for key, value in (info.get("provenance") or {}).items():
         lines.append(f"{indent}  {key}: {value}")

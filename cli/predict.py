@@ -52,7 +52,8 @@ def add_parser(sub):
     p.add_argument("--overwrite", action="store_true", help="replace an existing PRED.zarr (and label image NAME)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_select_arguments(p)
-    add_cluster_arguments(p)
+    add_cluster_arguments(p, default_threads_help="1: one block at a time, TensorFlow uses "
+                                                  "every core of its process")
     p.set_defaults(run=run)
     return p
 
@@ -75,15 +76,13 @@ def run(args) -> int:
     import time
 
     from volseg.cluster import gpu_resources, open_client
-    from volseg.predict import predict
+    from volseg.predict import LOCAL_THREADS, predict
 
     command = command_line()
     tile = parse_tile(args.tile)
     kw = cluster_kwargs(args)
     if kw["cluster"] == "local" and kw["threads"] is None:
-        # one block at a time per worker: TensorFlow already uses every core, and a second
-        # block in flight only adds memory (benchmarks/bench_predict.py: +700 MB, same speed)
-        kw["threads"] = 1
+        kw["threads"] = LOCAL_THREADS
     start = time.monotonic()
     with open_client(**kw, log=lambda m: say(args, m)) as client, \
             Progress("predict", quiet=args.quiet) as progress:

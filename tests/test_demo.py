@@ -40,3 +40,19 @@ def test_small_demo_end_to_end(tmp_path, cli):
     # a second run into the same folder is refused without --overwrite
     code, _, err = cli("demo", "--small", "-o", out)
     assert code == 2 and "--overwrite" in err
+
+
+def test_demo_fails_when_the_unet_loses_to_the_threshold():
+    from volseg.demo import baseline_problems
+
+    def methods(unet, forest, threshold):
+        return {"U-Net": {"dice_all": unet, "dice_held_out": unet},
+                "random forest": {"dice_all": forest, "dice_held_out": forest},
+                "best global threshold": {"dice_all": threshold, "dice_held_out": threshold}}
+
+    assert baseline_problems(methods(0.89, 0.83, 0.47)) == []
+    lost = baseline_problems(methods(0.28, 0.83, 0.47))
+    assert len(lost) == 4 and sum("threshold" in p for p in lost) == 2
+    assert "0.280" in lost[0] and "0.470" in lost[0]
+    # below the forest only: a warning, not the threshold's fatal line
+    assert all("forest" in p for p in baseline_problems(methods(0.80, 0.83, 0.47)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -123,6 +124,13 @@ def test_cli_writes_a_loadable_model(trained, data):
     assert out.shape == (2, 48, 48, 1)
 
 
+def test_a_run_that_ends_by_its_epochs_has_no_warning(trained):
+    record = read_model_info(trained)["training"]
+    assert record["stop_reason"] == "epochs" and "warning" not in record
+    # what trained it, recorded beside how
+    assert record["compile"] in ("graph", "xla") and record["cpu"]
+
+
 def test_stored_threshold_maximises_val_dice(trained, data):
     _, images, labels, roi = data
     model, info = load_model(trained)
@@ -156,14 +164,23 @@ def test_init_continues_from_a_model(trained, data, tmp_path):
     assert summary["steps"] == 2
 
 
-def test_time_limit_stops_cleanly(data, tmp_path):
+def test_time_limit_stops_cleanly(data, tmp_path, cli):
     root = data[0]
+    lines = []
     summary = train(root / "i.zarr", root / "t.zarr", tmp_path / "m.keras", epochs=1000,
                     steps_per_epoch=5, patch=32, batch=2, filters=2, depth=2,
-                    time_limit=0.2, patience=1000)
+                    time_limit=0.2, patience=1000, compile="graph", log=lines.append)
     assert summary["stop_reason"] == "time limit"
     assert summary["seconds"] < 12 + 8
-    assert load_model(tmp_path / "m.keras")[1]["training"]["stop_reason"] == "time limit"
+    record = load_model(tmp_path / "m.keras")[1]["training"]
+    assert record["stop_reason"] == "time limit"
+    # far from its 5000 steps: said at the end, kept in the model, shown by `info`
+    assert summary["warning"].startswith("the time limit stopped training after ")
+    assert "of 5000 steps" in summary["warning"] and "--time-limit" in summary["warning"]
+    assert f"warning: {summary['warning']}" in lines
+    assert record["warning"] == summary["warning"]
+    code, out, _ = cli("info", tmp_path / "m.keras")
+    assert code == 0 and f"warning: {summary['warning']}" in out
 
 
 def test_bad_inputs_exit_2(data, tmp_path, cli):
@@ -232,6 +249,10 @@ def test_stop_signal_ends_training_after_the_current_step(data, tmp_path):
     assert summary["stop_reason"] == "interrupted"
     assert summary["epochs_run"] == 1 and summary["steps"] == 3  # epoch 1 validated, kept
     assert "interrupted: keeping the best model so far" in lines
+    # the speed and the whole run's length are said once, after the first measured steps
+    said = [line for line in lines if "samples/s on this machine" in line]
+    assert len(said) == 1 and re.match(r"[\d.]+ samples/s on this machine: the 400 steps "
+                                       r"\(50 epochs\) take about \d+ (s|min) more$", said[0])
     assert read_model_info(tmp_path / "m.keras")["training"]["stop_reason"] == "interrupted"
 
 

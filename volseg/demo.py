@@ -32,16 +32,26 @@ class DemoSize:
     filters: int = 8
     patch: int = 128
     batch: int = 8
-    epochs: int = 40
+    # Training is budgeted by work, not time, so the result is the same on every CPU
+    # (only how long it takes differs): 1,000 steps of 8 patches, with the cosine schedule
+    # run to its end, put the U-Net well above the forest and the threshold on this data
+    # (600 steps: Dice 0.878 against the forest's 0.828, still rising).
+    epochs: int = 25
     steps_per_epoch: int = 40
-    minutes: float = 5.0  # training time limit
     trees: int = 30  # of the forest
+    #: refuse to call the demo a success when the U-Net loses to the threshold baseline
+    check: bool = True
 
 
 FULL = DemoSize()
 #: for tests and a quick look: seconds, not minutes (the Dice is not the point)
 SMALL = DemoSize(timepoints=2, depth=2, height=96, width=128, filters=4, patch=64, batch=4,
-                 epochs=2, steps_per_epoch=4, minutes=1.0, trees=10)
+                 epochs=2, steps_per_epoch=4, trees=10, check=False)
+
+
+class DemoFailed(Exception):
+    """The demo ran, but its U-Net did not beat the threshold baseline: volseg is not
+    working as it should on this machine (the CLI prints the message, exit 1)."""
 
 
 def _threshold_baseline(images, truth, t: int | None = None) -> dict:
@@ -160,14 +170,13 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     log(f"{images_path}: {images.shape} {images.dtype}; {truth_path}: binary mask")
 
     step(f"3/8 train: U-Net ({size.filters} base filters), last time point held out, "
-         f"up to {size.minutes:g} min")
+         f"{size.epochs * size.steps_per_epoch} steps of {size.batch} patches")
     model_path = out / "model.keras"
     val_t = size.timepoints - 1
     summary = train(images_path, truth_path, model_path, val_timepoints=str(val_t),
                     epochs=size.epochs, steps_per_epoch=size.steps_per_epoch,
                     patch=(size.patch, size.patch), batch=size.batch, filters=size.filters,
-                    seed=seed, time_limit=size.minutes, precision="bfloat16", overwrite=True,
-                    progress=prog("train"), log=log)
+                    seed=seed, overwrite=True, progress=prog("train"), log=log)
     log(f"model {model_path}: best epoch {summary['best_epoch']}, validation Dice "
         f"{summary['val_dice']:.3f} at threshold {summary['threshold']:.2f}")
 
@@ -269,9 +278,28 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
                     for name, m in methods.items()},
         "seconds": {k: round(v, 1) for k, v in durations.items()},
     }
+    result["problems"] = baseline_problems(result["methods"]) if size.check else []
     (out / "demo.json").write_text(json.dumps({k: v for k, v in result.items() if k != "report"},
                                               indent=2, default=str))
     return result
+
+
+def baseline_problems(methods: dict) -> list[str]:
+    """What the U-Net failed to beat, as lines: the best global threshold (over every
+    voxel, or on the held-out time point) is fatal, the forest a warning."""
+    unet = methods["U-Net"]
+    problems = []
+    for name in ("best global threshold", "random forest"):
+        for key, where in (("dice_all", "over every voxel"), ("dice_held_out", "held out")):
+            ours, theirs = unet[key], methods[name][key]
+            if theirs is not None and (ours is None or ours <= theirs):
+                problems.append(f"the U-Net's Dice {where} ({_num(ours)}) is not above the "
+                                f"{name}'s ({_num(theirs)})")
+    return problems
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _durations(times: dict) -> dict:

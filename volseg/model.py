@@ -335,16 +335,81 @@ def check_precision(precision: str) -> None:
                          param="precision")
 
 
+#: How a training step is compiled: "graph" (TensorFlow's graph, oneDNN kernels), "xla"
+#: (one fused XLA program), or "auto" (see :func:`resolve_compile`).
+COMPILE_CHOICES = ("auto", "graph", "xla")
+#: oneDNN's ISA names, lowest first, and the CPU flags each one rules out.
+_ONEDNN_CAPS = {"SSE41": ("avx", "avx2", "avx512", "amx"), "AVX": ("avx2", "avx512", "amx"),
+                "AVX2": ("avx512", "amx"), "AVX2_VNNI": ("avx512", "amx"),
+                "AVX512_CORE": ("avx512_bf16", "avx512_fp16", "amx"),
+                "AVX512_CORE_VNNI": ("avx512_bf16", "avx512_fp16", "amx"),
+                "AVX512_CORE_BF16": ("amx",), "AVX10_1_512": ("amx",)}
+
+
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere), less those that
+    ``ONEDNN_MAX_CPU_ISA`` rules out (e.g. ``AVX2`` makes an AVX-512 machine behave as an
+    AVX2 one, in oneDNN's kernels and in every choice volseg makes from these flags)."""
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return set()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    ruled_out = _ONEDNN_CAPS.get(cap, ())
+    return {f for f in flags if not f.startswith(ruled_out)}
+
+
+def cpu_isa(flags=None) -> str:
+    """The widest vector instruction set of the CPU, as users know it: ``"AMX"``,
+    ``"AVX-512 BF16"``, ``"AVX-512"``, ``"AVX2"``, ``"AVX"`` or ``"SSE"``."""
+    flags = cpu_flags() if flags is None else set(flags)
+    for name, flag in (("AMX", "amx_bf16"), ("AVX-512 BF16", "avx512_bf16"),
+                       ("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx")):
+        if flag in flags:
+            return name
+    return "SSE"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; the platform's answer elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def resolve_compile(compile: str, precision: str, *, flags=None, gpus=None) -> str:
+    """``"auto"`` -> how this machine trains fastest: ``"xla"`` for float32 on a CPU
+    without AVX-512, ``"graph"`` elsewhere.
+
+    TensorFlow's wheels build their element-wise kernels (batch norm, activations, the
+    loss) for AVX only, and only the convolutions (oneDNN) use wider vectors; XLA fuses
+    the element-wise work and compiles it for this CPU. On an AVX2 CPU that made the
+    default training step 1.3-1.5x faster; on an AVX-512 one, where oneDNN's wide
+    convolutions dominate, XLA-compiled training was much slower, and XLA computes
+    bfloat16 without native support (docs/decisions.md, "Training step").
+    """
+    if compile not in COMPILE_CHOICES:
+        raise InputError(f"must be one of {', '.join(COMPILE_CHOICES)}, not {compile!r}",
+                         param="compile")
+    if compile != "auto":
+        return compile
+    gpus = gpu_capabilities() if gpus is None else gpus
+    flags = cpu_flags() if flags is None else set(flags)
+    if gpus or precision != "float32" or "avx512f" in flags:
+        return "graph"
+    return "xla"
 
 
 def gpu_capabilities() -> list[tuple[int, int]]:

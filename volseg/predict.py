@@ -42,6 +42,12 @@ from .pyramid import choose_levels, level_blocks, write_levels
 from .tiling import default_tile, predict_frames, tile_plan
 
 
+#: Dask threads per local worker process: one block at a time, because TensorFlow (or
+#: the forest's thread pool) already uses every core the process has; two blocks in
+#: flight ran 0.84x the bare model on an AVX2 CPU (each drives TensorFlow over every
+#: core, so they slow each other) and added 700 MB (benchmarks/bench_predict.py).
+LOCAL_THREADS = 1
+
 # Worker-process cache: (sha, precision) -> keras model. One load per worker process.
 _MODELS: dict = {}
 _MODEL_LOCK = threading.Lock()

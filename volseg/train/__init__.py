@@ -26,7 +26,7 @@ import dataclasses
 import time
 
 from ..indices import format_ranges
-from ..model import PRECISIONS, resolve_precision
+from ..model import PRECISIONS, cpu_isa, cpu_model, resolve_compile, resolve_precision
 from .config import LOSSES, Inputs, TrainConfig, open_inputs, output_paths
 from .losses import SKELETON_TARGET_LOSSES, make_loss
 from .loop import EpochLoop, LoopResult
@@ -85,12 +85,7 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
 
     say = log or (lambda message: None)
     t_start = time.monotonic()
-    if config.precision == "auto":  # here: on the machine that trains (a Slurm job's)
-        from .._quiet import import_keras
-
-        import_keras()
-        config = dataclasses.replace(config, precision=resolve_precision("auto"))
-        say(f"precision auto: {config.precision}")
+    config = resolve_machine_choices(config, say)
     stop = stop or StopSignal()
     stop.set_time_limit(config.time_limit)
     inputs = open_inputs(config)
@@ -164,9 +159,30 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
             "best_epoch": loop.best_epoch, "epochs_run": len(loop.history),
             "steps": loop.steps, "val_dice": val["best_dice"],
             "val_dice_at_0.5": val["dice"], "threshold": threshold,
-            "stop_reason": loop.stop_reason, "normalization": list(normalization),
+            "stop_reason": loop.stop_reason, "warning": loop.warning,
+            "normalization": list(normalization),
             "seconds": time.monotonic() - t_start,
             "samples_per_s": training["samples_per_s"], "history": loop.history}
+
+
+def resolve_machine_choices(config: TrainConfig, say) -> TrainConfig:
+    """``config`` with "auto" precision and step compilation resolved here, on the
+    machine that trains (a Slurm job's), and one line saying what was chosen and why."""
+    from .._quiet import import_keras
+
+    import_keras()  # the backend, to see GPUs
+    asked = (config.precision, config.compile)
+    precision = resolve_precision(config.precision)
+    compile = resolve_compile(config.compile, precision)
+    config = dataclasses.replace(config, precision=precision, compile=compile)
+    from ..model import gpu_capabilities
+
+    gpus = gpu_capabilities()
+    where = (f"{len(gpus)} GPU(s)" if gpus else f"CPU {cpu_model()}, {cpu_isa()}")
+    say(f"training in {precision}{' (auto)' if asked[0] == 'auto' else ''}, step compiled "
+        f"{'by XLA' if compile == 'xla' else 'as a TensorFlow graph'}"
+        f"{' (auto)' if asked[1] == 'auto' else ''}; {where}")
+    return config
 
 
 def build_model(config: TrainConfig, inputs: Inputs, normalization, say):
@@ -196,9 +212,8 @@ def build_model(config: TrainConfig, inputs: Inputs, normalization, say):
                                dropout=arch["dropout"], batch_norm=arch["batch_norm"],
                                normalization=normalization, channels=config.context)
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-        # jit_compile=False: XLA-compiled training steps ran about 10x slower on CPU
-        # (docs/decisions.md, section "XLA for training").
-        model.compile(optimizer=optimizer, loss=make_loss(config.loss), jit_compile=False)
+        model.compile(optimizer=optimizer, loss=make_loss(config.loss),
+                      jit_compile=config.compile == "xla")
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return keras, model, normalization

@@ -28,6 +28,10 @@ from .stop import INTERRUPTED, TIME_LIMIT, StopSignal
 MIN_IMPROVEMENT = 1e-4
 #: The learning rate is halved down to this floor, never below.
 MIN_LEARNING_RATE = 1e-5
+#: Steps timed (after the first, which traces the graph) before the speed is reported.
+RATE_STEPS = 5
+#: A time limit that stops a run before this share of its steps cuts it short.
+USEFUL_SHARE = 0.5
 
 
 @dataclass
@@ -41,6 +45,9 @@ class LoopResult:
     stop_reason: str = "epochs"
     steps: int = 0
     train_seconds: float = 0.0
+    #: one line when the run stopped before it could learn what it was asked to (a time
+    #: limit while the validation Dice still rose): said at the end, kept in the model
+    warning: str | None = None
 
 
 class EpochLoop:
@@ -74,9 +81,11 @@ class EpochLoop:
         self.since_best = 0
         # Seconds one validation takes, for the time limit; replaced by the measured time.
         self.val_seconds = validator.pixels / 1.0e6
-        self.run_clock = RunClock(int(config.epochs) * int(config.steps_per_epoch),
-                                  deadline=stop.deadline, reserve=self._reserve(0.0),
-                                  clock=stop.clock)
+        self.planned_steps = int(config.epochs) * int(config.steps_per_epoch)
+        self.run_clock = RunClock(self.planned_steps, deadline=stop.deadline,
+                                  reserve=self._reserve(0.0), clock=stop.clock)
+        self.rate_said = False
+        self.per_step = None
 
     def _reserve(self, per_step: float) -> float:
         """Seconds kept free at the end: a step, this epoch's validation, the final
@@ -118,6 +127,7 @@ class EpochLoop:
                 self._validate(epoch, losses, seconds)
             if self._should_stop():
                 break
+        self.warn_if_cut_short()
         return self.result
 
     def _train_epoch(self, batches) -> tuple[list[float], float]:
@@ -142,10 +152,64 @@ class EpochLoop:
                     if not self.result.history:  # so will the first validation
                         self.val_seconds = max(self.val_seconds, now - start)
                 per_step = (now - t1) / (step - 1) if step > 1 else now - start
-                self.run_clock.reserve = self._reserve(per_step)
-                if self.stop.would_overrun(self._reserve(per_step)):
+                if step > 1:  # the first step's time is mostly tracing
+                    self.per_step = per_step
+                if step == RATE_STEPS + 1 and not self.rate_said:
+                    self._say_rate(per_step)
+                # The run's first step is mostly tracing: its time says nothing of the next
+                # one's, so the second step is always taken and measured.
+                next_step = per_step if self.per_step else 0.0
+                self.run_clock.reserve = self._reserve(next_step)
+                if self.stop.would_overrun(self._reserve(next_step)):
                     break
+        if not self.rate_said and self.per_step:  # an epoch shorter than RATE_STEPS
+            self._say_rate(self.per_step)
         return losses, time.monotonic() - t0
+
+    def _say_rate(self, per_step: float) -> None:
+        """Once, after the first steps: this machine's speed and how long the run takes."""
+        self.rate_said = True
+        cfg = self.config
+        left = self.planned_steps - self.result.steps
+        epochs_left = int(cfg.epochs) - len(self.result.history)
+        # A validation pixel costs about a third of a training one (no backward pass);
+        # the first validation's time would also count tracing.
+        val_seconds = self.validator.pixels * per_step / (3 * cfg.batch * np.prod(cfg.patch))
+        seconds = left * per_step + epochs_left * val_seconds
+        line = (f"{cfg.batch / per_step:.1f} samples/s on this machine: the "
+                f"{self.planned_steps} steps ({cfg.epochs} epochs) take about "
+                f"{_duration(seconds)} more")
+        if self.stop.deadline is not None:
+            available = self.stop.deadline - self.stop.clock()
+            if seconds > available:
+                share = max(0.0, available - epochs_left * val_seconds) / per_step
+                line += (f"; the time limit allows about {min(left, int(share))} of them "
+                         "(the schedule ends with it)")
+        self.say(line)
+
+    def warn_if_cut_short(self) -> None:
+        """After the run: a warning (said, and kept in :attr:`LoopResult.warning`) when a
+        time limit ended it while the validation Dice was still rising."""
+        res, cfg = self.result, self.config
+        if res.stop_reason != TIME_LIMIT or not res.history:
+            return
+        done = res.steps / max(self.planned_steps, 1)
+        rising = res.best_epoch == len(res.history) and len(res.history) > 1
+        if not rising and done >= USEFUL_SHARE:
+            return
+        scores = [h["val_best_dice"] for h in res.history[-3:]]
+        shown = ", ".join("n/a" if v is None else f"{v:.3f}" for v in scores)
+        seconds = res.steps * self.per_step if self.per_step else res.train_seconds
+        rate = f"{res.steps * cfg.batch / seconds:.1f}" if seconds else "?"
+        need = (f"all {self.planned_steps} would take about "
+                f"{_duration(self.planned_steps * self.per_step)} here; "
+                if self.per_step else "")
+        res.warning = (f"the time limit stopped training after {res.steps} of "
+                       f"{self.planned_steps} steps ({100 * done:.0f} %), "
+                       f"{'with the validation Dice still rising' if rising else 'early'}"
+                       f" ({shown}), at {rate} samples/s: the model is undertrained ({need}"
+                       "give more --time-limit, fewer --epochs, or train on a GPU)")
+        self.say(f"warning: {res.warning}")
 
     def _validate(self, epoch: int, losses: list[float], seconds: float) -> None:
         """Validate, keep the weights if best, record the epoch in the history."""
@@ -209,3 +273,12 @@ def rounded(value, digits: int = 6):
     """``value`` rounded for the history and model info; None for NaN or None."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) \
         else round(float(value), digits)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for people: "40 s", "7 min", "2.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
