@@ -22,5 +22,9 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q -ra
 
+# the suite without the tests marked slow (end-to-end runs, trainings): a quick check
+test-fast: venv
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -12,7 +12,7 @@ SPEED_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "a
 def machine_line() -> str:
     """CPU model, widest instruction set, the flags that matter, cores and load: the line
     to print above every table (figures compare only within one run on one machine)."""
-    from volseg.model import cpu_flags, cpu_isa, cpu_model
+    from volseg.models.unet import cpu_flags, cpu_isa, cpu_model
 
     flags = cpu_flags()
     shown = " ".join(f for f in SPEED_FLAGS if f in flags) or "none of " + " ".join(SPEED_FLAGS)

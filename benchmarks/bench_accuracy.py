@@ -94,9 +94,9 @@ def sensitivity_at_specificity(histogram, min_specificity: float = 0.97) -> floa
 def score(model_path, image, truth, fov, frames, *, tta: bool = False) -> dict:
     """Metrics inside the FOV of whole-frame predictions at the model's threshold."""
     from bench_train import predict_val
-    from volseg.metrics import count_block, metrics
-    from volseg.model import load_model
-    from volseg.thresholds import class_histograms, quantise
+    from volseg.ops.metrics import count_block, metrics
+    from volseg.models.unet import load_model
+    from volseg.ops.thresholds import class_histograms, quantise
 
     model, info = load_model(model_path)
     t0 = time.monotonic()
@@ -132,11 +132,11 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import volseg.model as model_module
-    import volseg.sampler as sampler_module
+    import volseg.models.unet as model_module
+    import volseg.training.sampler as sampler_module
     from bench_train import ensure_store
-    from volseg.sampler import split_frames
-    from volseg.train import train
+    from volseg.training.sampler import split_frames
+    from volseg.training import train
 
     args.out.mkdir(parents=True, exist_ok=True)
     image = ensure_store(files["images"], args.out / "images.zarr", mask=False)

@@ -59,7 +59,7 @@ def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def write_stores(out: Path) -> tuple[Path, Path, float]:
     """The image and truth stores under ``out``, and the share of tube voxels."""
-    from volseg import store as st
+    from volseg.io import store as st
 
     paths = []
     data = make_data()
@@ -78,8 +78,8 @@ def write_stores(out: Path) -> tuple[Path, Path, float]:
 
 def held_out_metrics(pred_path: Path, truth_path: Path) -> dict:
     """Dice (at the stored mask's threshold) and ROC AUC on the held-out time point."""
-    from volseg import store as st
-    from volseg.metrics import count_block, metrics
+    from volseg.io import store as st
+    from volseg.ops.metrics import count_block, metrics
 
     pred = st.open_prediction(pred_path)
     prob = np.asarray(pred.probability.array[HELD_OUT])
@@ -89,8 +89,8 @@ def held_out_metrics(pred_path: Path, truth_path: Path) -> dict:
 
 
 def run_one(k: int, images: Path, truth: Path, out: Path, minutes: float) -> dict:
-    from volseg.predict import predict
-    from volseg.train import train
+    from volseg.stages.predict import predict
+    from volseg.training import train
 
     model = out / f"k{k}.keras"
     summary = train(images, truth, model, val_timepoints=str(HELD_OUT), filters=8, depth=3,

@@ -3,7 +3,7 @@
 Writes N uncompressed 523x821 uint8 frames (default 64: 8 time points x 8 slices) as
 per-frame TIFFs, then, each in its own subprocess (so peak RSS is its own):
 
-* volseg     -- volseg.convert.convert (default: local threads on every core)
+* volseg     -- volseg.stages.convert.convert (default: local threads on every core)
 * baseline   -- one thread: tifffile.imread each frame + write the same Zarr layout and
                 codec (whole shards, as volseg does)
 * ome-zarr   -- ome_zarr.writer.write_image of the whole array (held in memory)
@@ -50,7 +50,7 @@ def make_frames(folder: Path, timepoints: int, depth: int, seed: int = 0) -> Non
 
 
 def run_volseg(src: Path, out: Path) -> dict:
-    from volseg.convert import convert
+    from volseg.stages.convert import convert
 
     t0 = time.perf_counter()
     summary = convert([src], out)
@@ -61,7 +61,7 @@ def run_baseline(src: Path, out: Path) -> dict:
     import tifffile
     import zarr
 
-    from volseg import store as st
+    from volseg.io import store as st
 
     files = sorted(src.glob("*.tif"))
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def run_omezarr(src: Path, out: Path) -> dict:
     import zarr
     from ome_zarr.writer import write_image
 
-    from volseg import store as st
+    from volseg.io import store as st
 
     files = sorted(src.glob("*.tif"))
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ written with volseg.store's default chunks and codec. Measured:
 * read only: the same blocks read in this process, and as tasks on the same local
   cluster as evaluate: probability + truth (the voxel pairs), and probability + mask +
   truth (what evaluate reads);
-* evaluate: ``volseg.evaluate.evaluate`` in one process (no cluster), on a local
+* evaluate: ``volseg.stages.evaluate.evaluate`` in one process (no cluster), on a local
   cluster of single-threaded worker processes (the CLI's default; with distributed's
   glibc setting and with a tuned one, see TUNED_MALLOC);
 * scikit-learn in memory: ``confusion_matrix`` + ``roc_auc_score`` on the same voxels
@@ -72,7 +72,7 @@ def _base_frames(n=11, seed=0):
 
 def make_stores(folder: Path, timepoints: int, *, threshold=0.5):
     """Write pred.zarr (probability + mask) and truth.zarr of (timepoints, DEPTH, H, W)."""
-    from volseg import store
+    from volseg.io import store
 
     truths, probs = _base_frames()
     shape = (timepoints, DEPTH, H, W)
@@ -104,8 +104,8 @@ def _read_task(arrays, region):
 
 
 def _blocks(pred_path, truth_path, threads, *, with_mask):
-    from volseg import store
-    from volseg.evaluate import plan_blocks
+    from volseg.io import store
+    from volseg.stages.evaluate import plan_blocks
 
     pred = store.open_prediction(pred_path)
     truth = store.open_image(truth_path)
@@ -117,7 +117,7 @@ def read_cluster(client, pred_path, truth_path, *, with_mask):
     """Read the arrays alone, with the same blocks and cluster as evaluate."""
     from distributed import wait
 
-    from volseg.blocks import client_threads as _client_threads
+    from volseg.engine.blocks import client_threads as _client_threads
 
     arrays, blocks = _blocks(pred_path, truth_path, _client_threads(client), with_mask=with_mask)
     futs = [client.submit(_read_task, arrays, b, pure=False) for b in blocks]
@@ -160,7 +160,7 @@ def child_sklearn(pred_path, truth_path, frames):
     """In a subprocess: scikit-learn on ``frames`` frames loaded in memory."""
     from sklearn.metrics import confusion_matrix, roc_auc_score
 
-    from volseg import store
+    from volseg.io import store
 
     pred = store.open_prediction(pred_path)
     truth = store.open_image(truth_path)
@@ -192,7 +192,7 @@ def peak_rss() -> int:
 def child_rss(pred_path, truth_path, mode="serial"):
     """In a subprocess: evaluate and report peak RSS (``mode``: "serial" in this
     process, or "cluster": the CLI's default local cluster, RSS of each process)."""
-    from volseg.evaluate import evaluate
+    from volseg.stages.evaluate import evaluate
 
     before = peak_rss()
     t = time.perf_counter()
@@ -225,7 +225,7 @@ def _cluster(workers, threads, *, tuned=False):
     import dask
     import distributed  # noqa: F401  (registers the distributed config)
 
-    from volseg.cluster import open_client
+    from volseg.engine.cluster import open_client
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     if tuned:
@@ -266,7 +266,7 @@ def main(argv=None):
               f"{n_t * DEPTH * H * W / 1e6:.0f} M voxels), ready in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
 
-    from volseg.evaluate import evaluate
+    from volseg.stages.evaluate import evaluate
 
     w = args.workers
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)

@@ -6,11 +6,11 @@
    validation frames at the forest's stored threshold; the same metrics for a U-Net
    (``--unet MODEL``, e.g. ``bench-output/train/chasedb1.keras`` from
    ``bench_train.py``; left out when none is given).
-2. Prediction speed: ``volseg.predict.predict`` of the same image store in this
+2. Prediction speed: ``volseg.stages.predict.predict`` of the same image store in this
    process with the forest and with the U-Net (``--unet``, else the report's untrained
    U-Net: speed does not depend on the weights), Mpx/s, same run.
 3. Memory: ``train_forest`` in a subprocess on synthetic 4D data with 1x and 10x the
-   training frames (``volseg.synth``; 2 and 20 time points of 4 x 256 x 256), peak RSS
+   training frames (``volseg.data.synth``; 2 and 20 time points of 4 x 256 x 256), peak RSS
    (VmHWM, reset at the child's start) and time. Target: RSS at 10x <= 1.2x RSS at 1x.
 
     python benchmarks/bench_forest.py [--unet MODEL] [--out bench-output/forest]
@@ -38,8 +38,8 @@ MEMORY_SAMPLES = 30_000
 
 def forest_metrics(model_path, image, truth, fov, frames) -> dict:
     """Validation metrics of a forest on ``frames``, inside the FOV, at its threshold."""
-    from volseg.forest import FeatureSpec, load_forest, probability_levels
-    from volseg.metrics import count_block, metrics
+    from volseg.models.forest import FeatureSpec, load_forest, probability_levels
+    from volseg.ops.metrics import count_block, metrics
 
     forest, info = load_forest(model_path)
     spec = FeatureSpec.from_dict(info["features"])
@@ -52,7 +52,7 @@ def forest_metrics(model_path, image, truth, fov, frames) -> dict:
 
 
 def chase(args) -> dict:
-    from volseg.forest import train_forest
+    from volseg.models.forest import train_forest
 
     work = args.out / "chasedb1"
     work.mkdir(parents=True, exist_ok=True)
@@ -73,13 +73,13 @@ def chase(args) -> dict:
 
 
 def predict_speed(args) -> dict:
-    from volseg.model import base_info, build_unet, save_model
-    from volseg.predict import predict
+    from volseg.models.unet import base_info, build_unet, save_model
+    from volseg.stages.predict import predict
 
     store = args.out / "chasedb1" / "images.zarr"
     if not store.exists():
-        from volseg import store as st
-        from volseg.synth import synthesize
+        from volseg.io import store as st
+        from volseg.data.synth import synthesize
 
         images, _ = synthesize(timepoints=1, depth=8, seed=1)
         store = args.out / "speed.zarr"
@@ -113,7 +113,7 @@ _CHILD = """
 import json, sys, time
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")
-from volseg.forest import train_forest
+from volseg.models.forest import train_forest
 images, truth, out, max_samples = sys.argv[1:5]
 t0 = time.monotonic()
 s = train_forest(images, truth, out, max_samples=int(max_samples), overwrite=True)
@@ -124,8 +124,8 @@ print(json.dumps({"seconds": time.monotonic() - t0, "samples": s["samples"],
 
 
 def memory(args) -> dict:
-    from volseg.convert import convert
-    from volseg.synth import write_synth
+    from volseg.stages.convert import convert
+    from volseg.data.synth import write_synth
 
     rows = {}
     for factor, timepoints in (("1x", 2), ("10x", 20)):

@@ -1,13 +1,13 @@
 """What the integrity checks cost: evaluate and predict throughput with and without them.
 
 Data: N synthetic 523x821 frames (default 64: 8 time points x 8 slices) from
-``volseg.synth.synthesize``: images, truth, and a prediction (probability + mask) made
+``volseg.data.synth.synthesize``: images, truth, and a prediction (probability + mask) made
 from the truth with noise, so every array holds realistic content.
 
 Each pair of stores holds the same values, written twice:
 
 * checked   -- as volseg writes them: every chunk written, CRC32C per chunk,
-               ``volseg.integrity`` recorded, so every read also checks that its shard
+               ``volseg.io.integrity`` recorded, so every read also checks that its shard
                files exist (one size query per shard) and verifies checksums;
 * unchecked -- the baseline: the same codec without CRC32C and no integrity record
                (what volseg wrote before the checks), so reads do neither.
@@ -16,8 +16,8 @@ Measured in this process, alternating checked and unchecked runs (``--repeats`` 
 median), so machine load hits both alike:
 
 * read      -- every block of the probability array through ``ImageStore.array``;
-* evaluate  -- ``volseg.evaluate.evaluate`` on threads of this process;
-* predict   -- ``volseg.predict.predict`` with the report's U-Net (untrained, seeded),
+* evaluate  -- ``volseg.stages.evaluate.evaluate`` on threads of this process;
+* predict   -- ``volseg.stages.predict.predict`` with the report's U-Net (untrained, seeded),
                one block at a time in this process, on the first ``--predict-frames``.
 
 Prints a table; the ratio is checked / unchecked throughput (1.00 = free).
@@ -37,8 +37,8 @@ import numpy as np
 
 
 def _make_stores(root: Path, *, frames: int, checked: bool, predict_frames: int):
-    from volseg import store as st
-    from volseg.synth import synthesize
+    from volseg.io import store as st
+    from volseg.data.synth import synthesize
 
     depth = 8
     timepoints = max(1, frames // depth)
@@ -82,8 +82,8 @@ def _make_stores(root: Path, *, frames: int, checked: bool, predict_frames: int)
 
 
 def _read_all(pred_path) -> None:
-    from volseg import store as st
-    from volseg.blocks import BlockGrid
+    from volseg.io import store as st
+    from volseg.engine.blocks import BlockGrid
 
     array = st.open_prediction(pred_path).probability.array
     grid = BlockGrid(array.shape, array.block_shape)
@@ -92,13 +92,13 @@ def _read_all(pred_path) -> None:
 
 
 def _evaluate(made) -> None:
-    from volseg.evaluate import evaluate
+    from volseg.stages.evaluate import evaluate
 
     evaluate(made["pred"], made["truth"])
 
 
 def _predict(made, model, out: Path) -> None:
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     shutil.rmtree(out, ignore_errors=True)
     predict(made["small"], model, out, threshold=0.5)
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     voxels = stores["checked"][1]
     px_predict = stores["checked"][2]
 
-    from volseg.model import base_info, build_unet, save_model
+    from volseg.models.unet import base_info, build_unet, save_model
 
     model = root / "unet.keras"
     save_model(build_unet(normalization=(0.0, 255.0)), model,

@@ -37,7 +37,7 @@ _WRAP = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=T
 
 def labels(depth: int, height: int, width: int, seed: int = 1) -> np.ndarray:
     """The generator's tube labels of one time point (no image: fast, little memory)."""
-    from volseg import synth
+    from volseg.data import synth
 
     segments = synth._segments(synth._network(depth, height, width, seed), 0.5, height, width,
                                seed)
@@ -46,7 +46,7 @@ def labels(depth: int, height: int, width: int, seed: int = 1) -> np.ndarray:
 
 
 def make_store(path: Path, volume: np.ndarray, timepoints: int) -> Path:
-    from volseg import store as st
+    from volseg.io import store as st
 
     shutil.rmtree(path, ignore_errors=True)
     image = st.create_image(path, shape=(timepoints,) + volume.shape, dtype=np.uint8,

@@ -1,7 +1,7 @@
 """Benchmark `volseg predict` against the bare model, in the same run (issue 4).
 
 Data: N synthetic 523x821 uint8 frames (default 64: 8 time points x 8 slices,
-``volseg.synth.synthesize``) in an image store made with ``volseg.store.create_image``.
+``volseg.data.synth.synthesize``) in an image store made with ``volseg.io.store.create_image``.
 Model: the U-Net of `volseg train`'s defaults (``--filters``, default 8; 16 is the
 report's network, 2.16 M parameters), depth 4, untrained seeded weights (speed does not
 depend on them), saved with ``save_model`` + ``base_info``;
@@ -9,8 +9,8 @@ depend on them), saved with ``save_model`` + ``base_info``;
 
 Each measurement runs in its own subprocess (its own TensorFlow, its own peak RSS):
 
-* volseg      -- ``volseg.predict.predict``: Zarr in, Zarr out, a local cluster from
-                 ``volseg.cluster.open_client``; float32 and bfloat16, default layout
+* volseg      -- ``volseg.stages.predict.predict``: Zarr in, Zarr out, a local cluster from
+                 ``volseg.engine.cluster.open_client``; float32 and bfloat16, default layout
                  (1 worker process, threads = cores) and 1 worker x 1 thread. The cluster
                  is started and the model loaded in the worker by a warm-up prediction of
                  one block first; then the whole store is predicted once, timed: the time
@@ -94,7 +94,7 @@ def peak_rss_mb() -> float:
 
 def make_store(path: Path, images: np.ndarray) -> None:
     """A complete image store holding ``images`` (t, z, y, x), default chunks/shards."""
-    from volseg import store as st
+    from volseg.io import store as st
 
     job = st.make_job("bench", parameters={"shape": list(images.shape)})
     image = st.create_image(path, shape=images.shape, dtype=images.dtype, job=job,
@@ -107,10 +107,10 @@ def make_store(path: Path, images: np.ndarray) -> None:
 def make_model(path: Path, *, filters: int, seed: int = 0) -> dict:
     """A depth-4 U-Net of ``filters`` first-level filters, untrained, seeded; returns its
     description."""
-    from volseg._quiet import import_keras
+    from volseg.models.backend import import_keras
 
     keras = import_keras()
-    from volseg.model import base_info, build_unet, save_model
+    from volseg.models.unet import base_info, build_unet, save_model
 
     keras.utils.set_random_seed(seed)
     model = build_unet(base_filters=filters, depth=4)
@@ -120,7 +120,7 @@ def make_model(path: Path, *, filters: int, seed: int = 0) -> dict:
 
 
 def setup(work: Path, frames: int, *, model: str | None, eight: bool, filters: int) -> dict:
-    from volseg.synth import synthesize
+    from volseg.data.synth import synthesize
 
     depth = min(DEPTH, frames)
     if frames % depth:
@@ -140,7 +140,7 @@ def setup(work: Path, frames: int, *, model: str | None, eight: bool, filters: i
     else:
         model_path = Path(model).resolve()
         desc = {"params": None, "trained": True}
-    from volseg.model import read_model_info
+    from volseg.models.unet import read_model_info
 
     info = read_model_info(model_path)
     arch = info["architecture"]
@@ -158,8 +158,8 @@ def setup(work: Path, frames: int, *, model: str | None, eight: bool, filters: i
 
 def child_volseg(p: dict) -> dict:
     """`volseg predict` through the library on a local cluster: warm-up, then one timed run."""
-    from volseg.cluster import open_client
-    from volseg.predict import predict
+    from volseg.engine.cluster import open_client
+    from volseg.stages.predict import predict
 
     work = Path(p["work"])
     kw = dict(precision=p["precision"], overwrite=True)
@@ -188,7 +188,7 @@ def _worker_stats() -> dict:
     """Runs in a worker process: model loads, CPU time, peak RSS, TF thread settings."""
     import sys as _sys
 
-    from volseg.predict import model_loads
+    from volseg.stages.predict import model_loads
 
     stats = {"model_loads": model_loads(), "cpu_s": sum(os.times()[:2]),
              "peak_rss_mb": peak_rss_mb(),
@@ -212,9 +212,9 @@ def _padded(images: np.ndarray) -> np.ndarray:
 
 def child_bare(p: dict) -> dict:
     """(a) the bare model: compiled calls on batches of 4 frames already in memory."""
-    from volseg._quiet import import_keras
-    from volseg.model import load_model
-    from volseg.metrics import quantise
+    from volseg.models.backend import import_keras
+    from volseg.models.unet import load_model
+    from volseg.ops.metrics import quantise
 
     import_keras()
     model, _ = load_model(p["model"], precision=p["precision"])
@@ -232,8 +232,8 @@ def child_bare(p: dict) -> dict:
 
 def child_keras_predict(p: dict) -> dict:
     """(b) the report's way: the whole array in memory through model.predict."""
-    from volseg._quiet import import_keras
-    from volseg.model import load_model
+    from volseg.models.backend import import_keras
+    from volseg.models.unet import load_model
 
     import_keras()
     model, _ = load_model(p["model"], precision=p["precision"])
@@ -248,9 +248,9 @@ def child_keras_predict(p: dict) -> dict:
 
 def child_agree(p: dict) -> dict:
     """bfloat16 against float32 of one model on all frames, as volseg quantises them."""
-    from volseg._quiet import import_keras
-    from volseg.model import load_model
-    from volseg.metrics import quantise, threshold_bin
+    from volseg.models.backend import import_keras
+    from volseg.models.unet import load_model
+    from volseg.ops.metrics import quantise, threshold_bin
 
     import_keras()
     x = _padded(np.load(Path(p["work"]) / "images.npy"))
@@ -275,17 +275,17 @@ def child_agree(p: dict) -> dict:
 
 
 def child_phases(p: dict) -> dict:
-    """The steps of `volseg.predict.predict_block`, timed one by one in this process.
+    """The steps of `volseg.stages.predict.predict_block`, timed one by one in this process.
 
     Calls the library's own steps (``read_block``, ``block_probabilities``,
     ``write_block``) on the same block grid, halo included, as ``predict`` does.
     """
-    from volseg import store as st
-    from volseg.blocks import BlockGrid
-    from volseg.model import file_sha256, read_model_info
-    from volseg.predict import (block_probabilities, cached_model, predict_batch_fn,
+    from volseg.io import store as st
+    from volseg.engine.blocks import BlockGrid
+    from volseg.models.unet import file_sha256, read_model_info
+    from volseg.stages.predict import (block_probabilities, cached_model, predict_batch_fn,
                                 read_block, write_block)
-    from volseg.tiling import default_tile
+    from volseg.ops.tiling import default_tile
 
     work = Path(p["work"])
     images = str(work / "images.zarr")
@@ -411,8 +411,8 @@ def keep_best(results: dict, key: str, new: dict) -> None:
 
 def agreement(work: Path, a: str, b: str, threshold: float) -> dict:
     """Masks and uint8 probabilities of two prediction stores, compared frame by frame."""
-    from volseg import store as st
-    from volseg.metrics import threshold_bin
+    from volseg.io import store as st
+    from volseg.ops.metrics import threshold_bin
 
     pa = st.open_prediction(work / a)
     pb = st.open_prediction(work / b)
@@ -437,7 +437,7 @@ def agreement(work: Path, a: str, b: str, threshold: float) -> dict:
 
 def same_as_bare(work: Path, pred: str) -> float:
     """Largest |volseg - bare model| of the uint8 probabilities (whole frames: ~0)."""
-    from volseg import store as st
+    from volseg.io import store as st
 
     bare = np.load(work / "bare-float32.npy")
     mine = np.asarray(st.open_prediction(work / pred).probability.array[...]).reshape(bare.shape)
@@ -577,14 +577,14 @@ def main() -> None:
     with ctx as tmp:
         work = Path(tmp)
         if args.filters is None:
-            from volseg.train.config import TrainConfig
+            from volseg.training.config import TrainConfig
 
             args.filters = TrainConfig.filters
         meta = setup(work, args.frames, model=args.model, eight=not (args.quick or args.skip_rss),
                      filters=args.filters)
         meta["load_before"] = load_before
         common = dict(work=str(work), model=meta["model"])
-        from volseg.predict import LOCAL_THREADS
+        from volseg.stages.predict import LOCAL_THREADS
 
         # `volseg predict`'s own default: one worker process, LOCAL_THREADS Dask threads
         default = dict(workers=None, threads=LOCAL_THREADS)

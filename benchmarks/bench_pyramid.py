@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from volseg import store as st
-from volseg.convert import convert
+from volseg.io import store as st
+from volseg.stages.convert import convert
 
 
 def read_ms(array, frames: int, repeat: int) -> float:

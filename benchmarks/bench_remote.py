@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -23,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import make_image_store, make_tiny_model  # noqa: E402
-from remote_servers import S3Server  # noqa: E402
+from volseg.testing import make_image_store, make_tiny_model  # noqa: E402
+from volseg.testing.servers import S3Server  # noqa: E402
 
 # werkzeug colours error statuses (404 ...) with ANSI codes inside the quotes
 _REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) ([^ ]+) HTTP/1\.[01]')
@@ -60,9 +58,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
 
-    from volseg import location
-    from volseg.evaluate import evaluate
-    from volseg.predict import predict
+    from volseg.io import location
+    from volseg.stages.evaluate import evaluate
+    from volseg.stages.predict import predict
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_remote_"))
     server = S3Server(log_path=tmp / "moto.log")

@@ -38,7 +38,7 @@ def _rss_mb() -> float:
 
 
 def make_store(root: Path, frames: int):
-    from volseg import store as st
+    from volseg.io import store as st
 
     depth = 8
     shape = (frames // depth, depth, 523, 821)
@@ -48,24 +48,23 @@ def make_store(root: Path, frames: int):
 
 
 def plan(image):
-    from volseg import store as st
-    from volseg.blocks import BlockGrid
+    from volseg.engine.blocks import BlockGrid, BlockLedger
 
     t0 = time.perf_counter()
     grid = BlockGrid(image.shape, image.block_shape)
-    ledger = st.BlockLedger(image.group, len(grid))
+    ledger = BlockLedger(image.group, len(grid))
     todo = ledger.todo()
     return grid, todo, time.perf_counter() - t0
 
 
 def resume_plan(image, grid) -> tuple[float, float]:
     """Seconds to find the blocks still to do with half of them marked: (listing, reading)."""
-    from volseg import store as st
+    from volseg.engine.blocks import BlockLedger
 
-    ledger = st.BlockLedger(image.group, len(grid))
+    ledger = BlockLedger(image.group, len(grid))
     ledger.array[: len(grid) // 2] = 1
     t0 = time.perf_counter()
-    todo = st.BlockLedger(image.group, len(grid)).todo()
+    todo = BlockLedger(image.group, len(grid)).todo()
     t_list = time.perf_counter() - t0
     t0 = time.perf_counter()
     read = ledger.array[:] == 1
@@ -84,7 +83,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from distributed import Client, LocalCluster
 
-    from volseg.blocks import run_blocks
+    from volseg.engine.blocks import run_blocks
 
     root = Path(tempfile.mkdtemp(prefix="volseg-scale-"))
     rows = []

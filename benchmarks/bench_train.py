@@ -38,9 +38,9 @@ def log(message: str) -> None:
 def ensure_store(tif, out: Path, *, mask: bool):
     """Convert a TIFF (or a list of TIFFs, one frame each) to a store once (reused when
     a complete one is there)."""
-    from volseg.convert import convert
+    from volseg.stages.convert import convert
     from volseg.errors import InputError
-    from volseg.store import open_image
+    from volseg.io.store import open_image
 
     try:
         return open_image(out)
@@ -76,8 +76,8 @@ class CpuClock:
 def predict_val(model, info, image, frames, *, tile=None, tta: bool = False):
     """Whole-frame probabilities of ``frames`` as `volseg predict` tiles them (with
     test-time augmentation if ``tta``)."""
-    from volseg.predict import predict_batch_fn
-    from volseg.tiling import predict_frames, tile_plan
+    from volseg.stages.predict import predict_batch_fn
+    from volseg.ops.tiling import predict_frames, tile_plan
 
     plan = tile_plan(image.shape[2], image.shape[3], tile=tile, halo=info["margin"],
                      multiple=info["multiple"])
@@ -88,8 +88,8 @@ def predict_val(model, info, image, frames, *, tile=None, tta: bool = False):
 
 
 def evaluate(model_path, image, truth, fov, frames) -> dict:
-    from volseg.metrics import count_block, metrics
-    from volseg.model import load_model
+    from volseg.ops.metrics import count_block, metrics
+    from volseg.models.unet import load_model
 
     model, info = load_model(model_path)
     prob = predict_val(model, info, image, frames)
@@ -119,9 +119,9 @@ def throughput(image, truth, fov, split, *, precision: str, steps: int, batch: i
     """samples/s: streamed train_on_batch (volseg's loop) vs model.fit in memory."""
     import keras
 
-    from volseg.model import build_unet
-    from volseg.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
-    from volseg.train import PRECISIONS, make_loss
+    from volseg.models.unet import build_unet
+    from volseg.training.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
+    from volseg.training import PRECISIONS, make_loss
 
     index = scan_training_data(image.array, truth.array, split.train, roi=fov.array)
     norm = index.percentiles()
@@ -201,8 +201,8 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from volseg.sampler import split_frames
-    from volseg.train import train
+    from volseg.training.sampler import split_frames
+    from volseg.training import train
 
     args.out.mkdir(parents=True, exist_ok=True)
     image = ensure_store(files["images"], args.out / "images.zarr", mask=False)

@@ -39,7 +39,7 @@ def log(message: str) -> None:
 def stores(out: Path, data: Path):
     """(images, truth, roi or None, training frames) from CHASE_DB1 or synthetic data."""
     from bench_train import ensure_store as ensure
-    from volseg.sampler import split_frames
+    from volseg.training.sampler import split_frames
 
     out.mkdir(parents=True, exist_ok=True)
     if (data / "images.tif").is_file():
@@ -48,7 +48,7 @@ def stores(out: Path, data: Path):
         fov = ensure(data / "fov.tif", out / "fov.zarr", mask=True)
         split = split_frames(image.shape, val_frames="14-19")
         return "CHASE_DB1 (14 training frames)", image, truth, fov, split.train
-    from volseg.synth import write_synth
+    from volseg.data.synth import write_synth
 
     if not (out / "synth" / "images").is_dir():
         write_synth(out / "synth", timepoints=2, depth=4, overwrite=True)
@@ -64,9 +64,9 @@ def run(image, truth, roi, frames, *, precision: str, steps: int, batch: int, pa
     import keras
 
     from bench_train import CpuClock
-    from volseg.model import PRECISIONS, build_unet
-    from volseg.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
-    from volseg.train import make_loss
+    from volseg.models.unet import PRECISIONS, build_unet
+    from volseg.training.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
+    from volseg.training import make_loss
 
     index = scan_training_data(image.array, truth.array, frames, roi=None if roi is None else roi.array)
     norm = index.percentiles()
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from volseg.model import native_bf16
+    from volseg.models.unet import native_bf16
 
     what, image, truth, roi, frames = stores(args.out, args.data)
     log(f"data: {what}; batch {args.batch} of {args.patch}x{args.patch}, {args.steps} timed "

@@ -38,11 +38,11 @@ DATA = ROOT.parent / "shared" / "data" / "chasedb1"
 def measure(args) -> dict:
     """In this process: samples/s and losses of the graph and the auto-compiled step."""
     from bench_train_loop import stores
-    from volseg._quiet import import_keras
-    from volseg.model import PRECISIONS, build_unet, resolve_compile, resolve_precision
-    from volseg.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
-    from volseg.train import TrainConfig, make_loss
-    from volseg.train.losses import SKELETON_TARGET_LOSSES
+    from volseg.models.backend import import_keras
+    from volseg.models.unet import PRECISIONS, build_unet, resolve_compile, resolve_precision
+    from volseg.training.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
+    from volseg.training import TrainConfig, make_loss
+    from volseg.training.losses import SKELETON_TARGET_LOSSES
 
     keras = import_keras()
     cfg = TrainConfig("", "", "")
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(measure(args)), flush=True)
         return 0
     from _common import machine_line
-    from volseg.model import cpu_flags
+    from volseg.models.unet import cpu_flags
 
     settings = [("as it is", None)]
     if "avx512f" in cpu_flags():

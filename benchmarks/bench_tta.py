@@ -64,8 +64,8 @@ def otsu_level(counts: np.ndarray) -> int:
 
 def frame_histograms(pred_path, truth_path) -> np.ndarray:
     """Class histograms of every frame: int64 (t, z, 2, 256)."""
-    from volseg import store as st
-    from volseg.thresholds import class_histograms
+    from volseg.io import store as st
+    from volseg.ops.thresholds import class_histograms
 
     prob = st.open_prediction(pred_path).probability.array
     truth = st.open_image(truth_path).array
@@ -86,7 +86,7 @@ def dice_of(hist: np.ndarray, level: int) -> tuple[int, int, int]:
 
 def threshold_study(hists: np.ndarray, model_threshold: float) -> dict:
     """Test-frame Dice of each threshold rule (see the module docstring)."""
-    from volseg.thresholds import best_level, threshold_bin
+    from volseg.ops.thresholds import best_level, threshold_bin
 
     val, test = hists[:, 0::2].sum(axis=1), hists[:, 1::2].sum(axis=1)  # (t, 2, 256)
     T = len(test)
@@ -110,7 +110,7 @@ def threshold_study(hists: np.ndarray, model_threshold: float) -> dict:
 
 
 def timed_predict(images, model, out, **kw) -> float:
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     t0 = time.perf_counter()
     predict(images, model, out, overwrite=True, **kw)
@@ -119,10 +119,10 @@ def timed_predict(images, model, out, **kw) -> float:
 
 def prepare_data(out: Path, seed: int):
     """The demo's synthetic series as image and truth stores (made once)."""
-    from volseg.convert import convert
+    from volseg.stages.convert import convert
     from volseg.errors import InputError
-    from volseg.store import open_image
-    from volseg.synth import write_synth
+    from volseg.io.store import open_image
+    from volseg.data.synth import write_synth
 
     images, truth = out / "images.zarr", out / "truth.zarr"
     try:
@@ -145,8 +145,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from volseg.evaluate import evaluate
-    from volseg.model import read_model_info
+    from volseg.stages.evaluate import evaluate
+    from volseg.models.unet import read_model_info
 
     images, truth = prepare_data(out, args.seed)
     held = images.shape[0] - 1
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     if args.model:
         shutil.copyfile(args.model, model)
     elif not model.exists():
-        from volseg.train import train
+        from volseg.training import train
 
         log(f"training a U-Net for {args.minutes:g} min (time point {held} held out)")
         train(images.path, truth.path, model, val_timepoints=str(held), patch=(128, 128),

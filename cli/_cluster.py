@@ -20,9 +20,9 @@ def add_cluster_arguments(p, *, default_workers_help="1 process using every core
 
 
 def cluster_kwargs(args) -> dict:
-    """Keyword arguments of volseg.cluster.open_client from parsed options, checked now
+    """Keyword arguments of volseg.engine.cluster.open_client from parsed options, checked now
     (before any work starts) by the library's own rules."""
-    from volseg.cluster import check_options, parse_adapt
+    from volseg.engine.cluster import check_options, parse_adapt
 
     kwargs = dict(cluster=args.cluster, workers=args.workers, threads=args.threads,
                   jobs=args.jobs, adapt=parse_adapt(args.adapt))

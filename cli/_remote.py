@@ -1,7 +1,7 @@
-"""`volseg train --cluster slurm`: the options, and a drop-in for volseg.train.train.
+"""`volseg train --cluster slurm`: the options, and a drop-in for volseg.training.train.
 
 cli/train.py builds train()'s arguments, progress bar and log once; :func:`trainer`
-gives it the function to call with them: ``volseg.train.train`` itself for
+gives it the function to call with them: ``volseg.training.train`` itself for
 ``--cluster local`` (training in this process), or one that runs the same call inside
 a Slurm job and streams the progress and log lines back here.
 """
@@ -30,21 +30,21 @@ def add_slurm_options(p):
 
 
 def trainer(args):
-    """The function to call like ``volseg.train.train`` for these options."""
+    """The function to call like ``volseg.training.train`` for these options."""
     if getattr(args, "cluster", "local") == "slurm":
         return functools.partial(run_on_slurm, args)
     if getattr(args, "jobqueue_config", None) is not None:
         raise InputError("only for a Slurm cluster", param="jobqueue_config")
-    from volseg.train import train
+    from volseg.training import train
 
     return train
 
 
 def run_on_slurm(args, images_path, truth_path, out_path, **train_kwargs) -> dict:
-    """``volseg.train.train(images_path, truth_path, out_path, **train_kwargs)``, run in
+    """``volseg.training.train(images_path, truth_path, out_path, **train_kwargs)``, run in
     one Slurm worker job; returns its summary."""
-    from volseg.cluster import open_client
-    from volseg.remote import check_train_inputs, train_on_cluster
+    from volseg.engine.cluster import open_client
+    from volseg.training.remote import check_train_inputs, train_on_cluster
 
     options = dict(train_kwargs)
     progress = options.pop("progress", None)

@@ -2,7 +2,7 @@
 
 
 def add_select_arguments(p) -> None:
-    """``--channel`` and ``--series`` (see :func:`volseg.store.open_image`)."""
+    """``--channel`` and ``--series`` (see :func:`volseg.io.store.open_image`)."""
     g = p.add_argument_group("OME-Zarr from other tools")
     g.add_argument("--channel", type=int, metavar="C",
                    help="channel to read from images with a c axis (needed when they have "

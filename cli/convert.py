@@ -2,8 +2,8 @@
 
 import argparse
 
-from volseg.convert import convert
-from volseg.tiffio import DEFAULT_PATTERN
+from volseg.stages.convert import convert
+from volseg.io.tiff import DEFAULT_PATTERN
 
 from ._progress import command_line
 from ._progress import Progress, say

@@ -23,7 +23,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from volseg.demo import FULL, SMALL, format_summary, run_demo
+    from volseg.stages.demo import FULL, SMALL, format_summary, run_demo
 
     bars = []
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
-from ._reports import check_report_files
 from ._select import add_select_arguments, select_kwargs
 
 
@@ -48,10 +47,12 @@ def add_parser(sub):
 
 def _check_outputs(args) -> None:
     """Refuse to replace files volseg did not write (unless --overwrite), before counting."""
-    from volseg.figures import EVALUATION_FIGURES
+    from volseg.engine.outputs import check_report_files
+    from volseg.viz.figures import EVALUATION_FIGURES
 
-    check_report_files(args, EVALUATION_FIGURES,
-                       [_per_z_path(Path(args.csv))] if args.csv and args.per_z else [])
+    check_report_files(json=args.json, csv=args.csv, plots=args.plots,
+                       figures=EVALUATION_FIGURES, overwrite=args.overwrite,
+                       csv_paths=[_per_z_path(Path(args.csv))] if args.csv and args.per_z else [])
 
 
 def _per_z_path(csv_path: Path) -> Path:
@@ -59,10 +60,8 @@ def _per_z_path(csv_path: Path) -> Path:
 
 
 def run(args) -> int:
-    import os
-
-    from volseg.cluster import open_client
-    from volseg.evaluate import evaluate, prepare, write_csv, write_json
+    from volseg.engine.cluster import open_client
+    from volseg.stages.evaluate import evaluate, local_layout, prepare, write_csv, write_json
 
     _check_outputs(args)
     json_path = Path(args.json) if args.json else None
@@ -73,9 +72,7 @@ def run(args) -> int:
 
     kw = cluster_kwargs(args)
     if kw["cluster"] == "local" and kw["workers"] is None and kw["threads"] is None:
-        # Counting holds the GIL part of the time: one single-threaded process per core
-        # beats one process with threads (benchmarks/bench_evaluate.py).
-        kw["workers"], kw["threads"] = os.cpu_count() or 1, 1
+        kw.update(local_layout())
     with open_client(**kw, log=None if args.quiet else (lambda m: say(args, m))) as client, \
             Progress("evaluate", quiet=args.quiet) as progress:
         report = evaluate(args.prediction, args.truth, roi_path=args.roi,
@@ -95,7 +92,7 @@ def run(args) -> int:
             write_csv(report, z_path, key="per_z")
             say(args, f"wrote {z_path}")
     if args.plots:
-        from volseg.figures import evaluation_figures
+        from volseg.viz.figures import evaluation_figures
 
         for path in evaluation_figures(report, args.plots):
             say(args, f"wrote {path}")

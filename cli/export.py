@@ -1,6 +1,6 @@
 """volseg export: a store back to TIFF (per-frame files or one ImageJ hyperstack)."""
 
-from volseg.export import export_tiff
+from volseg.stages.export import export_tiff
 
 from ._progress import Progress, say
 from ._select import add_select_arguments, select_kwargs

@@ -1,7 +1,7 @@
 """volseg info: what a store holds."""
 
 from volseg.errors import InputError
-from volseg.info import describe
+from volseg.stages.info import describe
 
 from ._select import add_select_arguments, select_kwargs
 

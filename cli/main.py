@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from volseg import __version__
+from volseg.version import __version__
 from volseg.errors import InputError
 
 COMMANDS = ["synth", "convert", "info", "verify", "train", "predict", "evaluate", "demo", "preview",
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.storage_options is not None:
-            from volseg.location import set_storage_options
+            from volseg.io.location import set_storage_options
 
             set_storage_options(args.storage_options)
         return int(args.run(args) or 0)
@@ -134,7 +134,7 @@ def _storage_error(exc: BaseException):
     middle of a run, as one line (None: something else)."""
     if "volseg.location" not in sys.modules:
         return None  # no URL was used
-    from volseg.location import remote_error
+    from volseg.io.location import remote_error
 
     return remote_error(exc)
 

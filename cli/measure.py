@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import Progress, say
-from ._reports import check_report_files
 from ._select import add_select_arguments, select_kwargs
 
 
@@ -51,12 +50,15 @@ def add_parser(sub):
 def run(args) -> int:
     from contextlib import nullcontext
 
-    from volseg.cluster import open_client
-    from volseg.measure import DEFAULT_MAX_BYTES, measure, prepare, write_csv, write_json
+    from volseg.engine.cluster import open_client
+    from volseg.stages.measure import DEFAULT_MAX_BYTES, measure, prepare, write_csv, write_json
 
-    from volseg.measure import MEASURE_FIGURES
+    from volseg.stages.measure import MEASURE_FIGURES
 
-    check_report_files(args, MEASURE_FIGURES)  # before measuring
+    from volseg.engine.outputs import check_report_files
+
+    check_report_files(json=args.json, csv=args.csv, plots=args.plots, figures=MEASURE_FIGURES,
+                       overwrite=args.overwrite)  # before measuring
     kw = dict(truth_path=args.truth, roi_path=args.roi, spacing=args.spacing, prune=args.prune,
               surface=args.surface, picture_t=args.picture_t,
               max_bytes=DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes,
@@ -79,7 +81,7 @@ def run(args) -> int:
         write_csv(report, args.csv)
         say(args, f"wrote {args.csv}")
     if args.plots:
-        from volseg.measure import measure_figures
+        from volseg.stages.measure import measure_figures
 
         for path in measure_figures(report, args.plots):
             say(args, f"wrote {path}")

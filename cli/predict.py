@@ -2,7 +2,7 @@
 
 import argparse
 
-from volseg.model import PRECISION_CHOICES
+from volseg.models.unet import PRECISION_CHOICES
 
 from ._cluster import add_cluster_arguments, cluster_kwargs
 from ._progress import command_line
@@ -75,8 +75,8 @@ def parse_tile(text):
 def run(args) -> int:
     import time
 
-    from volseg.cluster import gpu_resources, open_client
-    from volseg.predict import LOCAL_THREADS, predict
+    from volseg.engine.cluster import gpu_resources, open_client
+    from volseg.stages.predict import LOCAL_THREADS, predict
 
     command = command_line()
     tile = parse_tile(args.tile)

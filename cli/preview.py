@@ -1,6 +1,6 @@
 """volseg preview: figures of single frames (image, truth, probability, mask, errors)."""
 
-from volseg.preview import preview
+from volseg.stages.preview import preview
 
 from ._progress import say
 from ._select import add_select_arguments, select_kwargs

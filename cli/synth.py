@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from volseg.synth import write_synth
+    from volseg.data.synth import write_synth
 
     with Progress("synth", unit="frame", quiet=args.quiet) as progress:
         s = write_synth(args.output, timepoints=args.timepoints, depth=args.depth,

@@ -1,9 +1,9 @@
 """volseg train: U-Net training on patches streamed from Zarr stores."""
 
 
-from volseg.model import COMPILE_CHOICES, PRECISION_CHOICES
-from volseg.train.config import LOSSES, TrainConfig
-from volseg.train.schedule import SCHEDULES
+from volseg.models.unet import COMPILE_CHOICES, PRECISION_CHOICES
+from volseg.training.config import LOSSES, TrainConfig
+from volseg.training.schedule import SCHEDULES
 
 from ._progress import command_line
 from ._progress import Progress, say
@@ -127,7 +127,7 @@ class _EpochProgress:
 
 
 def run_forest(args, command) -> int:
-    from volseg.forest import train_forest
+    from volseg.models.forest import train_forest
 
     with Progress("forest: sampling", unit="frame", quiet=args.quiet) as progress:
         summary = train_forest(args.images, args.truth, args.output, roi_path=args.roi,
@@ -149,7 +149,7 @@ def run(args) -> int:
     command = command_line()
     if args.method == "forest":
         from volseg.errors import InputError
-        from volseg.forest import check_forest_context
+        from volseg.models.forest import check_forest_context
 
         if args.cluster != "local":
             raise InputError("a forest trains on this machine in minutes; drop --cluster",

@@ -24,9 +24,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from volseg.cluster import open_client
+    from volseg.engine.cluster import open_client
     from volseg.errors import InputError
-    from volseg.verify import verify_store
+    from volseg.stages.verify import verify_store
 
     kw = cluster_kwargs(args)
     results, bad = [], 0

@@ -1,5 +1,5 @@
-"""Check that a refactoring changed no result: run convert, predict and evaluate with two
-source trees of volseg on the same data, and compare what they wrote.
+"""Check that a refactoring changed no result: run convert, predict, evaluate, the forest
+and measure with two source trees of volseg on the same data, and compare what they wrote.
 
     python scripts/compare_outputs.py OLD_TREE [NEW_TREE] [--work DIR]
 
@@ -9,9 +9,9 @@ zarr ...), each in its own subprocess that imports volseg from its tree. Data: a
 ``volseg synth`` series (2 time points x 4 slices x 160 x 224), images and labels; a
 tiny seeded U-Net (filters 4, depth 2) made once and used by both.
 
-Compared: the decoded arrays of the image store, the truth store, the prediction's
-probability and mask (exactly equal), and the evaluation reports (every key except
-timings and paths). Stored bytes may differ on purpose (a codec change): the script
+Compared: the decoded arrays of the image store, the truth store, the U-Net's and the
+forest's probability and mask (exactly equal), and the reports of evaluate (both
+predictions) and measure (every key except timings and paths). Stored bytes may differ on purpose (a codec change): the script
 says whether they do. Exit 0 when every result is identical.
 """
 
@@ -37,16 +37,26 @@ os.symlink(os.path.join(tree, "cli"), os.path.join(links, "volseg_cli"))
 sys.path.insert(0, links)
 import volseg
 assert volseg.__file__.startswith(links), volseg.__file__
-from volseg.convert import convert
-from volseg.predict import predict
-from volseg.evaluate import evaluate
-convert([os.path.join(data, "images")], os.path.join(out, "images.zarr"))
-convert([os.path.join(data, "labels")], os.path.join(out, "truth.zarr"), mask=True)
-predict(os.path.join(out, "images.zarr"), os.path.join(data, "model.keras"),
-        os.path.join(out, "pred.zarr"), threshold=0.5)
-report = evaluate(os.path.join(out, "pred.zarr"), os.path.join(out, "truth.zarr"))
+# the public API (the same names before and after the move to layered subpackages)
+quiet = dict(progress=False)
+volseg.convert([os.path.join(data, "images")], os.path.join(out, "images.zarr"), **quiet)
+volseg.convert([os.path.join(data, "labels")], os.path.join(out, "truth.zarr"), mask=True, **quiet)
+images, truth = os.path.join(out, "images.zarr"), os.path.join(out, "truth.zarr")
+volseg.predict(images, os.path.join(data, "model.keras"), os.path.join(out, "pred.zarr"),
+               threshold=0.5, **quiet)
+volseg.train(images, truth, os.path.join(out, "forest.model"), method="forest", trees=5,
+             val_timepoints="1", **quiet)
+volseg.predict(images, os.path.join(out, "forest.model"), os.path.join(out, "forest.zarr"), **quiet)
+reports = {"evaluate": volseg.evaluate(os.path.join(out, "pred.zarr"), truth, **quiet),
+           "evaluate forest": volseg.evaluate(os.path.join(out, "forest.zarr"), truth, **quiet)}
+try:
+    from volseg.stages.measure import measure
+except ImportError:  # the flat tree
+    from volseg.measure import measure
+reports["measure"] = measure(os.path.join(out, "forest.zarr"), truth_path=truth,
+                             spacing=(4.0, 1.0, 1.0))
 with open(os.path.join(out, "report.json"), "w") as fh:
-    json.dump(report, fh, default=str)
+    json.dump(reports, fh, default=str)
 """
 
 _VOLATILE = {"seconds", "voxels_per_second", "prediction", "truth", "roi", "blocks"}
@@ -55,9 +65,8 @@ _VOLATILE = {"seconds", "voxels_per_second", "prediction", "truth", "roi", "bloc
 def _prepare(data: Path) -> None:
     if (data / "model.keras").exists():
         return
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_tiny_model
-    from volseg.synth import write_synth
+    from volseg.testing import make_tiny_model
+    from volseg.data.synth import write_synth
 
     write_synth(data, timepoints=2, depth=4, height=160, width=224, seed=5)
     make_tiny_model(data / "model.keras", depth=2, filters=4)
@@ -68,7 +77,8 @@ def _arrays(out: Path) -> dict:
     import zarr
 
     found = {}
-    for name in ("images.zarr/0", "truth.zarr/0", "pred.zarr/probability/0", "pred.zarr/mask/0"):
+    for name in ("images.zarr/0", "truth.zarr/0", "pred.zarr/probability/0", "pred.zarr/mask/0",
+                 "forest.zarr/probability/0", "forest.zarr/mask/0"):
         found[name] = np.asarray(zarr.open_array(str(out / name), mode="r")[...])
     return found
 
@@ -105,11 +115,13 @@ def main(argv=None) -> int:
         print(f"{name:28} {'identical' if equal else 'DIFFERENT'}  {a_old[name].shape}")
     r_old = json.loads((outs["old"] / "report.json").read_text())
     r_new = json.loads((outs["new"] / "report.json").read_text())
-    keys = sorted((set(r_old) | set(r_new)) - _VOLATILE)
-    differ = [k for k in keys if r_old.get(k) != r_new.get(k)]
-    same &= not differ
-    print(f"{'evaluate report':28} {'identical' if not differ else 'DIFFERENT: ' + ', '.join(differ)}"
-          f"  ({len(keys)} keys)")
+    for report in r_old:
+        keys = sorted((set(r_old[report]) | set(r_new[report])) - _VOLATILE)
+        differ = [k for k in keys if r_old[report].get(k) != r_new[report].get(k)]
+        same &= not differ
+        print(f"{report + ' report':28} "
+              f"{'identical' if not differ else 'DIFFERENT: ' + ', '.join(differ)}"
+              f"  ({len(keys)} keys)")
     s_old, s_new = _stored(outs["old"]), _stored(outs["new"])
     print(f"{'stored chunk bytes':28} {'identical' if s_old == s_new else 'differ (codec or layout change)'}")
     return 0 if same else 1

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from volseg.blocks import run_blocks, usable_cores
+from volseg.engine.blocks import run_blocks, usable_cores
 
 
 def test_usable_cores_is_the_affinity_not_the_machine():
@@ -16,7 +16,7 @@ def test_usable_cores_is_the_affinity_not_the_machine():
         pytest.skip("needs 2 cores to restrict to 1")
     # As under Slurm or taskset: the process may run on one core of the machine's two.
     code = ("import os, threading; os.sched_setaffinity(0, {0});"
-            "from volseg.blocks import run_blocks, usable_cores;"
+            "from volseg.engine.blocks import run_blocks, usable_cores;"
             "names = set();"
             "run_blocks(lambda i: names.add(threading.current_thread().name), range(40));"
             "print(usable_cores(), len(names), os.cpu_count())")

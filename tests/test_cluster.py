@@ -18,9 +18,9 @@ import dask
 import pytest
 import yaml
 
-from volseg.cluster import (check_options, gpu_resources, gpus_per_job, job_script,
+from volseg.engine.cluster import (check_options, gpu_resources, gpus_per_job, job_script,
                             open_client, parse_adapt)
-from volseg.cluster.waiting import cluster_job_ids
+from volseg.engine.cluster.waiting import cluster_job_ids
 from volseg.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import make_image_store
-from volseg import store as st
-from volseg.context import channels_from_slab, check_context, context_slices, read_context
+from volseg.testing import make_image_store
+from volseg.io import store as st
+from volseg.ops.context import channels_from_slab, check_context, context_slices, read_context
 from volseg.errors import InputError
-from volseg.sampler import Augment, PatchSampler, scan_training_data
+from volseg.training.sampler import Augment, PatchSampler, scan_training_data
 
 
 def z_coded(shape):
@@ -144,7 +144,7 @@ def k_model(path, k, *, seed=0):
     """An untrained, seeded U-Net taking K slices, saved as a volseg model."""
     import keras
 
-    from volseg.model import base_info, build_unet, save_model
+    from volseg.models.unet import base_info, build_unet, save_model
 
     keras.utils.set_random_seed(seed)
     model = build_unet(base_filters=4, depth=2, normalization=(0.0, 255.0), channels=k)
@@ -164,7 +164,7 @@ def slices_differ(shape, seed=0):
 def reference(model_path, stack, k, rule=edge_reference):
     """Whole-stack prediction in numpy + Keras: channels by ``rule``, frames padded to
     the model's multiple (4) by reflection as predict pads them."""
-    from volseg.model import load_model
+    from volseg.models.unet import load_model
 
     model, _ = load_model(model_path)
     x = rule(stack.astype(np.float32), k)
@@ -195,7 +195,7 @@ def model3(tmp_path_factory):
 def test_predict_z_halo_at_ends_and_block_boundaries(tmp_path, model3):
     """K = 3 on blocks of 1, 2 and all 5 slices: the same probabilities, equal to a
     whole-stack numpy reference with the edge rule (and not the reflect rule)."""
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     arr = slices_differ((2, 5, 37, 53))
     probs = {}
@@ -218,7 +218,7 @@ def test_predict_z_halo_at_ends_and_block_boundaries(tmp_path, model3):
 
 
 def test_predict_k3_on_a_single_slice_stack_repeats_it(tmp_path, model3):
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     arr = slices_differ((2, 1, 24, 24), seed=3)
     images = make_image_store(tmp_path / "i.zarr", arr)
@@ -233,9 +233,9 @@ def test_predict_k3_on_a_single_slice_stack_repeats_it(tmp_path, model3):
 def test_context_1_predict_keeps_its_job_and_2d_input(tmp_path):
     """K = 1 models (and models without the key) read no z-halo, feed 2D frames and
     record no context in the job, so existing predictions keep their fingerprint."""
-    from conftest import make_tiny_model
-    from volseg.model import read_model_info
-    from volseg.predict import _unet_method
+    from volseg.testing import make_tiny_model
+    from volseg.models.unet import read_model_info
+    from volseg.stages.predict import _unet_method
 
     path = make_tiny_model(tmp_path / "m.keras")
     info = read_model_info(path)
@@ -266,9 +266,9 @@ def tubes(shape, seed=0):
 def test_a_context_3_model_trains_validates_and_predicts_alike(tmp_path):
     """Train with context 3; predict reads K from the model (nothing passed), and the
     validator's probabilities of the end slices equal predict's."""
-    from volseg.model import load_model, read_model_info
-    from volseg.predict import predict
-    from volseg.train import Validator, train
+    from volseg.models.unet import load_model, read_model_info
+    from volseg.stages.predict import predict
+    from volseg.training import Validator, train
 
     images, labels = tubes((3, 4, 32, 32))
     im = make_image_store(tmp_path / "i.zarr", images)
@@ -284,7 +284,7 @@ def test_a_context_3_model_trains_validates_and_predicts_alike(tmp_path):
     prob = st.open_prediction(tmp_path / "p.zarr").probability.array[:]
     validator = Validator(im.array, st.open_image(tmp_path / "t.zarr").array, [(2, 0), (2, 3)],
                           multiple=4, margin=info["margin"], context=3)
-    from volseg.metrics import quantise
+    from volseg.ops.metrics import quantise
 
     for t, z in validator.frames:
         v = quantise(validator.probabilities(model, t, z)).astype(int)
@@ -292,7 +292,7 @@ def test_a_context_3_model_trains_validates_and_predicts_alike(tmp_path):
 
 
 def test_init_must_match_the_models_context(tmp_path, model3):
-    from volseg.train import TrainConfig, open_inputs
+    from volseg.training import TrainConfig, open_inputs
 
     images, labels = tubes((2, 2, 16, 16))
     make_image_store(tmp_path / "i.zarr", images)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import VOLSEG, write_frames
-from volseg import store as st
-from volseg.convert import convert, to_binary
+from volseg.testing import VOLSEG_COMMAND as VOLSEG, write_frames
+from volseg.io import store as st
+from volseg.stages.convert import convert, to_binary
 from volseg.errors import InputError
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from volseg import store as st
+from volseg.io import store as st
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ def test_small_demo_end_to_end(tmp_path, cli):
 
 
 def test_demo_fails_when_the_unet_loses_to_the_threshold():
-    from volseg.demo import baseline_problems
+    from volseg.stages.demo import baseline_problems
 
     def methods(unet, forest, threshold):
         return {"U-Net": {"dice_all": unet, "dice_held_out": unet},

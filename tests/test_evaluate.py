@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from volseg import store
+from volseg.io import store
 from volseg.errors import InputError
-from volseg.evaluate import evaluate, plan_blocks
+from volseg.stages.evaluate import evaluate, plan_blocks
 
 RATIOS = ("accuracy", "sensitivity", "specificity", "precision", "dice", "iou", "mcc",
           "balanced_accuracy")
@@ -151,7 +151,7 @@ def test_identical_whatever_the_chunking(tmp_path, stores):
 
 
 def test_identical_whatever_the_number_of_workers(stores):
-    from volseg.cluster import open_client
+    from volseg.engine.cluster import open_client
 
     pred, tru, truth, prob = stores
     base = metric_part(evaluate(pred, tru, per_z=True))

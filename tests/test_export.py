@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import make_image_store, make_prediction
-from volseg import export as ex
-from volseg import store as st
-from volseg.tiffio import frame_file_name
-from volseg.convert import convert
+from volseg.testing import make_image_store, make_prediction
+from volseg.stages import export as ex
+from volseg.io import store as st
+from volseg.io.tiff import frame_file_name
+from volseg.stages.convert import convert
 from volseg.errors import InputError
 
 

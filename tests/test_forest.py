@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import make_image_store
-from volseg import forest as fo
+from volseg.testing import make_image_store
+from volseg.models import forest as fo
 from volseg.errors import InputError
 
 
@@ -151,7 +151,7 @@ def test_model_file_with_unexpected_types_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_forest_end_to_end_beats_the_best_global_threshold(tmp_path, cli):
-    from volseg.synth import best_intensity, threshold_histograms
+    from volseg.data.synth import best_intensity, threshold_histograms
 
     d = tmp_path / "d"
     assert cli("synth", "-o", d, "--timepoints", "3", "--depth", "3", "--height", "128",
@@ -170,7 +170,7 @@ def test_forest_end_to_end_beats_the_best_global_threshold(tmp_path, cli):
                          "--json", tmp_path / "r.json", "-q")
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
-    from volseg import store as st
+    from volseg.io import store as st
 
     images = st.open_image(tmp_path / "i.zarr").array[...]
     labels = st.open_image(tmp_path / "t.zarr").array[...]

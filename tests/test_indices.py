@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from volseg.errors import InputError
-from volseg.indices import format_ranges, parse_indices
+from volseg.ops.indices import format_ranges, parse_indices
 
 
 @pytest.mark.parametrize("spec,expected", [

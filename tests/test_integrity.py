@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import VOLSEG, make_image_store, make_prediction, make_tiny_model, run_volseg, \
-    write_frames
-from volseg import store as st
+from volseg.testing import (VOLSEG_COMMAND as VOLSEG, make_image_store, make_prediction,
+                            make_tiny_model, run_volseg, write_frames)
+from volseg.io import store as st
 
 SHAPE = (2, 3, 16, 16)  # two shards (one per time point) of three frames each
 
@@ -321,7 +321,7 @@ def test_store_deletion_cut_short_anywhere_is_finished_by_the_next_run(cli, fram
                                                                         tmp_path, monkeypatch):
     """Ctrl-C while ``--overwrite`` deletes the store it replaced: whatever is left must
     still read as volseg's store (nothing foreign), so the next run deletes the rest."""
-    from volseg import outputs
+    from volseg.engine import outputs
 
     folder, _ = frames_dir
     made = tmp_path / "made.zarr"
@@ -739,7 +739,7 @@ def test_evaluate_reports_never_replace_foreign_files(cli, dataset):
 
 
 def test_plots_never_replace_foreign_png(cli, dataset):
-    from volseg.figures import EVALUATION_FIGURES
+    from volseg.viz.figures import EVALUATION_FIGURES
 
     plots = dataset / "figs"
     plots.mkdir()

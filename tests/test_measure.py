@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from volseg.measure import measure_volume, upsample_z
+from volseg.stages.measure import measure_volume, upsample_z
 
-from conftest import make_image_store
+from volseg.testing import make_image_store
 
 
 def tube(shape, spacing, p0, p1, radius, out=None):
@@ -137,7 +137,7 @@ def test_synth_truth_length_matches_the_generator(tmp_path, cli):
     record = json.loads((tmp_path / "d" / "synth.json").read_text())
     assert cli("convert", tmp_path / "d" / "labels", "--mask", "-o", tmp_path / "t.zarr",
                "-q")[0] == 0
-    from volseg.measure import measure
+    from volseg.stages.measure import measure
 
     z_step = record["z_step"]
     report = measure(tmp_path / "t.zarr", spacing=(z_step, 1, 1), threads=1)
@@ -222,7 +222,7 @@ def test_cli_bad_parameters_exit_2_with_one_line(stores, cli, extra, needle):
 
 
 def _scaled_mask(path, array, scale, unit="micrometer"):
-    from volseg import store as st
+    from volseg.io import store as st
 
     image = st.create_image(path, shape=array.shape, dtype=np.uint8, scale=scale,
                             units={a: unit for a in "zyx"},
@@ -235,7 +235,7 @@ def _scaled_mask(path, array, scale, unit="micrometer"):
 
 def test_voxel_sizes_recorded_differently_refused(stores, cli):
     """A mask and a truth of different voxel sizes: which is right is the user's call."""
-    from volseg.store import open_image
+    from volseg.io.store import open_image
 
     truth = np.asarray(open_image(stores / "truth.zarr").array[:])
     mask = _scaled_mask(stores / "m3.zarr", truth, (1.0, 3.0, 1.0, 1.0))
@@ -256,7 +256,7 @@ def test_voxel_sizes_recorded_differently_refused(stores, cli):
 
 def test_roi_0_255_of_one_time_point_applies_to_all(stores):
     """The ROIs evaluate and predict take (nonzero inside, one time point for all)."""
-    from volseg.measure import measure
+    from volseg.stages.measure import measure
 
     half = np.zeros((1, 8, 100, 100), np.uint8)
     half[..., :50] = 255
@@ -264,7 +264,7 @@ def test_roi_0_255_of_one_time_point_applies_to_all(stores):
     whole = measure(stores / "truth.zarr", spacing="3,1,1", threads=1)
     inside = measure(stores / "truth.zarr", roi_path=stores / "half.zarr", spacing="3,1,1",
                      threads=1)
-    from volseg.store import open_image
+    from volseg.io.store import open_image
 
     truth = np.asarray(open_image(stores / "truth.zarr").array[:]).astype(bool)
     for t, (a, b) in enumerate(zip(whole["per_timepoint"], inside["per_timepoint"])):
@@ -277,7 +277,7 @@ def test_cli_bad_stores_exit_2_with_one_line(stores, cli, tmp_path):
     grey[:, :, 10:20, 10:20] = 7
     make_image_store(d / "grey.zarr", grey)
     make_image_store(d / "small.zarr", np.zeros((2, 8, 50, 100), np.uint8), mask=True)
-    from volseg import store as st
+    from volseg.io import store as st
 
     part = st.create_image(d / "part.zarr", shape=(2, 8, 100, 100), dtype=np.uint8,
                            job=st.make_job("test", parameters={}))  # never finished

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from volseg.thresholds import histogram_uint8
+from volseg.ops.thresholds import histogram_uint8
 
-from volseg.metrics import (
+from volseg.ops.metrics import (
     ConfusionHistogram,
     check_binary,
     count_block,

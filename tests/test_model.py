@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from volseg.errors import InputError
-from volseg.model import (
+from volseg.models.unet import (
     base_info,
     build_unet,
     count_parameters,
@@ -152,7 +152,7 @@ JAX_SCRIPT = """
 import sys, numpy as np
 import keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
-from volseg.model import load_model
+from volseg.models.unet import load_model
 model, info = load_model(sys.argv[1])
 x = np.load(sys.argv[2])
 np.save(sys.argv[3], np.asarray(model.predict_on_batch(x)))

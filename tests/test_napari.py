@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_tiny_model
+from volseg.testing import make_tiny_model
 
 napari_ome_zarr = pytest.importorskip("napari_ome_zarr")
 
@@ -20,8 +20,8 @@ def _layers(path):
 
 
 def test_image_and_mask_open_as_image_and_labels_layers_with_scale(tmp_path):
-    from volseg import store as st
-    from volseg.predict import predict
+    from volseg.io import store as st
+    from volseg.stages.predict import predict
 
     images = np.random.default_rng(0).integers(0, 255, (2, 3, 32, 48), dtype=np.uint8)
     image = st.create_image(tmp_path / "images.zarr", shape=images.shape, dtype="uint8",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import make_tiny_model, validate_ngff, write_frames
+from volseg.testing import make_tiny_model, validate_ngff, write_frames
 
 SHAPE = (2, 3, 24, 40)  # t, z, y, x
 
@@ -39,7 +39,7 @@ def write_ome(path, array, axes, version="0.5", **scale):
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_ome_zarr_py_tczyx_two_channels(tmp_path, data, version):
-    from volseg import store as st
+    from volseg.io import store as st
     from volseg.errors import InputError
 
     images, _ = data
@@ -61,7 +61,7 @@ def test_ome_zarr_py_tczyx_two_channels(tmp_path, data, version):
 
 
 def test_zyx_without_time_reads_as_one_timepoint(tmp_path, data):
-    from volseg import store as st
+    from volseg.io import store as st
 
     volume = data[0][0, 0]
     path = write_ome(tmp_path / "zyx.zarr", volume, "zyx", "0.4")
@@ -74,7 +74,7 @@ def test_zyx_without_time_reads_as_one_timepoint(tmp_path, data):
 
 def test_bioformats2raw_layout_series(tmp_path, data):
     """A root with ``bioformats2raw.layout`` and series ``0/``, ``1/`` (listed in ``OME``)."""
-    from volseg import store as st
+    from volseg.io import store as st
     from volseg.errors import InputError
 
     images, _ = data
@@ -91,7 +91,7 @@ def test_bioformats2raw_layout_series(tmp_path, data):
 
 def test_damage_in_a_foreign_store_names_the_frames(tmp_path, data):
     """Reads still go through the checked array: a broken chunk names (t, z), not (t, c)."""
-    from volseg import store as st
+    from volseg.io import store as st
     from volseg.errors import DamagedDataError
 
     path = write_ome(tmp_path / "img.zarr", data[0], "tczyx", "0.4")
@@ -105,10 +105,10 @@ def test_damage_in_a_foreign_store_names_the_frames(tmp_path, data):
 
 def test_pipeline_on_foreign_stores_matches_tiff(tmp_path, data, cli):
     """predict and evaluate on ome-zarr-py stores give what the same data from TIFF gives."""
-    from volseg.convert import convert
-    from volseg.evaluate import evaluate
-    from volseg.predict import predict
-    from volseg import store as st
+    from volseg.stages.convert import convert
+    from volseg.stages.evaluate import evaluate
+    from volseg.stages.predict import predict
+    from volseg.io import store as st
 
     images, truth = data
     model = make_tiny_model(tmp_path / "tiny.keras")
@@ -139,7 +139,7 @@ def test_pipeline_on_foreign_stores_matches_tiff(tmp_path, data, cli):
 
     # measure reads the foreign truth (and a prediction made from a foreign image) like
     # the TIFF-converted one
-    from volseg.measure import measure
+    from volseg.stages.measure import measure
 
     mine = measure(tmp_path / "ref.zarr", truth_path=tmp_path / "truth.zarr", spacing="1,1,1")
     theirs = measure(tmp_path / "pred.zarr", truth_path=ome_truth, spacing="1,1,1")
@@ -152,7 +152,7 @@ def test_prediction_root_is_a_labels_group_with_an_image_label(tmp_path, data):
     """Validators accept the root (NGFF ``labels``) and napari reads the mask as labels."""
     from ome_zarr_models.v05.labels import Labels
 
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     ome_images = write_ome(tmp_path / "ome-img.zarr", data[0], "tczyx", "0.5")
     predict(ome_images, make_tiny_model(tmp_path / "tiny.keras"), tmp_path / "pred.zarr",
@@ -169,7 +169,7 @@ def test_export_measure_preview_take_channel(tmp_path, data, cli):
     """Every command that reads another tool's multichannel store offers --channel."""
     import tifffile
 
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     images, truth = data
     two = np.stack([1 - truth, truth], axis=1)  # channel 1 is the truth

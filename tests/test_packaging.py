@@ -7,11 +7,13 @@ it into a fresh venv and runs convert, train, predict and evaluate from it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import subprocess
 import sys
 import zipfile
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_python_m_volseg():

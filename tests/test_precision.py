@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_image_store, make_tiny_model
-from volseg import store as st
+from volseg.testing import make_image_store, make_tiny_model
+from volseg.io import store as st
 from volseg.errors import InputError
-from volseg.model import native_bf16, resolve_precision
+from volseg.models.unet import native_bf16, resolve_precision
 
 
 @pytest.mark.parametrize("flags,gpus,expected", [
@@ -34,8 +34,8 @@ def test_unknown_precision_names_the_parameter():
 
 
 def test_predict_records_the_precision_it_used(tmp_path):
-    from volseg.model import cpu_flags
-    from volseg.predict import predict
+    from volseg.models.unet import cpu_flags
+    from volseg.stages.predict import predict
 
     images = np.random.default_rng(0).integers(0, 255, (1, 2, 32, 48), dtype=np.uint8)
     make_image_store(tmp_path / "i.zarr", images)
@@ -56,7 +56,7 @@ def test_predict_records_the_precision_it_used(tmp_path):
 ])
 def test_auto_compiles_the_step_with_xla_only_on_cpus_without_avx512(flags, gpus, precision,
                                                                       expected):
-    from volseg.model import resolve_compile
+    from volseg.models.unet import resolve_compile
 
     assert resolve_compile("auto", precision, flags=flags, gpus=gpus) == expected
     for asked in ("graph", "xla"):  # an explicit choice is kept whatever the hardware
@@ -73,7 +73,7 @@ def test_auto_compiles_the_step_with_xla_only_on_cpus_without_avx512(flags, gpus
     ({"sse4_2"}, "SSE"),
 ])
 def test_cpu_isa_names_the_widest_instruction_set(flags, isa):
-    from volseg.model import cpu_isa
+    from volseg.models.unet import cpu_isa
 
     assert cpu_isa(flags) == isa
 
@@ -81,7 +81,7 @@ def test_cpu_isa_names_the_widest_instruction_set(flags, isa):
 def test_onednn_cap_makes_volseg_choose_as_on_an_avx2_machine(monkeypatch):
     # ONEDNN_MAX_CPU_ISA=AVX2 is how an AVX-512 machine imitates an AVX2 one: volseg's
     # own choices (precision, step compilation, what it prints) must follow the cap.
-    from volseg.model import cpu_flags, cpu_isa, resolve_compile
+    from volseg.models.unet import cpu_flags, cpu_isa, resolve_compile
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     capped = cpu_flags()

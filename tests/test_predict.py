@@ -12,11 +12,11 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from conftest import VOLSEG, make_image_store, make_tiny_model
-from volseg import store as st
+from volseg.testing import VOLSEG_COMMAND as VOLSEG, make_image_store, make_tiny_model
+from volseg.io import store as st
 from volseg.errors import InputError
-from volseg.metrics import threshold_bin
-from volseg.predict import model_loads, predict
+from volseg.ops.metrics import threshold_bin
+from volseg.stages.predict import model_loads, predict
 
 
 def smooth_images(shape, seed=0):
@@ -34,7 +34,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    from volseg.cluster import open_client
+    from volseg.engine.cluster import open_client
 
     with open_client("local", workers=1, threads=2) as c:
         yield c
@@ -63,7 +63,7 @@ def test_predict_writes_complete_consistent_store(tmp_path, tiny_model, client):
 
 
 def _whole_frame(model_path, frames, multiple):
-    from volseg.model import load_model
+    from volseg.models.unet import load_model
 
     model, _ = load_model(model_path)
     n, h, w = frames.shape
@@ -83,7 +83,7 @@ def test_tiled_equals_whole_frame_without_seams(tmp_path, tiny_model, client):
     whole = _whole_frame(tiny_model, arr[0], 4)
     assert np.abs(tiled - whole).mean() < 1e-2
 
-    from volseg.tiling import tile_plan
+    from volseg.ops.tiling import tile_plan
 
     plan = tile_plan(150, 190, tile=(64, 64), halo=16, multiple=4)
     assert plan.n_tiles > 4
@@ -219,7 +219,7 @@ def test_roi_skips_blocks_outside_and_zeroes_pixels_outside(tmp_path, cli):
     roi[1, :, 5:30, 10:50] = 1  # only time point 1 has any ROI
     make_image_store(tmp_path / "roi.zarr", roi, mask=True)
     model = make_tiny_model(tmp_path / "m.keras")
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     full = predict(tmp_path / "i.zarr", model, tmp_path / "full.zarr", threshold=0.5)
     part = predict(tmp_path / "i.zarr", model, tmp_path / "part.zarr", threshold=0.5,
@@ -265,7 +265,7 @@ def _symmetric_model(seed=0):
 
 
 def test_dihedral_transforms_are_the_eight_and_invert():
-    from volseg.predict import DIHEDRAL, dihedral, undo_dihedral
+    from volseg.stages.predict import DIHEDRAL, dihedral, undo_dihedral
 
     x = np.arange(2 * 4 * 6).reshape(2, 4, 6, 1)
     seen = {dihedral(x, *d).tobytes() + bytes(dihedral(x, *d).shape) for d in DIHEDRAL}
@@ -275,7 +275,7 @@ def test_dihedral_transforms_are_the_eight_and_invert():
 
 
 def test_tta_of_an_equivariant_model_is_the_plain_prediction():
-    from volseg.predict import predict_batch_fn
+    from volseg.stages.predict import predict_batch_fn
 
     model = _symmetric_model()
     batch = np.random.default_rng(0).random((3, 32, 48, 1)).astype(np.float32)  # not square
@@ -288,7 +288,7 @@ def test_tta_of_an_equivariant_model_is_the_plain_prediction():
 
 def _manual_tta(model_path, frames, multiple):
     """The mean over the 8 transforms of whole padded frames, in numpy (float32 model)."""
-    from volseg.model import load_model
+    from volseg.models.unet import load_model
 
     model, _ = load_model(model_path, precision="float32")
     n, h, w = frames.shape

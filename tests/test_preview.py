@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_store, make_prediction
-from volseg import preview as pv
-from volseg import store as st
+from volseg.testing import make_image_store, make_prediction
+from volseg.stages import preview as pv
+from volseg.io import store as st
 from volseg.errors import InputError
 
 SHAPE = (3, 4, 24, 40)

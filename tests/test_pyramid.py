@@ -11,11 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_tiny_model, write_frames
-from volseg import store as st
-from volseg.convert import convert
-from volseg.predict import predict
-from volseg.pyramid import choose_levels, downsample, level_count
+from volseg.testing import make_tiny_model, write_frames
+from volseg.io import store as st
+from volseg.stages.convert import convert
+from volseg.stages.predict import predict
+from volseg.engine.pyramid import choose_levels, downsample, level_count
 
 
 def reference_half(a: np.ndarray, how: str) -> np.ndarray:
@@ -204,7 +204,7 @@ def test_verify_checks_every_level(tmp_path, cli):
 # ----------------------------------------------------------------- predict
 
 def test_predict_pyramid_probability_by_mean_mask_by_max(tmp_path):
-    from conftest import make_image_store
+    from volseg.testing import make_image_store
     from test_predict import smooth_images
 
     model = make_tiny_model(tmp_path / "tiny.keras")
@@ -299,7 +299,7 @@ def test_existing_label_of_another_job_refused_before_predicting_unless_overwrit
 
 
 def test_label_name_checked(tmp_path, cli):
-    from conftest import make_image_store
+    from volseg.testing import make_image_store
 
     make_image_store(tmp_path / "im.zarr", np.zeros((1, 1, 8, 8), np.uint8))
     make_tiny_model(tmp_path / "m.keras")

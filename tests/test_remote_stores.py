@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import VOLSEG, make_tiny_model, write_frames
-from remote_servers import HttpServer, S3Server, free_port
+from volseg.testing import VOLSEG_COMMAND as VOLSEG, make_tiny_model, write_frames
+from volseg.testing.servers import HttpServer, S3Server, free_port
 
 BUCKET = "volseg-test"
 
@@ -194,9 +194,9 @@ def test_overwrite_on_s3_replaces_only_when_complete(s3, data, tmp_path):
 
 
 def test_interrupted_swap_is_finished_by_the_next_run(s3, data):
-    from volseg import location
-    from volseg.outputs import _SWAP, _sibling, open_output
-    from volseg.store import make_job
+    from volseg.io import location
+    from volseg.engine.outputs import _SWAP, _sibling, open_output
+    from volseg.io.store import make_job
 
     location.set_storage_options({"endpoint_url": s3.endpoint, "key": s3.key,
                                   "secret": s3.secret})
@@ -220,10 +220,10 @@ def test_interrupted_swap_is_finished_by_the_next_run(s3, data):
 
 
 def test_one_writer_on_s3(s3, data):
-    from volseg import location
+    from volseg.io import location
     from volseg.errors import InputError
-    from volseg.outputs import open_output
-    from volseg.store import make_job
+    from volseg.engine.outputs import open_output
+    from volseg.io.store import make_job
 
     location.set_storage_options({"endpoint_url": s3.endpoint, "key": s3.key,
                                   "secret": s3.secret})
@@ -317,7 +317,7 @@ def test_train_forest_from_s3(s3, data, tmp_path):
                   "--truth", f"{url}/truth.zarr", "-o", tmp_path / "f.model", "--trees", "5",
                   "--max-samples", "5000"))
     assert "random forest on" in r.stdout
-    from volseg.forest import load_forest
+    from volseg.models.forest import load_forest
 
     info = load_forest(tmp_path / "f.model")[1]
     assert info["provenance"]["images"] == f"{url}/im.zarr"

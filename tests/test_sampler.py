@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from volseg.errors import InputError
-from volseg.sampler import (
+from volseg.training.sampler import (
     Augment,
     PatchDataset,
     PatchSampler,
@@ -18,7 +18,7 @@ from volseg.sampler import (
     tubed_skeleton,
     warp_offsets,
 )
-from volseg.store import create_image, finish, make_job, open_image
+from volseg.io.store import create_image, finish, make_job, open_image
 
 
 def make_store(path, data, chunks=None):

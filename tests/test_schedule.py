@@ -1,4 +1,4 @@
-"""Tests for volseg.train.schedule, the soft-clDice loss and the intensity augmentations."""
+"""Tests for volseg.training.schedule, the soft-clDice loss and the intensity augmentations."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from volseg.errors import InputError
-from volseg.train import TrainConfig, make_loss, train
-from volseg.train.schedule import FLOOR, WARMUP, WARMUP_START, RunClock, cosine_rate
+from volseg.training import TrainConfig, make_loss, train
+from volseg.training.schedule import FLOOR, WARMUP, WARMUP_START, RunClock, cosine_rate
 
 
 def test_cosine_rate_warms_up_then_decays_to_its_floor():
@@ -65,7 +65,7 @@ class TickingClock:
 
 
 def test_cosine_reaches_its_floor_at_the_time_limit(stores, tmp_path):
-    from volseg.train import StopSignal
+    from volseg.training import StopSignal
 
     base = 3e-3
     summary = train(stores / "i.zarr", stores / "t.zarr", tmp_path / "m.keras", epochs=1000,
@@ -105,7 +105,7 @@ def tube(shape=(1, 40, 40, 1), *, gap=False):
 
 
 def test_soft_skeleton_is_the_centre_line():
-    from volseg.train.losses import soft_skeleton
+    from volseg.training.losses import soft_skeleton
 
     skeleton = np.asarray(soft_skeleton(tube()))[0, :, :, 0]
     assert skeleton[20, 6:-6].min() > 0.99  # the centre row of the 5-px bar
@@ -122,7 +122,7 @@ def test_cldice_penalises_a_broken_tube_more_than_a_fat_one():
     assert float(dice(target, broken)) < float(dice(target, fat))
 
     def cldice_part(p):
-        from volseg.train.losses import soft_skeleton
+        from volseg.training.losses import soft_skeleton
 
         sp, sy = np.asarray(soft_skeleton(p)), np.asarray(soft_skeleton(truth))
         prec = (np.sum(sp * truth) + 1) / (np.sum(sp) + 1)
@@ -138,7 +138,7 @@ def test_cldice_penalises_a_broken_tube_more_than_a_fat_one():
 
 
 def test_skeleton_recall_penalises_a_broken_tube_and_needs_the_skeleton_channel():
-    from volseg.sampler import tubed_skeleton
+    from volseg.training.sampler import tubed_skeleton
 
     truth = tube()
     skeleton = tubed_skeleton(truth[0, :, :, 0])[None, :, :, None]
@@ -160,7 +160,7 @@ def test_skeleton_recall_penalises_a_broken_tube_and_needs_the_skeleton_channel(
 
 
 def test_gamma_and_noise_augmentations():
-    from volseg.sampler import Augment, PatchSampler
+    from volseg.training.sampler import Augment, PatchSampler
 
     sampler = PatchSampler.__new__(PatchSampler)
     sampler.normalization = (10.0, 210.0)

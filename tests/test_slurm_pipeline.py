@@ -19,9 +19,9 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from conftest import VOLSEG, make_image_store, make_tiny_model
+from volseg.testing import VOLSEG_COMMAND as VOLSEG, make_image_store, make_tiny_model
 from test_cluster import jobs_named, needs_slurm, write_profile
-from volseg import store as st
+from volseg.io import store as st
 from volseg.errors import InputError
 
 pytestmark = pytest.mark.slurm
@@ -120,8 +120,8 @@ def test_predict_on_slurm_is_identical_to_local(data, profile, cli, tmp_path):
 
 @needs_slurm
 def test_cancelled_worker_job_mid_prediction_changes_nothing(profile, tmp_path):
-    from volseg.cluster import open_client
-    from volseg.predict import predict
+    from volseg.engine.cluster import open_client
+    from volseg.stages.predict import predict
 
     n = 200
     images = make_image_store(tmp_path / "many.zarr", smooth((n, 1, 32, 32), seed=2))
@@ -177,7 +177,7 @@ def test_evaluate_on_slurm_gives_the_local_report(data, profile, cli, tmp_path):
 
 @needs_slurm
 def test_train_on_slurm_writes_a_model_and_streams_progress(data, profile, cli, tmp_path):
-    from volseg.model import load_model
+    from volseg.models.unet import load_model
 
     model_path = tmp_path / "out" / "m.keras"
     model_path.parent.mkdir()
@@ -222,7 +222,7 @@ def test_input_error_in_the_training_job_is_one_line_exit_2(data, profile, cli, 
 
 @needs_slurm
 def test_ctrl_c_stops_the_training_job_and_keeps_the_best_model(data, profile, tmp_path):
-    from volseg.model import load_model
+    from volseg.models.unet import load_model
 
     model_path = tmp_path / "m.keras"
     args = TINY + ["--epochs", "1000", "--patience", "1000"]
@@ -251,8 +251,8 @@ def test_ctrl_c_stops_the_training_job_and_keeps_the_best_model(data, profile, t
 
 @needs_slurm
 def test_training_job_cancelled_is_one_clear_error(data, profile, tmp_path):
-    from volseg.cluster import open_client
-    from volseg.remote import train_on_cluster
+    from volseg.engine.cluster import open_client
+    from volseg.training.remote import train_on_cluster
 
     cancelled = []
 
@@ -323,7 +323,7 @@ def test_train_on_slurm_checks_paths_before_submitting(data, cli, tmp_path, monk
 
 
 def test_slurm_time_left_is_parsed_in_minutes():
-    from volseg.cluster.walltime import parse_slurm_time
+    from volseg.engine.cluster.walltime import parse_slurm_time
 
     assert parse_slurm_time("59:30") == 59.5
     assert parse_slurm_time("1:00:00") == 60

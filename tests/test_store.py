@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import zarr
 
-from volseg import store as st
+from volseg.engine.blocks import BlockLedger
+from volseg.io import store as st
 from volseg.errors import InputError
 
 
 def _ledger(tmp_path, n):
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="a", zarr_format=3)
-    return group, st.BlockLedger(group, n)
+    return group, BlockLedger(group, n)
 
 
 def test_ledger_marks_are_exactly_the_blocks_marked(tmp_path):
@@ -21,7 +22,7 @@ def test_ledger_marks_are_exactly_the_blocks_marked(tmp_path):
     marked = [0, 7, 12, 999, 500]
     for i in marked:
         ledger.mark_done(i)
-    again = st.BlockLedger(group, 1000)  # a rerun opens the ledger afresh
+    again = BlockLedger(group, 1000)  # a rerun opens the ledger afresh
     assert np.flatnonzero(again.done()).tolist() == sorted(marked)
     assert len(again.todo()) == 1000 - len(marked)
     assert 7 not in again.todo() and 8 in again.todo()
@@ -42,4 +43,4 @@ def test_a_torn_mark_still_says_done_and_stray_files_are_not_marks(tmp_path):
 def test_ledger_of_another_size_is_refused(tmp_path):
     group, _ = _ledger(tmp_path, 10)
     with pytest.raises(InputError, match="does not match"):
-        st.BlockLedger(group, 11)
+        BlockLedger(group, 11)

@@ -10,7 +10,7 @@ import tifffile
 from scipy import ndimage
 
 from volseg.errors import InputError
-from volseg.synth import (best_intensity, frame_name, synthesize, synthesize_timepoint,
+from volseg.data.synth import (best_intensity, frame_name, synthesize, synthesize_timepoint,
                           threshold_baseline, threshold_histograms, write_synth)
 from volseg_cli.main import main
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from volseg.metrics import ConfusionHistogram, count_block, metrics
-from volseg.thresholds import (best_level, best_threshold, class_histograms, dice_at,
+from volseg.ops.metrics import ConfusionHistogram, count_block, metrics
+from volseg.ops.thresholds import (best_level, best_threshold, class_histograms, dice_at,
                                dice_curve, level_threshold, quantise, threshold_bin)
 
 

@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from volseg.tiling import (
+from volseg.ops.tiling import (
     DEFAULT_MAX_PIXELS,
     assemble,
     default_tile,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from volseg.errors import InputError
-from volseg.model import file_sha256, load_model, read_model_info
-from volseg.store import create_image, finish, make_job, open_image
-from volseg.metrics import quantise, threshold_bin
-from volseg.remote import check_train_inputs
-from volseg.train import StopSignal, TrainConfig, make_loss, train
+from volseg.models.unet import file_sha256, load_model, read_model_info
+from volseg.io.store import create_image, finish, make_job, open_image
+from volseg.ops.metrics import quantise, threshold_bin
+from volseg.training.remote import check_train_inputs
+from volseg.training import StopSignal, TrainConfig, make_loss, train
 
 TINY = ["--filters", "4", "--depth", "2", "--patch", "32", "--batch", "4"]
 

@@ -13,37 +13,35 @@ In a notebook::
     report = volseg.evaluate("pred.zarr", "truth.zarr")
     mask = volseg.open("pred.zarr")  # xarray over dask, dims t, z, y, x
 
-The functions are in :mod:`volseg.api`; each stage's module (``volseg.predict``) is
-also callable as that function. Nothing heavy is imported until one runs.
+The functions are plain functions of :mod:`volseg.api`, found here lazily, so ``import
+volseg`` stays fast: nothing heavy is imported until one runs. The package's layers, from
+the bottom: ``ops`` (numpy on arrays in memory), ``io`` (places, stores, NGFF, TIFF),
+``engine`` (blocks, outputs, clusters), ``viz`` and ``data``, ``models`` (U-Net,
+forest), ``training``, ``stages`` (one module per command), ``api``; see
+docs/architecture.md.
 """
 
 import os as _os
-
-__version__ = "0.1.0"
 
 # TensorFlow's C++ start-up chatter (oneDNN notices, CUDA probing on machines without a
 # GPU) would bury volseg's own messages; real errors still surface as Python exceptions.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from .errors import InputError  # noqa: E402
+from volseg.errors import InputError  # noqa: E402
+from volseg.version import __version__  # noqa: E402
 
-__all__ = ["InputError", "__version__", "convert", "train", "predict", "evaluate", "verify",
-           "open"]
+#: The API functions, from :mod:`volseg.api` on first use.
+_API = ("convert", "train", "predict", "evaluate", "verify", "open")
 
-#: The stage modules, callable as the API functions of the same name (volseg._callable).
-_STAGES = ("convert", "train", "predict", "evaluate", "verify")
+__all__ = ["InputError", "__version__", *_API]
 
 
 def __getattr__(name):
-    # Lazy: importing a stage pulls in dask, zarr and more; TensorFlow only when a model runs.
-    import importlib
+    # Lazy: the API's stages pull in dask, zarr and more; TensorFlow only when a model runs.
+    if name in _API:
+        import importlib
 
-    if name in _STAGES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name == "open":
-        from .api import open
-
-        return open
+        return getattr(importlib.import_module("volseg.api"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

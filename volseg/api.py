@@ -19,7 +19,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from volseg.errors import InputError
 
 __all__ = ["convert", "train", "predict", "evaluate", "verify", "open"]
 
@@ -47,10 +47,10 @@ class _Bar:
 
 def _storage(options) -> None:
     """``storage_options=``: fsspec/s3fs options for URL stores (``s3://``, ``https://``),
-    process-wide from now on (see :mod:`volseg.location`); None keeps what is set (by
+    process-wide from now on (see :mod:`volseg.io.location`); None keeps what is set (by
     default the AWS_* environment)."""
     if options is not None:
-        from .location import set_storage_options
+        from volseg.io.location import set_storage_options
 
         set_storage_options(options)
 
@@ -86,7 +86,7 @@ def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progres
     **options
         ``pattern``, ``channel``, ``chunks``, ``allow_gaps``, ``nonfinite``, ``pyramid``,
         ``client``
-        (see :func:`volseg.convert.convert`).
+        (see :func:`volseg.stages.convert.convert`).
 
     Returns
     -------
@@ -94,7 +94,7 @@ def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progres
         Shape, dtype, chunks, shards, blocks written and skipped.
     """
     _storage(storage_options)
-    from .convert import convert as run
+    from volseg.stages.convert import convert as run
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     with _progress(progress, "convert") as bar:
@@ -122,9 +122,9 @@ def train(images, truth, out, *, method: str = "unet", channel: int | None = Non
     log : callable(str), optional
         Receives one line per epoch and status lines (``print`` shows them).
     **options
-        U-Net: the fields of :class:`volseg.train.TrainConfig` (``roi_path``,
+        U-Net: the fields of :class:`volseg.training.TrainConfig` (``roi_path``,
         ``val_timepoints``, ``epochs``, ``patch``, ``batch``, ``filters``, ``time_limit``,
-        ``precision``, ...). Forest: those of :func:`volseg.forest.train_forest`
+        ``precision``, ...). Forest: those of :func:`volseg.models.forest.train_forest`
         (``roi_path``, ``val_timepoints``, ``trees``, ``max_samples``, ...).
 
     Returns
@@ -135,7 +135,8 @@ def train(images, truth, out, *, method: str = "unet", channel: int | None = Non
     _storage(storage_options)
     common = dict(channel=channel, series=series, overwrite=overwrite, log=log, **options)
     if method == "forest":
-        from .forest import check_forest_context, train_forest
+        from volseg.models.forest import check_forest_context
+        from volseg.training.forest import train_forest
 
         check_forest_context(common.pop("context", 1))
 
@@ -143,7 +144,7 @@ def train(images, truth, out, *, method: str = "unet", channel: int | None = Non
             return train_forest(images, truth, out, progress=bar, **common)
     if method != "unet":
         raise InputError(f"must be 'unet' or 'forest', got {method!r}", param="method")
-    from .train import train as run
+    from volseg.training import train as run
 
     with _progress(progress, "epoch") as bar:
         return run(images, truth, out, progress=bar, **common)
@@ -170,7 +171,7 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
     **options
         ``probability``, ``precision``, ``tile``, ``halo``, ``batch_size``, ``pyramid``,
         ``labels_into``, ``tta`` (test-time augmentation: 8x the work), ``client``
-        (see :func:`volseg.predict.predict`).
+        (see :func:`volseg.stages.predict.predict`).
 
     Returns
     -------
@@ -178,7 +179,7 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
         Blocks computed and skipped, threshold, pixels.
     """
     _storage(storage_options)
-    from .predict import predict as run
+    from volseg.stages.predict import predict as run
 
     with _progress(progress, "predict") as bar:
         return run(images, model, out, threshold=threshold, channel=channel, series=series,
@@ -186,8 +187,9 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
 
 
 def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None = None,
-             series: int | None = None, json=None, csv=None, plots=None, progress=True,
-             storage_options=None, **options) -> dict:
+             series: int | None = None, json=None, csv=None, plots=None,
+             overwrite: bool = False, progress=True, storage_options=None,
+             **options) -> dict:
     """Exact metrics of a prediction over every voxel (``volseg evaluate``).
 
     Parameters
@@ -202,9 +204,13 @@ def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None
         The channel and bioformats2raw series of truth and ROI stores.
     json, csv, plots : path-like, optional
         Also write the report, the per-time-point CSV, and the figures into a folder.
+        Files there that volseg did not write are refused before any counting, as by
+        ``volseg evaluate``.
+    overwrite : bool
+        Replace such files.
     progress : bool or callable
     **options
-        ``per_z``, ``cldice``, ``client`` (see :func:`volseg.evaluate.evaluate`).
+        ``per_z``, ``cldice``, ``client`` (see :func:`volseg.stages.evaluate.evaluate`).
 
     Returns
     -------
@@ -212,8 +218,12 @@ def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None
         The report (``dice``, ``roc_auc``, ``per_timepoint`` ...).
     """
     _storage(storage_options)
-    from . import evaluate as ev
+    from volseg.engine.outputs import check_report_files
+    from volseg.stages import evaluate as ev
+    from volseg.viz.figures import EVALUATION_FIGURES
 
+    check_report_files(json=json, csv=csv, plots=plots, figures=EVALUATION_FIGURES,
+                       overwrite=overwrite)
     with _progress(progress, "evaluate") as bar:
         report = ev.evaluate(prediction, truth, roi_path=roi, threshold=threshold,
                              channel=channel, series=series, progress=bar, **options)
@@ -222,7 +232,7 @@ def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None
     if csv is not None:
         ev.write_csv(report, csv)
     if plots is not None:
-        from .figures import evaluation_figures
+        from volseg.viz.figures import evaluation_figures
 
         evaluation_figures(report, plots)
     return report
@@ -236,10 +246,10 @@ def verify(store, *, channel: int | None = None, series: int | None = None, prog
     -------
     dict
         ``ok``, ``complete`` and per array the damaged frames
-        (see :func:`volseg.verify.verify_store`).
+        (see :func:`volseg.stages.verify.verify_store`).
     """
     _storage(storage_options)
-    from .verify import verify_store
+    from volseg.stages.verify import verify_store
 
     with _progress(progress, "verify") as bar:
         return verify_store(store, channel=channel, series=series, progress=bar, **options)
@@ -269,7 +279,7 @@ def open(path, *, array: str | None = None, channel: int | None = None,  # noqa:
     import numpy as np
     import xarray as xr
 
-    from . import store as st
+    from volseg.io import store as st
 
     obj = st.open_any(path, channel=channel, series=series)
     if isinstance(obj, st.Prediction):

@@ -51,7 +51,7 @@ class OperationalError(InputError):
 class DamagedDataError(InputError):
     """A store's chunk is missing, empty or fails its checksum: never computed on.
 
-    Raised by every checked read (:func:`volseg.store.read_region`); the message names
+    Raised by every checked read (:func:`volseg.io.store.read_region`); the message names
     the store, the array, the frames (t, z) affected and what to do.
     """
 
