@@ -52,7 +52,7 @@ def forest_metrics(model_path, image, truth, fov, frames) -> dict:
 
 
 def chase(args) -> dict:
-    from volseg.models.forest import train_forest
+    from volseg.training.forest import train_forest
 
     work = args.out / "chasedb1"
     work.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ _CHILD = """
 import json, sys, time
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")
-from volseg.models.forest import train_forest
+from volseg.training.forest import train_forest
 images, truth, out, max_samples = sys.argv[1:5]
 t0 = time.monotonic()
 s = train_forest(images, truth, out, max_samples=int(max_samples), overwrite=True)

@@ -127,7 +127,7 @@ class _EpochProgress:
 
 
 def run_forest(args, command) -> int:
-    from volseg.models.forest import train_forest
+    from volseg.training.forest import train_forest
 
     with Progress("forest: sampling", unit="frame", quiet=args.quiet) as progress:
         summary = train_forest(args.images, args.truth, args.output, roi_path=args.roi,

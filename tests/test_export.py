@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from volseg.testing import make_image_store, make_prediction
+from volseg.testing import assert_refused, make_image_store, make_prediction
 from volseg.stages import export as ex
 from volseg.io import store as st
 from volseg.io.tiff import frame_file_name
@@ -167,34 +167,25 @@ def test_mask_only_prediction_has_no_probability(tmp_path, cli):
 
 # ----------------------------------------------------------------- bad input and overwrite
 
-def _one_line_error(result, *words):
-    code, out, err = result
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    for w in words:
-        assert w in err
-    return err
-
-
 def test_bad_inputs_exit_2_with_one_line(tmp_path, cli, images):
     store = tmp_path / "images.zarr"
-    _one_line_error(cli("export", tmp_path / "nope.zarr", "-o", tmp_path / "o"), "nope.zarr")
-    _one_line_error(cli("export", store / "mask", "-o", tmp_path / "o"), "mask")
-    _one_line_error(cli("export", store, "-o", tmp_path / "o.png", "--hyperstack"), ".tif")
-    _one_line_error(cli("export", store, "-o", tmp_path / "no" / "dir"), "does not exist")
+    assert_refused(cli("export", tmp_path / "nope.zarr", "-o", tmp_path / "o"), "nope.zarr")
+    assert_refused(cli("export", store / "mask", "-o", tmp_path / "o"), "mask")
+    assert_refused(cli("export", store, "-o", tmp_path / "o.png", "--hyperstack"), ".tif")
+    assert_refused(cli("export", store, "-o", tmp_path / "no" / "dir"), "does not exist")
     (tmp_path / "notes.txt").write_text("keep me")
-    _one_line_error(cli("export", store, "-o", tmp_path / "notes.txt"), "not a folder")
+    assert_refused(cli("export", store, "-o", tmp_path / "notes.txt"), "not a folder")
     # an incomplete store is refused
     arr = np.zeros((1, 1, 4, 4), np.uint8)
     st.create_image(tmp_path / "half.zarr", shape=arr.shape, dtype=arr.dtype,
                     job=st.make_job("test", parameters={}))
-    _one_line_error(cli("export", tmp_path / "half.zarr", "-o", tmp_path / "h"), "incomplete")
+    assert_refused(cli("export", tmp_path / "half.zarr", "-o", tmp_path / "h"), "incomplete")
     assert not (tmp_path / "h").exists()
 
 
 def test_hyperstack_refuses_types_imagej_cannot_read(tmp_path, cli):
     make_image_store(tmp_path / "u32.zarr", np.arange(12, dtype=np.uint32).reshape(1, 1, 3, 4))
-    _one_line_error(cli("export", tmp_path / "u32.zarr", "-o", tmp_path / "s.tif", "--hyperstack"),
+    assert_refused(cli("export", tmp_path / "u32.zarr", "-o", tmp_path / "s.tif", "--hyperstack"),
                     "uint32", "--hyperstack")
     # per-frame files take it, as plain TIFF (and round-trip)
     code, out, err = cli("export", tmp_path / "u32.zarr", "-o", tmp_path / "f")
@@ -206,7 +197,7 @@ def test_existing_outputs_need_overwrite_and_only_volseg_files_go(tmp_path, cli,
     store = tmp_path / "images.zarr"
     _, arr = images
     assert cli("export", store, "-o", tmp_path / "f", "-q")[0] == 0
-    _one_line_error(cli("export", store, "-o", tmp_path / "f"), "--overwrite")
+    assert_refused(cli("export", store, "-o", tmp_path / "f"), "--overwrite")
     # a stale extra frame (from a bigger earlier export) is removed on --overwrite
     tifffile.imwrite(tmp_path / "f" / "t099_z000.tif", arr[0, 0])
     assert cli("export", store, "-o", tmp_path / "f", "--overwrite", "-q")[0] == 0
@@ -214,15 +205,15 @@ def test_existing_outputs_need_overwrite_and_only_volseg_files_go(tmp_path, cli,
     assert len(list((tmp_path / "f").glob("t*.tif"))) == 12
     # a folder with anything else in it is never touched, even with --overwrite
     (tmp_path / "f" / "README.txt").write_text("mine")
-    _one_line_error(cli("export", store, "-o", tmp_path / "f", "--overwrite"), "README.txt")
+    assert_refused(cli("export", store, "-o", tmp_path / "f", "--overwrite"), "README.txt")
     assert (tmp_path / "f" / "t000_z000.tif").exists()
 
     assert cli("export", store, "-o", tmp_path / "s.tif", "--hyperstack", "-q")[0] == 0
-    _one_line_error(cli("export", store, "-o", tmp_path / "s.tif", "--hyperstack"), "--overwrite")
+    assert_refused(cli("export", store, "-o", tmp_path / "s.tif", "--hyperstack"), "--overwrite")
     assert cli("export", store, "-o", tmp_path / "s.tif", "--hyperstack", "--overwrite",
                "-q")[0] == 0
     (tmp_path / "x.tif").write_text("not a tiff")
-    _one_line_error(cli("export", store, "-o", tmp_path / "x.tif", "--hyperstack", "--overwrite"),
+    assert_refused(cli("export", store, "-o", tmp_path / "x.tif", "--hyperstack", "--overwrite"),
                     "not a TIFF")
     assert (tmp_path / "x.tif").read_text() == "not a tiff"
 

@@ -12,6 +12,7 @@ import pytest
 
 from volseg.testing import make_image_store
 from volseg.models import forest as fo
+from volseg.training import forest as forest_training
 from volseg.errors import InputError
 
 
@@ -68,7 +69,7 @@ def test_sample_is_balanced_bounded_and_reads_each_frame_once(tmp_path):
     img = types.SimpleNamespace(array=rec_i, shape=image.shape)
     tru = types.SimpleNamespace(array=rec_t, shape=truth.shape)
     frames = [(t, z) for t in range(2) for z in range(3)]
-    X, y = fo.collect_sample(img, tru, None, frames, spec=fo.FeatureSpec(), max_samples=600,
+    X, y = forest_training.collect_sample(img, tru, None, frames, spec=fo.FeatureSpec(), max_samples=600,
                              seed=0)
     counts = np.bincount(y, minlength=2)
     assert counts[0] == counts[1] > 0  # balanced although structure is ~15 % of pixels
@@ -78,7 +79,7 @@ def test_sample_is_balanced_bounded_and_reads_each_frame_once(tmp_path):
     assert sum(rec_i.reads) == len(frames) * 80 * 96
     assert sum(rec_t.reads) == len(frames) * 80 * 96
     # the same seed gives the same sample
-    X2, y2 = fo.collect_sample(img, tru, None, frames, spec=fo.FeatureSpec(), max_samples=600,
+    X2, y2 = forest_training.collect_sample(img, tru, None, frames, spec=fo.FeatureSpec(), max_samples=600,
                                seed=0)
     np.testing.assert_array_equal(X, X2)
 
@@ -91,7 +92,7 @@ def test_sample_respects_the_roi(tmp_path):
     truth = make_image_store(tmp_path / "t.zarr", labels, mask=True)
     roi = make_image_store(tmp_path / "r.zarr", roi_arr, mask=True)
     spec = fo.FeatureSpec(sigma_max=2.0, num_sigma=2)
-    X, y = fo.collect_sample(image, truth, roi, [(0, 0), (0, 1)], spec=spec,
+    X, y = forest_training.collect_sample(image, truth, roi, [(0, 0), (0, 1)], spec=spec,
                              max_samples=10_000, seed=1)
     # every sampled pixel lies inside the ROI: its features match a pixel of the left half
     left = np.concatenate([fo.features(images[0, z], spec)[:, :30].reshape(-1, 8)

@@ -21,26 +21,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from volseg.testing import (VOLSEG_COMMAND as VOLSEG, make_image_store, make_prediction,
-                            make_tiny_model, run_volseg, write_frames)
+from volseg.testing import (VOLSEG_COMMAND as VOLSEG, assert_refused, make_image_store,
+                            make_prediction, make_tiny_model, run_volseg, write_frames)
 from volseg.io import store as st
 
 SHAPE = (2, 3, 16, 16)  # two shards (one per time point) of three frames each
 
 
 # --------------------------------------------------------------------------- helpers
-
-def refused(result, *needles) -> str:
-    """Exit 2, exactly one line on stderr (no traceback) holding every needle."""
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (code, err[-3000:])
-    assert "Traceback" not in err and "Compute Failed" not in err, err[-3000:]
-    assert len(lines) == 1, err[-3000:]
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
-
 
 def proc_result(p) -> tuple[int, str, str]:
     return p.returncode, p.stdout, p.stderr
@@ -177,7 +165,7 @@ def test_damaged_chunk_refused_by_every_reader(cli, dataset, target, how):
         args = [a.format(tmp=dataset) if "{tmp}" in a else
                 (str(dataset / a) if a.endswith((".zarr", "/probability", "/mask")) else a)
                 for a in command]
-        line = refused(cli(*args), str(dataset / label), frames)
+        line = assert_refused(cli(*args), str(dataset / label), frames)
         assert line.startswith(f"volseg {command[0]}: error:"), line
         if how == "flipped":
             assert "damaged chunks" in line, line
@@ -215,9 +203,9 @@ def test_predict_refuses_damaged_or_nonfinite_images(dataset, tiny_model, tmp_pa
             out, err = p.communicate(timeout=300)
             results[how] = (p.returncode, out, err)
     for how in ("missing", "empty"):
-        refused(results[how], f"{cases[how]}/0", "t=1 z=0-2", "missing or empty")
-    refused(results["flipped"], f"{cases['flipped']}/0", "t=1 z=", "damaged chunks")
-    refused(results["nonfinite"], f"{cases['nonfinite']}/0", "t=1 z=2", "2 NaN or infinite")
+        assert_refused(results[how], f"{cases[how]}/0", "t=1 z=0-2", "missing or empty")
+    assert_refused(results["flipped"], f"{cases['flipped']}/0", "t=1 z=", "damaged chunks")
+    assert_refused(results["nonfinite"], f"{cases['nonfinite']}/0", "t=1 z=2", "2 NaN or infinite")
     for how in cases:  # nothing that looks finished
         out = tmp_path / f"out-{how}.zarr"
         assert not out.exists() or not volseg_attrs(out)["complete"]
@@ -310,7 +298,7 @@ def test_overwrite_refuses_store_holding_foreign_file(cli, frames_dir, tmp_path)
     ok(cli("convert", folder, "-o", out, "-q"))
     (out / "notes.txt").write_text("my notes")
     before = tree_hash(out)
-    refused(cli("convert", folder, "-o", out, "--overwrite", "-q"), str(out), "notes.txt")
+    assert_refused(cli("convert", folder, "-o", out, "--overwrite", "-q"), str(out), "notes.txt")
     assert tree_hash(out) == before
     assert (out / "notes.txt").read_text() == "my notes"
     np.testing.assert_array_equal(st.open_image(out).array[:], arr)
@@ -358,7 +346,7 @@ def test_failed_overwrite_keeps_old_store_successful_one_replaces_it(cli, tmp_pa
 
     stray = (rng.random(good.shape) > 0.5).astype(np.uint8)
     stray[2, 3, 5, 5] = 2
-    refused(cli("convert", write_frames(tmp_path / "stray", stray), "--mask", "-o", out,
+    assert_refused(cli("convert", write_frames(tmp_path / "stray", stray), "--mask", "-o", out,
                 "--overwrite", "-q"), "t002_z003.tif", "values {0, 1, 2}")
     assert tree_hash(out) == before  # byte for byte
     new = out.with_name(f".{out.name}.volseg-new")
@@ -391,7 +379,7 @@ def _frames(folder: Path, ts, zs, shape=(10, 12), dtype=np.uint8, seed=0) -> dic
 def test_gaps_in_time_points_refused_unless_allowed(cli, tmp_path):
     data = _frames(tmp_path / "f", ts=[0, 2, 5], zs=[0, 1])
     out = tmp_path / "o.zarr"
-    refused(cli("convert", tmp_path / "f", "-o", out, "-q"), "t=1, 3, 4", "--allow-gaps")
+    assert_refused(cli("convert", tmp_path / "f", "-o", out, "-q"), "t=1, 3, 4", "--allow-gaps")
     assert not out.exists()
     ok(cli("convert", tmp_path / "f", "-o", out, "--allow-gaps", "-q"))
     image = st.open_image(out)
@@ -406,7 +394,7 @@ def test_gaps_in_time_points_refused_unless_allowed(cli, tmp_path):
 def test_gaps_in_slices_refused_unless_allowed(cli, tmp_path):
     data = _frames(tmp_path / "f", ts=[0, 1], zs=[0, 1, 3])
     out = tmp_path / "o.zarr"
-    refused(cli("convert", tmp_path / "f", "-o", out, "-q"), "slices z=2", "--allow-gaps")
+    assert_refused(cli("convert", tmp_path / "f", "-o", out, "-q"), "slices z=2", "--allow-gaps")
     ok(cli("convert", tmp_path / "f", "-o", out, "--allow-gaps", "-q"))
     image = st.open_image(out)
     assert image.shape == (2, 3, 10, 12)
@@ -422,8 +410,8 @@ def test_gaps_in_per_timepoint_stacks_refused_unless_allowed(cli, tmp_path):
     for t, arr in stacks.items():
         tifffile.imwrite(folder / f"embryo_t{t}.tif", arr, photometric="minisblack")
     out = tmp_path / "o.zarr"
-    refused(cli("convert", folder, "-o", out, "-q"), "t=2")
-    refused(cli("convert", *sorted(folder.iterdir()), "-o", out, "-q"), "t=2")
+    assert_refused(cli("convert", folder, "-o", out, "-q"), "t=2")
+    assert_refused(cli("convert", *sorted(folder.iterdir()), "-o", out, "-q"), "t=2")
     ok(cli("convert", folder, "-o", out, "--allow-gaps", "-q"))
     image = st.open_image(out)
     assert image.shape == (3, 3, 10, 12)
@@ -440,7 +428,7 @@ def test_nonfinite_pixels_refused_unless_replaced(cli, tmp_path):
     arr[1, 1, 0, 0] = -np.inf
     folder = write_frames(tmp_path / "f", arr)
     out = tmp_path / "o.zarr"
-    refused(cli("convert", folder, "-o", out, "-q"), "t001_z001.tif",
+    assert_refused(cli("convert", folder, "-o", out, "-q"), "t001_z001.tif",
             "3 NaN or infinite pixel(s)", "--nonfinite")
     fixed = tmp_path / "fixed.zarr"
     ok(cli("convert", folder, "-o", fixed, "--nonfinite", "0", "-q"))
@@ -448,10 +436,10 @@ def test_nonfinite_pixels_refused_unless_replaced(cli, tmp_path):
     expect = np.where(np.isfinite(arr), arr, 0).astype(np.float32)
     np.testing.assert_array_equal(image.array[:], expect)
     assert image.volseg["job"]["parameters"]["nonfinite"] == 0.0
-    refused(cli("convert", folder, "-o", tmp_path / "p.zarr", "--nonfinite", "nan", "-q"),
+    assert_refused(cli("convert", folder, "-o", tmp_path / "p.zarr", "--nonfinite", "nan", "-q"),
             "--nonfinite")
     # a value the images' type cannot hold would be stored as infinity
-    refused(cli("convert", folder, "-o", tmp_path / "p.zarr", "--nonfinite", "1e39", "-q"),
+    assert_refused(cli("convert", folder, "-o", tmp_path / "p.zarr", "--nonfinite", "1e39", "-q"),
             "--nonfinite: 1e+39 does not fit the images' float32")
     assert not (tmp_path / "p.zarr").exists()
 
@@ -463,7 +451,7 @@ def test_nonfinite_advice_works_on_same_output(cli, tmp_path):
     arr[1, 1, 2, 3] = np.nan
     folder = write_frames(tmp_path / "f", arr)
     out = tmp_path / "o.zarr"
-    refused(cli("convert", folder, "-o", out, "-q"), "t001_z001.tif", "--nonfinite VALUE")
+    assert_refused(cli("convert", folder, "-o", out, "-q"), "t001_z001.tif", "--nonfinite VALUE")
     ok(cli("convert", folder, "-o", out, "--nonfinite", "0", "-q"))
     assert st.open_image(out).complete
 
@@ -510,7 +498,7 @@ def test_one_writer_and_no_stale_lock_after_kill_9(cli, tmp_path, tiny_model):
         # Hold the first writer still (it is running, just paused) while a second one tries.
         os.killpg(a.pid, signal.SIGSTOP)
         try:
-            line = refused(cli(*command(first)[3:]), str(first), "another volseg is writing",
+            line = assert_refused(cli(*command(first)[3:]), str(first), "another volseg is writing",
                            f"process {a.pid}")
             assert "predict" in line
         finally:
@@ -565,7 +553,7 @@ def test_full_disk_one_line_then_rerun_completes(small_disk, tmp_path):
     ballast.write_bytes(b"\0" * (vfs.f_bavail * vfs.f_frsize - 40 * 1024))
     out = small_disk / "o.zarr"
     args = ["convert", str(folder), "-o", str(out), "-q"]
-    line = refused(proc_result(run_volseg(*args, timeout=120)), "space")
+    line = assert_refused(proc_result(run_volseg(*args, timeout=120)), "space")
     assert "no space left" in line
     assert not out.with_name(f".{out.name}.lock").exists()
     ballast.unlink()
@@ -587,7 +575,7 @@ def test_disk_full_while_creating_store_then_rerun_completes(cli, small_disk, tm
     vfs = os.statvfs(small_disk)
     ballast.write_bytes(b"\0" * (vfs.f_bavail * vfs.f_frsize - pages * 4096))
     out = small_disk / "o.zarr"
-    refused(cli("convert", folder, "-o", out, "-q"), "no space left")
+    assert_refused(cli("convert", folder, "-o", out, "-q"), "no space left")
     ballast.unlink()
     ok(cli("convert", folder, "-o", out, "-q"))
     np.testing.assert_array_equal(st.open_image(out).array[:], arr)
@@ -605,7 +593,7 @@ def test_disk_full_during_export_one_line_then_rerun_completes(cli, small_disk, 
     ballast.write_bytes(b"\0" * (vfs.f_bavail * vfs.f_frsize - 24 * 1024))
     out = small_disk / ("h.tif" if hyperstack else "frames")
     args = ["export", store, "-o", out, "-q"] + (["--hyperstack"] if hyperstack else [])
-    refused(cli(*args), "no space left")
+    assert_refused(cli(*args), "no space left")
     ballast.unlink()
     ok(cli(*args))
     if hyperstack:
@@ -646,7 +634,7 @@ def _exported(out: Path) -> int:
 
 def test_killed_export_is_not_converted(cli, tmp_path):
     _, _, out = _killed_export(tmp_path)
-    refused(cli("convert", out, "-o", tmp_path / "back.zarr", "-q"), str(out),
+    assert_refused(cli("convert", out, "-o", tmp_path / "back.zarr", "-q"), str(out),
             "unfinished `volseg export`")
     assert not (tmp_path / "back.zarr").exists()
 
@@ -685,16 +673,16 @@ def test_info_into_closed_pipe_is_quiet(dataset):
 def test_damaged_zarr_json_one_line(cli, dataset, node):
     meta = dataset / "tr.zarr" / node / "zarr.json"
     meta.write_bytes(b"\x00\x17garbage{{ not json")
-    refused(cli("info", dataset / "tr.zarr"), "zarr.json")
-    refused(cli("evaluate", dataset / "p.zarr", "--truth", dataset / "tr.zarr", "--workers", "1",
+    assert_refused(cli("info", dataset / "tr.zarr"), "zarr.json")
+    assert_refused(cli("evaluate", dataset / "p.zarr", "--truth", dataset / "tr.zarr", "--workers", "1",
                 "-q"), "zarr.json")
-    refused(cli("verify", dataset / "tr.zarr", "-q"), "zarr.json")
+    assert_refused(cli("verify", dataset / "tr.zarr", "-q"), "zarr.json")
 
 
 def test_damaged_prediction_zarr_json_one_line(cli, dataset):
     (dataset / "p.zarr" / "mask" / "zarr.json").write_text("{\"node_type\": ")
-    refused(cli("info", dataset / "p.zarr"), "zarr.json")
-    refused(cli("evaluate", dataset / "p.zarr", "--truth", dataset / "tr.zarr", "--workers", "1",
+    assert_refused(cli("info", dataset / "p.zarr"), "zarr.json")
+    assert_refused(cli("evaluate", dataset / "p.zarr", "--truth", dataset / "tr.zarr", "--workers", "1",
                 "-q"), "zarr.json")
 
 
@@ -705,7 +693,7 @@ def test_symlinked_output_refused_target_untouched(cli, frames_dir, tmp_path):
     before = tree_hash(real)
     link = tmp_path / "link.zarr"
     link.symlink_to(real)
-    refused(cli("convert", folder, "-o", link, "--overwrite", "-q"), str(link), "symbolic link")
+    assert_refused(cli("convert", folder, "-o", link, "--overwrite", "-q"), str(link), "symbolic link")
     assert tree_hash(real) == before and link.is_symlink()
     assert siblings(link) == [] and siblings(real) == []
 
@@ -719,9 +707,9 @@ def test_evaluate_reports_never_replace_foreign_files(cli, dataset):
     table = dataset / "per_t.csv"
     table.write_text("sample,weight\n1,2\n")
     base = ["evaluate", pred, "--truth", truth, "--workers", "1", "--threads", "1", "-q"]
-    refused(cli(*base, "--json", report), str(report), "--overwrite")
+    assert_refused(cli(*base, "--json", report), str(report), "--overwrite")
     assert report.read_text() == "my lab notes\n"
-    refused(cli(*base, "--csv", table), str(table), "--overwrite")
+    assert_refused(cli(*base, "--csv", table), str(table), "--overwrite")
     assert table.read_text() == "sample,weight\n1,2\n"
 
     ok(cli(*base, "--json", report, "--csv", table, "--overwrite"))
@@ -732,8 +720,8 @@ def test_evaluate_reports_never_replace_foreign_files(cli, dataset):
     ok(cli(*base, "--json", report, "--csv", table))  # its own reports: no --overwrite needed
     assert json.loads(report.read_text())["tp"] == json.loads(first)["tp"]
     # one file for two reports: the second would silently replace the first
-    refused(cli(*base, "--json", report, "--csv", report), "--csv", "the same file as --json")
-    refused(cli("measure", pred / "mask", "--json", table, "--csv", table, "-q"),
+    assert_refused(cli(*base, "--json", report, "--csv", report), "--csv", "the same file as --json")
+    assert_refused(cli("measure", pred / "mask", "--json", table, "--csv", table, "-q"),
             "the same file as --json")
     assert json.loads(report.read_text())["tp"] == json.loads(first)["tp"]
 
@@ -745,6 +733,6 @@ def test_plots_never_replace_foreign_png(cli, dataset):
     plots.mkdir()
     foreign = plots / EVALUATION_FIGURES[0]
     foreign.write_bytes(b"\x89PNG\r\n\x1a\n not ours")
-    refused(cli("evaluate", dataset / "p.zarr", "--truth", dataset / "tr.zarr", "--plots", plots,
+    assert_refused(cli("evaluate", dataset / "p.zarr", "--truth", dataset / "tr.zarr", "--plots", plots,
                 "--workers", "1", "-q"), EVALUATION_FIGURES[0], "--overwrite")
     assert foreign.read_bytes() == b"\x89PNG\r\n\x1a\n not ours"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from volseg.testing import VOLSEG_COMMAND as VOLSEG, make_tiny_model, write_frames
+from volseg.testing import VOLSEG_COMMAND as VOLSEG, assert_refused, make_tiny_model, write_frames
 from volseg.testing.servers import HttpServer, S3Server, free_port
 
 BUCKET = "volseg-test"
@@ -60,16 +60,6 @@ def volseg(s3, *args, env=None, **kw):
 def ok(r):
     assert r.returncode == 0, r.stderr[-3000:]
     return r
-
-
-def one_line_error(r, *words):
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def s3_keys(s3, prefix=""):
@@ -132,7 +122,7 @@ def test_chain_on_s3_equals_local_disk(s3, data, tmp_path):
     assert 0 < done < 60
     # the killed run's lock is left behind; its process is gone, so it is taken over
     assert "chain/.pred.zarr.lock" in s3_keys(s3, "chain/")
-    r = one_line_error(volseg(s3, "evaluate", f"{url}/pred.zarr", "--truth",
+    r = assert_refused(volseg(s3, "evaluate", f"{url}/pred.zarr", "--truth",
                               f"{url}/truth.zarr"), "incomplete")
     assert url in r
     r = ok(volseg(s3, "predict", f"{url}/im.zarr", "--model", data["model"], "-o",
@@ -183,7 +173,7 @@ def test_measure_and_info_from_s3(s3, data, tmp_path):
 def test_overwrite_on_s3_replaces_only_when_complete(s3, data, tmp_path):
     url = f"s3://{BUCKET}/over/im.zarr"
     ok(volseg(s3, "convert", data["truth"], "--mask", "-o", url, "-q"))
-    one_line_error(volseg(s3, "convert", data["images"], "-o", url, "-q"),
+    assert_refused(volseg(s3, "convert", data["images"], "-o", url, "-q"),
                    url, "--overwrite")
     ok(volseg(s3, "convert", data["images"], "-o", url, "-q", "--overwrite"))
     ok(volseg(s3, "export", url, "-o", tmp_path / "out", "-q"))
@@ -235,7 +225,7 @@ def test_one_writer_on_s3(s3, data):
                 with open_output(url, job=job):
                     pass
             r = volseg(s3, "convert", data["images"], "-o", url)
-            one_line_error(r, url, "another volseg is writing it")
+            assert_refused(r, url, "another volseg is writing it")
         assert "lock/.out.zarr.lock" not in s3_keys(s3, "lock/")
     finally:
         location.set_storage_options(None)
@@ -253,12 +243,12 @@ def test_http_is_read_only(s3, data, tmp_path):
         ok(volseg(s3, "export", url, "-o", tmp_path / "out", "-q"))
         got = np.stack([tifffile.imread(p) for p in sorted((tmp_path / "out").glob("*.tif"))])
         np.testing.assert_array_equal(got, data["array"].reshape(got.shape))
-        one_line_error(volseg(s3, "convert", data["images"], "-o", f"{http.url}/new.zarr"),
+        assert_refused(volseg(s3, "convert", data["images"], "-o", f"{http.url}/new.zarr"),
                        f"{http.url}/new.zarr", "read-only")
-        one_line_error(volseg(s3, "predict", url, "--model", data["model"], "-o",
+        assert_refused(volseg(s3, "predict", url, "--model", data["model"], "-o",
                               f"{http.url}/p.zarr"), "read-only")
-        one_line_error(volseg(s3, "info", f"{http.url}/missing.zarr"), "missing.zarr")
-        line = one_line_error(volseg(s3, "info", "https://user:secretpw@127.0.0.1:1/x.zarr"),
+        assert_refused(volseg(s3, "info", f"{http.url}/missing.zarr"), "missing.zarr")
+        line = assert_refused(volseg(s3, "info", "https://user:secretpw@127.0.0.1:1/x.zarr"),
                               "https://127.0.0.1:1/x.zarr", "cannot reach")
         assert "secretpw" not in line
     finally:
@@ -267,21 +257,21 @@ def test_http_is_read_only(s3, data, tmp_path):
 
 def test_storage_errors_are_one_line(s3, data, tmp_path):
     frames = data["images"]
-    line = one_line_error(volseg(s3, "convert", frames, "-o", "s3://no-such-bucket/im.zarr"),
+    line = assert_refused(volseg(s3, "convert", frames, "-o", "s3://no-such-bucket/im.zarr"),
                           "s3://no-such-bucket/im.zarr", "does not exist", "create it")
-    line = one_line_error(volseg(s3, "convert", frames, "-o", f"s3://{BUCKET}/x.zarr",
+    line = assert_refused(volseg(s3, "convert", frames, "-o", f"s3://{BUCKET}/x.zarr",
                                  env={"AWS_SECRET_ACCESS_KEY": "wrong-secret-123"}),
                           f"s3://{BUCKET}/x.zarr", "access denied", "credentials")
     assert "wrong-secret-123" not in line
-    line = one_line_error(volseg(s3, "info", f"s3://{BUCKET}/x.zarr",
+    line = assert_refused(volseg(s3, "info", f"s3://{BUCKET}/x.zarr",
                                  env={"AWS_ACCESS_KEY_ID": "AKIANOTAKEY"}), "access denied")
     port = free_port()
-    one_line_error(volseg(s3, "convert", frames, "-o", f"s3://{BUCKET}/x.zarr",
+    assert_refused(volseg(s3, "convert", frames, "-o", f"s3://{BUCKET}/x.zarr",
                           env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}),
                    f"s3://{BUCKET}/x.zarr", "cannot reach", f"127.0.0.1:{port}")
-    one_line_error(volseg(s3, "--storage-options", "{not json", "info", f"s3://{BUCKET}/x"),
+    assert_refused(volseg(s3, "--storage-options", "{not json", "info", f"s3://{BUCKET}/x"),
                    "--storage-options")
-    one_line_error(volseg(s3, "info", f"s3://{BUCKET}/nothing.zarr"), "no such")
+    assert_refused(volseg(s3, "info", f"s3://{BUCKET}/nothing.zarr"), "no such")
 
 
 def test_storage_options_flag_and_no_secret_anywhere(s3, data, tmp_path):
@@ -329,7 +319,7 @@ def test_lost_shard_on_s3_is_damage_not_data(s3, data, tmp_path):
     url = f"s3://{BUCKET}/damage/im.zarr"
     ok(volseg(s3, "convert", data["images"], "-o", url, "-q"))
     s3.client().delete_object(Bucket=BUCKET, Key="damage/im.zarr/0/c/7/0/0/0")
-    line = one_line_error(volseg(s3, "export", url, "-o", tmp_path / "out", "-q"),
+    line = assert_refused(volseg(s3, "export", url, "-o", tmp_path / "out", "-q"),
                           f"{url}/0", "missing", "t=7")
     assert "t=7 z=0" in line
     r = volseg(s3, "verify", url)

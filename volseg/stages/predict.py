@@ -544,11 +544,12 @@ def _plan(images, model, out, *, channel, series, threshold, probability, precis
         parameters["pyramid_levels"] = levels
     if tta:  # likewise absent when off
         parameters["tta"] = True
+    label_path = None
     if labels_into is not None:
         label_path = lb.target(image, labels_into)
         parameters["labels_into"] = label_path.name
     job = st.make_job("predict", parameters=parameters, sources=sources, command=command)
-    label_path = label_job = None
+    label_job = None
     if labels_into is not None:
         label_job = st.make_job("labels", parameters={"name": label_path.name,
                                                       "pyramid_levels": lb.levels_of(image)},
