@@ -4,13 +4,14 @@ file, and forest predict + evaluate end to end through the CLI."""
 from __future__ import annotations
 
 import json
+import re
 import types
 import zipfile
 
 import numpy as np
 import pytest
 
-from volseg.testing import make_image_store
+from volseg.testing import assert_refused, make_image_store
 from volseg.models import forest as fo
 from volseg.training import forest as forest_training
 from volseg.errors import InputError
@@ -215,3 +216,57 @@ def test_forest_bad_input_one_line(tmp_path, cli):
                          "-o", tmp_path / "p.zarr")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "too small" in err, err
     assert not (tmp_path / "p.zarr").exists()
+
+
+@pytest.mark.parametrize("truth", ["intensity", "0/255", "0/1/2"])
+def test_every_trainer_refuses_a_truth_that_is_not_0_1(tmp_path, cli, truth):
+    # one truth rule for the forest and the U-Net (the forest took an intensity image as
+    # truth and reported validation Dice 1.0 for a model that marks everything)
+    images, labels = _tubes((2, 1, 40, 40))
+    make_image_store(tmp_path / "i.zarr", images)
+    bad = {"intensity": images, "0/255": labels * 255,
+           "0/1/2": labels + (images > 200).astype(np.uint8)}[truth]
+    make_image_store(tmp_path / "t.zarr", bad)
+    for method in ("forest", "unet"):
+        assert_refused(cli("train", "--method", method, "--images", tmp_path / "i.zarr",
+                           "--truth", tmp_path / "t.zarr", "-o", tmp_path / "m.keras",
+                           "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16",
+                           "--depth", "2", "--filters", "2"),
+                       "--truth", "labels must be 0 or 1, found value")
+        assert not (tmp_path / "m.keras").exists()
+
+
+def test_a_truth_without_structure_trains_nothing(tmp_path, cli):
+    images, labels = _tubes((2, 1, 40, 40))
+    make_image_store(tmp_path / "i.zarr", images)
+    make_image_store(tmp_path / "t.zarr", np.zeros_like(labels), mask=True)
+    assert_refused(cli("train", "--images", tmp_path / "i.zarr", "--truth", tmp_path / "t.zarr",
+                       "-o", tmp_path / "m.keras", "--patch", "16", "--depth", "2"),
+                   "--truth", "no structure", "nothing to learn")
+    assert_refused(cli("train", "--method", "forest", "--images", tmp_path / "i.zarr",
+                       "--truth", tmp_path / "t.zarr", "-o", tmp_path / "f.model", "-q"),
+                   "--truth", "only one class, no structure", "nothing to learn")
+    assert not (tmp_path / "m.keras").exists() and not (tmp_path / "f.model").exists()
+
+
+def test_a_forest_file_of_another_kind_is_refused(tmp_path):
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    path, forest, X = _trained(tmp_path)
+    info = json.loads(zipfile.ZipFile(path).read("volseg.json"))
+    y3 = (X[:, 0] > 0).astype(np.uint8) + (X[:, 1] > 1)
+    others = {
+        "LogisticRegression": LogisticRegression().fit(X, (X[:, 0] > 0).astype(np.uint8)),
+        "classes [0, 1, 2]": RandomForestClassifier(n_estimators=2, random_state=0).fit(X, y3),
+        "takes 8 features": RandomForestClassifier(n_estimators=2, random_state=0).fit(
+            X[:, :8], (X[:, 0] > 0).astype(np.uint8)),
+    }
+    for wording, model in others.items():
+        tampered = tmp_path / f"{len(wording)}.model"
+        with zipfile.ZipFile(tampered, "w") as zf:
+            zf.writestr("volseg.json", json.dumps(info))
+            zf.writestr(fo.FOREST_MEMBER, sio.dumps(model))
+        with pytest.raises(InputError, match=re.escape(wording)):
+            fo.load_forest(tampered)

@@ -736,3 +736,37 @@ def test_plots_never_replace_foreign_png(cli, dataset):
     assert_refused(cli("evaluate", dataset / "p.zarr", "--truth", dataset / "tr.zarr", "--plots", plots,
                 "--workers", "1", "-q"), EVALUATION_FIGURES[0], "--overwrite")
     assert foreign.read_bytes() == b"\x89PNG\r\n\x1a\n not ours"
+
+
+def test_no_command_writes_over_a_store_it_reads(tmp_path, cli):
+    """However the output is spelled, a run never replaces (or writes into) what it reads."""
+    images = np.random.default_rng(3).integers(0, 255, (1, 2, 24, 32), dtype=np.uint8)
+    store = make_image_store(tmp_path / "i.zarr", images)
+    before = json.loads((tmp_path / "i.zarr" / "zarr.json").read_text())
+    model = make_tiny_model(tmp_path / "m.keras")
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "i.zarr")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for out in (tmp_path / "i.zarr", f"{tmp_path}/i.zarr/", f"{sub}/../i.zarr",
+                tmp_path / "link.zarr", f"file://{tmp_path}/i.zarr"):
+        line = assert_refused(cli("predict", tmp_path / "i.zarr", "--model", model, "-o", out,
+                                  "--overwrite"), "which this command reads", "nothing was changed")
+        assert str(tmp_path / "i.zarr") in line
+    # an ROI is read too; and a folder holding the input is refused as well
+    assert_refused(cli("predict", tmp_path / "i.zarr", "--model", model, "--roi",
+                       tmp_path / "i.zarr", "-o", tmp_path / "i.zarr", "--overwrite"), "reads")
+    frames = write_frames(tmp_path / "frames", images)
+    assert_refused(cli("convert", frames, "-o", tmp_path, "--overwrite"), "holds", "reads")
+    assert_refused(cli("convert", frames, "-o", frames, "--overwrite"), "holds", "reads")
+    # the input is as it was: complete, same metadata, same pixels
+    assert json.loads((tmp_path / "i.zarr" / "zarr.json").read_text()) == before
+    np.testing.assert_array_equal(st.open_image(tmp_path / "i.zarr").array[...], images)
+    assert sorted(p.name for p in frames.iterdir()) == sorted(
+        f"t000_z{z:03d}.tif" for z in range(2))
+    # writing beside the input, or a store inside the frames' folder, is fine
+    code, _, err = cli("predict", tmp_path / "i.zarr", "--model", model, "-o",
+                       tmp_path / "p.zarr", "-q")
+    assert code == 0, err
+    code, _, err = cli("convert", frames, "-o", frames / "again.zarr", "-q")
+    assert code == 0, err
+    del store

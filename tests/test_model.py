@@ -175,3 +175,61 @@ def test_tf_model_runs_under_jax(tmp_path, tiny_model, frames):
     tf_out = np.asarray(tiny_model.predict_on_batch(frames))
     assert jax_out.shape == tf_out.shape
     assert np.abs(jax_out - tf_out).max() < 1e-4
+
+
+def _resaved_with(path, out, change):
+    """``path``'s network with ``change(weights)`` applied, saved as ``out`` with the
+    original volseg.json (what flipped bytes with a recomputed zip checksum amount to)."""
+    import keras
+
+    net = keras.saving.load_model(path, compile=False)
+    weights = net.get_weights()
+    change(weights)
+    net.set_weights(weights)
+    net.save(out)
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "a") as dst:
+        dst.writestr("volseg.json", src.read("volseg.json"))
+    return out
+
+
+def test_a_model_is_checked_before_it_is_trusted(tmp_path, cli):
+    from volseg.models.unet import load_model, update_model_info
+    from volseg.testing import assert_refused, make_image_store, make_tiny_model
+
+    images = np.random.default_rng(0).integers(0, 255, (1, 1, 32, 32), dtype=np.uint8)
+    make_image_store(tmp_path / "i.zarr", images)
+    good = make_tiny_model(tmp_path / "good.keras")
+    load_model(good)  # a sound model loads
+
+    def nan_bias(weights):
+        bias = next(i for i, w in enumerate(weights) if w.ndim == 1)
+        weights[bias][0] = np.nan
+
+    def nudged(weights):
+        weights[0].flat[0] += 0.25  # finite, but not what was trained
+
+    cases = {
+        "nan": (_resaved_with(good, tmp_path / "nan.keras", nan_bias), "NaN or infinite"),
+        "changed": (_resaved_with(good, tmp_path / "changed.keras", nudged),
+                    "weights differ from those its record names"),
+    }
+    for name, (threshold, wording) in {"threshold2": (2.0, "threshold 2.0"),
+                                       "thresholdnan": (float("nan"), "threshold nan")}.items():
+        path = tmp_path / f"{name}.keras"
+        path.write_bytes(good.read_bytes())
+        update_model_info(path, threshold=threshold)
+        cases[name] = (path, wording)
+    path = tmp_path / "context.keras"
+    path.write_bytes(good.read_bytes())
+    update_model_info(path, context=3)
+    cases["context"] = (path, "depth context 3 but the network takes 1 input channel")
+    for name, (path, wording) in cases.items():
+        if name not in ("threshold2", "thresholdnan"):
+            with pytest.raises(InputError, match=wording):
+                load_model(path)
+        line = assert_refused(cli("predict", tmp_path / "i.zarr", "--model", path, "-o",
+                                  tmp_path / f"{name}.zarr"), str(path), wording)
+        assert "--threshold" not in line  # the model's record is at fault, not an option
+        assert not (tmp_path / f"{name}.zarr" / "zarr.json").exists() or not json.loads(
+            (tmp_path / f"{name}.zarr" / "zarr.json").read_text())["attributes"].get(
+            "volseg", {}).get("complete")

@@ -37,6 +37,7 @@ from pathlib import Path
 from volseg.errors import InputError
 from volseg.io.location import RemotePath, locate, remote_error
 from volseg.io.location import check as check_location
+from volseg.io.location import text as location_text
 from volseg.io.store import read_node
 
 #: Seconds between refreshes of a lock's modification time.
@@ -483,6 +484,34 @@ def _recover_swap(path: Path) -> None:
         os.replace(old, path)  # the new store is still beside: the old one comes back
 
 
+def _job_paths(value) -> list[str]:
+    """Every ``path`` a job records (its sources, and stores among its parameters such
+    as an ROI): what the run reads."""
+    if isinstance(value, dict):
+        found = [value["path"]] if isinstance(value.get("path"), str) else []
+        return found + [p for k, v in value.items() if k != "path" for p in _job_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _job_paths(v)]
+    return []
+
+
+def check_not_an_input(path, job: dict, what: str = "output") -> None:
+    """Refuse an output that is a store or file this run reads, or a folder holding one,
+    however the path is spelled (``..``, symbolic links, a trailing slash, ``file://``):
+    writing or ``--overwrite`` there would destroy the input.
+
+    An output *inside* an input folder is allowed (a conversion into its own folder of
+    frames skips the store it writes).
+    """
+    out = location_text(path).rstrip("/")
+    for given in _job_paths({"sources": job.get("sources"), "parameters": job.get("parameters")}):
+        source = location_text(given).rstrip("/")
+        if source == out or source.startswith(out + "/"):
+            where = "is" if source == out else "holds"
+            raise InputError(f"{path}: {where} {given}, which this command reads; write the "
+                             f"{what} somewhere else (nothing was changed)")
+
+
 @contextmanager
 def open_output(path, *, job: dict, overwrite: bool = False, what: str = "output",
                 command: str | None = None):
@@ -498,6 +527,7 @@ def open_output(path, *, job: dict, overwrite: bool = False, what: str = "output
         writes it, or what is there may not be replaced (see module docstring).
     """
     path = locate(path)
+    check_not_an_input(path, job, what)
     if isinstance(path, RemotePath):
         check_location(path, write=True, param=None)
     else:

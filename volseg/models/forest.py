@@ -190,8 +190,30 @@ def load_forest(path):
         forest = sio.loads(data, trusted=list(untrusted))
     except Exception as exc:
         raise InputError(f"{path}: damaged forest model file ({type(exc).__name__})") from None
+    _check_forest(forest, info, path)
     forest.n_jobs = 1  # blocks are the parallelism; one job also sums trees in one order
     return forest, info
+
+
+def _check_forest(forest, info: dict, path) -> None:
+    """A scikit-learn forest of two classes over exactly the record's features."""
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    if not isinstance(forest, (RandomForestClassifier, ExtraTreesClassifier)):
+        raise InputError(f"{path}: holds a {type(forest).__name__}, not a scikit-learn "
+                         "random forest; it was not written by volseg or was tampered with")
+    classes = [int(c) for c in getattr(forest, "classes_", [])]
+    if classes != [0, 1]:
+        raise InputError(f"{path}: the forest has classes {classes}, not 0/1 (background, "
+                         "structure); it was not written by volseg or was tampered with")
+    try:
+        expected = FeatureSpec.from_dict(info["features"]).n_features
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{path}: its record has no valid feature description; the model "
+                         "record is damaged") from None
+    if getattr(forest, "n_features_in_", expected) != expected:
+        raise InputError(f"{path}: the forest takes {forest.n_features_in_} features but its "
+                         f"record describes {expected}; the model file is damaged")
 
 
 def model_kind(path) -> str:

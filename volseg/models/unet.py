@@ -232,6 +232,7 @@ def save_model(model, path, *, info: dict) -> None:
     info.setdefault("format_version", FORMAT_VERSION)
     if info["format"] != FORMAT:
         raise ValueError(f"info['format'] must be {FORMAT!r}")
+    info["weights_sha256"] = weights_digest(model)  # checked by load_model
     payload = json.dumps(info, indent=2, sort_keys=True, default=_json_default)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
@@ -322,9 +323,70 @@ def load_model(path, *, precision: str | None = None):
     except Exception as exc:  # Keras raises ValueError/KeyError/OSError variously
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot load the Keras model ({first[:200]})") from None
+    check_model(model, info, path)
     if precision is not None:
         model = with_precision(model, precision, info=info)
     return model, info
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of the network's weights (shapes and float32 values, in order): what the
+    model file's record says the weights are."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        digest.update(repr(w.shape).encode())
+        digest.update(w.tobytes())
+    return digest.hexdigest()
+
+
+def check_record(info: dict, path) -> None:
+    """What a model's record must hold to be used at all, checked before any network is
+    loaded (any kind of model): a threshold that is a probability."""
+    import math
+
+    threshold = info.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+        raise InputError(f"{path}: its record gives threshold {threshold!r}, not a "
+                         "probability in [0, 1]; the model record is damaged")
+
+
+def check_model(model, info: dict, path) -> None:
+    """Refuse a model that cannot be trusted, before it computes anything.
+
+    Its weights are finite and are the ones its record names (``weights_sha256``, in
+    files written since the check exists: flipped bytes with a recomputed zip checksum
+    are caught); the record fits the network (depth context = input channels, a
+    threshold in [0, 1]); and the network's output on a probe tile is a finite
+    probability. :class:`InputError` naming the file and what is wrong.
+    """
+    import numpy as np
+
+    check_record(info, path)
+    weights = model.get_weights()
+    if not all(np.isfinite(w).all() for w in weights):
+        raise InputError(f"{path}: the network's weights hold NaN or infinite values (a "
+                         "damaged or diverged model); retrain it or restore a backup")
+    recorded = info.get("weights_sha256")
+    if recorded is not None and recorded != weights_digest(model):
+        raise InputError(f"{path}: the weights differ from those its record names (the file "
+                         "was damaged or changed after training); restore a backup")
+    channels = int(model.inputs[0].shape[-1])
+    if model_context(info) != channels:
+        raise InputError(f"{path}: its record says depth context {model_context(info)} but "
+                         f"the network takes {channels} input channel(s); the model record "
+                         "is damaged")
+    side = 2 * int(info.get("multiple", 2 ** int((info.get("architecture") or {})
+                                                 .get("depth", 4))))
+    low, high = model_normalization(model)
+    probe = np.linspace(low, high, side * side * channels, dtype=np.float32)
+    out = np.asarray(model(probe.reshape(1, side, side, channels), training=False))
+    if not np.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+        raise InputError(f"{path}: the network's output on a probe tile is not a finite "
+                         "probability (NaN, infinite or outside [0, 1]); the model is damaged")
 
 
 def check_precision(precision: str) -> None:

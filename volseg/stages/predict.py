@@ -36,7 +36,8 @@ from volseg.io.integrity import nonfinite_counts
 from volseg.io.location import RemotePath, is_remote, locate
 from volseg.io.location import text as location_text
 from volseg.ops.metrics import quantise, threshold_bin
-from volseg.models.unet import check_precision, file_sha256, read_model_info, resolve_precision
+from volseg.models.unet import (check_precision, check_record, file_sha256, read_model_info,
+                                resolve_precision)
 from volseg.engine.outputs import open_output
 from volseg.engine.pyramid import choose_levels, level_blocks, write_levels
 from volseg.ops.tiling import default_tile, predict_frames, tile_plan
@@ -506,6 +507,7 @@ def _plan(images, model, out, *, channel, series, threshold, probability, precis
     select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
     image = st.open_image(images, **select)
     info = read_model_info(model)
+    check_record(info, model)
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
     tta = _check_tta(tta, info)
     roi_record = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from volseg.errors import InputError
 from volseg.ops.indices import format_ranges
 from volseg.models.unet import PRECISIONS, cpu_isa, cpu_model, resolve_compile, resolve_precision
 from volseg.training.config import LOSSES, Inputs, TrainConfig, open_inputs, output_paths
@@ -99,7 +100,10 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
 
     index = scan_training_data(image.array, truth.array, split.train, roi=roi, seed=config.seed)
     if index.foreground.total == 0:
-        say("warning: no foreground pixels in the training frames")
+        raise InputError(f"{config.truth_path}: the training frames hold no structure (no 1)"
+                         f"{' inside the ROI' if roi is not None else ''}: there is nothing "
+                         "to learn; annotate structure, or hold out other time points",
+                         param="truth_path")
     normalization = index.percentiles(*config.percentiles)
     lo, hi = config.percentiles
     say(f"foreground {100 * index.foreground_fraction:.2f} % of training pixels; intensity "

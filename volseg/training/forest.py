@@ -16,6 +16,7 @@ import numpy as np
 from volseg.errors import InputError
 from volseg.io.location import text as location_text
 from volseg.io.store import roi_index
+from volseg.training.sampler import check_truth
 from volseg.models.forest import (FeatureSpec, check_frame_size, probability_levels,
                                   save_forest, tile_features)
 
@@ -99,6 +100,7 @@ def collect_sample(image, truth, roi, frames, *, spec: FeatureSpec, max_samples:
     xs_, ys_ = [], []
     for n, (t, z) in enumerate(frames):
         labels = np.asarray(truth.array[t, z])
+        check_truth(labels, f"frame t={t} z={z}")
         mask = None if roi is None else np.asarray(roi.array[roi_index(roi.shape, t, z)])
         get = lambda a, b, t=t, z=z: image.array[t, z, a, b]  # noqa: E731
         for ty, tx, feats in tile_features(get, Y, X, spec):
@@ -182,9 +184,12 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
             f"px; sample memory {sample_bytes(max_samples, spec) / 2**20:.0f} MiB)")
     X, y = collect_sample(image, truth, roi, split.train, spec=spec, max_samples=max_samples,
                           seed=seed, progress=progress)
-    if np.bincount(y, minlength=2).min() == 0:
-        raise InputError(f"{truth_path}: the training frames hold only one class (no "
-                         "structure, or nothing else) inside the ROI; a classifier needs both")
+    counts = np.bincount(y, minlength=2)
+    if counts.min() == 0:
+        missing = "no structure (no 1)" if counts[1] == 0 else "no background (no 0)"
+        raise InputError(f"{truth_path}: the training frames hold only one class, "
+                         f"{missing}{' inside the ROI' if roi is not None else ''}: there is "
+                         "nothing to learn; a classifier needs both", param="truth_path")
     forest = RandomForestClassifier(n_estimators=trees, max_depth=max_depth,
                                     min_samples_leaf=min_samples_leaf, n_jobs=-1,
                                     random_state=seed)
@@ -194,7 +199,9 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     hist = np.zeros((2, 256), np.int64)
     for t, z in split.val:
         levels = probability_levels(forest, image, t, z, spec)
-        labels = np.asarray(truth.array[t, z]) != 0
+        labels = np.asarray(truth.array[t, z])
+        check_truth(labels, f"validation frame t={t} z={z}")
+        labels = labels != 0
         if roi is not None:
             inside = np.asarray(roi.array[roi_index(roi.shape, t, z)]) != 0
             levels, labels = levels[inside], labels[inside]

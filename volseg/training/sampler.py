@@ -41,7 +41,7 @@ from volseg.ops.indices import parse_indices
 from volseg.io.store import roi_index
 
 __all__ = [
-    "Augment", "CoordinateTable", "PatchDataset", "PatchSampler", "Split", "TrainingIndex",
+    "Augment", "CoordinateTable", "check_truth", "PatchDataset", "PatchSampler", "Split", "TrainingIndex",
     "check_foreground_share", "percentiles_from_histogram",
     "prefetch", "resample", "scan_training_data", "split_frames", "tubed_skeleton",
     "warp_offsets",
@@ -233,6 +233,21 @@ def _histogram_layout(image, frames, progress=None):
     return lo, step, nbins
 
 
+def check_truth(labels: np.ndarray, where: str = "") -> None:
+    """The one truth rule of every trainer (U-Net and forest, training and validation
+    frames): integers 0 or 1. :class:`InputError` naming the truth and the first value
+    that breaks it (an intensity image, 0/255, or -1 for "unlabelled" are refused)."""
+    where = f" ({where})" if where else ""
+    if labels.dtype.kind not in "biu":
+        raise InputError(f"labels must be integers 0/1, found dtype {labels.dtype}{where}; "
+                         "convert annotations with `volseg convert --mask`",
+                         param="truth_path")
+    if labels.size and (labels.max() > 1 or labels.min() < 0):  # -1 is not "unlabelled"
+        bad = int(labels.max()) if labels.max() > 1 else int(labels.min())
+        raise InputError(f"labels must be 0 or 1, found value {bad}{where}; convert "
+                         "annotations with `volseg convert --mask`", param="truth_path")
+
+
 def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
                        coord_budget: int = COORD_BUDGET, progress=None) -> TrainingIndex:
     """Read the training frames once, block by block, and index them for sampling.
@@ -278,14 +293,7 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
         t_sel, z_sel, ys, xs = sel
         img = _read(image, sel)
         lab = _read(truth, sel)
-        if lab.dtype.kind not in "biu":
-            raise InputError(f"labels must be integers 0/1, found dtype {lab.dtype}",
-                             param="truth_path")
-        if lab.size and (lab.max() > 1 or lab.min() < 0):  # -1 ("unlabelled") is not 1
-            bad = int(lab.max()) if lab.max() > 1 else int(lab.min())
-            raise InputError(f"labels must be 0 or 1, found value {bad}; "
-                             "convert annotations with `volseg convert --mask`",
-                             param="truth_path")
+        check_truth(lab)
         mask = _read(roi, _roi_sel(roi, *sel)) if roi is not None else None
         for t, z in members:
             i, j = t - t_sel.start, z - z_sel.start

@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from volseg.errors import InputError
-from volseg.ops.metrics import check_binary
 
 from volseg.io.store import roi_index
+from volseg.training.sampler import check_truth
 from volseg.ops.thresholds import LEVELS, best_threshold, class_histograms, dice_at, quantise
 
 
@@ -77,11 +77,7 @@ class Validator:
                                  "epoch on: lower the learning rate, or use --precision float32",
                                  param="learning_rate")
             lab = np.asarray(self.truth[t, z])
-            try:
-                check_binary(lab, name=f"validation frame t={t} z={z}")
-            except ValueError as exc:
-                raise InputError(f"{exc}; convert annotations with `volseg convert --mask`",
-                                 param="truth_path") from None
+            check_truth(lab, f"validation frame t={t} z={z}")
             lab = lab.astype(bool)
             if self.roi is not None:
                 inside = np.asarray(self.roi[roi_index(self.roi.shape, t, z)]) > 0
