@@ -770,3 +770,30 @@ def test_no_command_writes_over_a_store_it_reads(tmp_path, cli):
     code, _, err = cli("convert", frames, "-o", frames / "again.zarr", "-q")
     assert code == 0, err
     del store
+
+
+def test_a_lock_being_written_is_never_taken_over(tmp_path):
+    """The writer lock appears whole (written beside it, then linked into place); an
+    unreadable lock (another writer a moment ago, or damage) is left alone for a while
+    instead of being taken over at once, which let two writers in."""
+    from volseg.engine.outputs import UNREADABLE_GRACE, WriterLock
+    from volseg.errors import InputError
+
+    out = tmp_path / "o.zarr"
+    lock = tmp_path / ".o.zarr.lock"
+    lock.write_text("")  # what a writer stopped between creating and filling it left
+    with pytest.raises(InputError, match="writer lock .* is unreadable"):
+        WriterLock.acquire(out, command="volseg test")
+    assert lock.read_text() == ""
+    old = time.time() - UNREADABLE_GRACE - 5
+    os.utime(lock, (old, old))  # long abandoned: taken over
+    taken = WriterLock.acquire(out, command="volseg test")
+    try:
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["command"] == "volseg test"
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+        with pytest.raises(InputError, match="another volseg is writing it"):
+            WriterLock.acquire(out, command="volseg second")
+    finally:
+        taken.release()
+    assert not lock.exists()

@@ -81,14 +81,20 @@ class WriterLock:
                 "command": command or "volseg"}
 
         def create() -> None:
+            # The lock appears whole or not at all: written beside it, then hard-linked
+            # into place (atomic, and refused when a lock is there). A lock created empty
+            # and filled after looked abandoned to a second writer in between, which
+            # then took it over: two writers.
+            part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                part.write_text(json.dumps(info))
+                os.link(part, path)
             except FileExistsError:
                 raise
             except OSError as exc:
                 raise InputError(f"{output}: cannot write there ({exc.strerror or exc})") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(info, fh)
+            finally:
+                part.unlink(missing_ok=True)
 
         _take_lock(output, path, create=create, stale=lambda holder: _stale(path, holder),
                    remove_hint="remove it")
@@ -119,6 +125,12 @@ def _take_lock(output, path, *, create, stale, remove_hint: str) -> None:
             holder = _read_lock(path)
             if holder is not None and not stale(holder):
                 raise _busy(output, holder) from None
+            if holder is None and _age(path) < UNREADABLE_GRACE:
+                # unreadable but fresh: a lock being written by another tool's rules or
+                # damaged a moment ago; never take it over at once
+                raise InputError(f"{output}: its writer lock {path} is unreadable; if no "
+                                 "volseg is writing it, run again in a minute (or remove "
+                                 "the lock)") from None
             path.unlink(missing_ok=True)  # stale: its writer is gone
     raise InputError(f"{output}: cannot take the writer lock {path}; {remove_hint} if no "
                      "volseg is running")
@@ -148,6 +160,18 @@ def _process_gone(holder: dict) -> bool:
     except (PermissionError, ValueError, OverflowError):
         pass
     return False
+
+
+#: Seconds an unreadable lock is left alone before it counts as abandoned.
+UNREADABLE_GRACE = 30.0
+
+
+def _age(path) -> float:
+    """Seconds since ``path`` (a local lock) was last touched; infinite if it is gone."""
+    try:
+        return time.time() - Path(path).stat().st_mtime
+    except (OSError, TypeError):
+        return float("inf")
 
 
 def _read_lock(path: Path) -> dict | None:
