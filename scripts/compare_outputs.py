@@ -59,7 +59,18 @@ with open(os.path.join(out, "report.json"), "w") as fh:
     json.dump(reports, fh, default=str)
 """
 
-_VOLATILE = {"seconds", "voxels_per_second", "prediction", "truth", "roi", "blocks"}
+#: keys that hold times or paths (differ between two identical runs), at any depth
+_VOLATILE = {"seconds", "voxels_per_second", "prediction", "truth", "roi", "blocks", "mask",
+             "seconds_per_timepoint"}
+
+
+def _stable(value):
+    """``value`` without the volatile keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
 
 
 def _prepare(data: Path) -> None:
@@ -116,8 +127,9 @@ def main(argv=None) -> int:
     r_old = json.loads((outs["old"] / "report.json").read_text())
     r_new = json.loads((outs["new"] / "report.json").read_text())
     for report in r_old:
-        keys = sorted((set(r_old[report]) | set(r_new[report])) - _VOLATILE)
-        differ = [k for k in keys if r_old[report].get(k) != r_new[report].get(k)]
+        old, new = _stable(r_old[report]), _stable(r_new[report])
+        keys = sorted(set(old) | set(new))
+        differ = [k for k in keys if old.get(k) != new.get(k)]
         same &= not differ
         print(f"{report + ' report':28} "
               f"{'identical' if not differ else 'DIFFERENT: ' + ', '.join(differ)}"
