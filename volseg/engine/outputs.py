@@ -185,11 +185,7 @@ def _stale(path: Path, holder: dict) -> bool:
     """The holder is gone: its process ended (same host) or its heartbeat stopped."""
     if _process_gone(holder):
         return True
-    try:
-        age = time.time() - path.stat().st_mtime
-    except OSError:
-        return True
-    return age > STALE_AFTER  # also catches a reused process number on this host
+    return _age(path) > STALE_AFTER  # also catches a reused process number on this host
 
 
 # --------------------------------------------------------------------------- ownership

@@ -451,6 +451,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine() -> str:
+    """What computes here, as the training line and the model's record say it: the GPUs,
+    or the CPU's model and widest vector instruction set."""
+    gpus = gpu_capabilities()
+    return f"{len(gpus)} GPU(s)" if gpus else f"{cpu_model()} ({cpu_isa()})"
+
+
 def resolve_compile(compile: str, precision: str, *, flags=None, gpus=None) -> str:
     """``"auto"`` -> how this machine trains fastest: ``"xla"`` for float32 on a CPU
     without AVX-512, ``"graph"`` elsewhere.

@@ -27,7 +27,7 @@ import time
 
 from volseg.errors import InputError
 from volseg.ops.indices import format_ranges
-from volseg.models.unet import PRECISIONS, cpu_isa, cpu_model, resolve_compile, resolve_precision
+from volseg.models.unet import PRECISIONS, resolve_compile, resolve_precision
 from volseg.training.config import LOSSES, Inputs, TrainConfig, open_inputs, output_paths
 from volseg.training.losses import SKELETON_TARGET_LOSSES, make_loss
 from volseg.training.loop import EpochLoop, LoopResult
@@ -179,10 +179,9 @@ def resolve_machine_choices(config: TrainConfig, say) -> TrainConfig:
     precision = resolve_precision(config.precision)
     compile = resolve_compile(config.compile, precision)
     config = dataclasses.replace(config, precision=precision, compile=compile)
-    from volseg.models.unet import gpu_capabilities
+    from volseg.models.unet import machine
 
-    gpus = gpu_capabilities()
-    where = (f"{len(gpus)} GPU(s)" if gpus else f"CPU {cpu_model()}, {cpu_isa()}")
+    where = machine()
     say(f"training in {precision}{' (auto)' if asked[0] == 'auto' else ''}, step compiled "
         f"{'by XLA' if compile == 'xla' else 'as a TensorFlow graph'}"
         f"{' (auto)' if asked[1] == 'auto' else ''}; {where}")

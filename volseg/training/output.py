@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from volseg.models.unet import machine
 from volseg.training.loop import rounded
 
 
@@ -90,17 +91,9 @@ def training_record(config, inputs, split, val_list, loop, val, *, fg_fraction: 
         "samples_per_s": samples_per_s,
         "val_dice_at_0.5": rounded(val["dice"]), "val_dice": rounded(val["best_dice"]),
         "foreground_fraction": round(fg_fraction, 6),
-        "compile": c.compile, "cpu": _machine(),
+        "compile": c.compile, "cpu": machine(),
         **({"warning": loop.warning} if loop.warning else {}),
     }
-
-
-def _machine() -> str:
-    """What trained: the GPUs, or the CPU's model and widest vector instruction set."""
-    from volseg.models.unet import cpu_isa, cpu_model, gpu_capabilities
-
-    gpus = gpu_capabilities()
-    return f"{len(gpus)} GPU(s)" if gpus else f"{cpu_model()} ({cpu_isa()})"
 
 
 def provenance_record(config, inputs, keras) -> dict:
