@@ -20,6 +20,18 @@ def add_parser(sub):
     p.add_argument("-o", "--output", required=True, metavar="OUT.zarr", help="store to write")
     p.add_argument("--mask", action="store_true",
                    help="annotation stack: values 0/1 or 0/255, stored as uint8 0/1")
+    p.add_argument("--like", metavar="IMAGES.zarr", default=None,
+                   help="annotations for some frames of this image store: each file's frame "
+                        "is placed by the t and z numbers in its name (the store's numbers); "
+                        "the truth store takes the images' shape, chunks and scale, and every "
+                        "frame not given is stored as not annotated (255)")
+    p.add_argument("--scribbles", action="store_true",
+                   help="the labels are scribbles, as napari and ilastik paint them: 0 = not "
+                        "annotated, 1 = structure, 2 = background (implies --mask)")
+    p.add_argument("--update", action="store_true",
+                   help="add the frames to the existing truth store OUT in place: a mask frame "
+                        "replaces its frame, a scribble frame only the pixels it paints; every "
+                        "other frame stays as it is (rerun to resume)")
     p.add_argument("--pattern", default=DEFAULT_PATTERN,
                    help="file-name pattern of per-frame TIFFs, with {t} and {z} (default %(default)s)")
     p.add_argument("--channel", type=int, default=None,
@@ -53,10 +65,17 @@ def run(args) -> int:
         summary = convert(args.inputs, args.output, mask=args.mask, pattern=args.pattern,
                           channel=args.channel, chunks=args.chunks, allow_gaps=args.allow_gaps,
                           nonfinite=args.nonfinite, pyramid=args.pyramid,
+                          like=args.like, scribbles=args.scribbles, update=args.update,
                           overwrite=args.overwrite,
                           progress=progress, command=command,
                           log=None if args.quiet else (lambda m: say(args, m)))
     t, z, y, x = summary["shape"]
+    if summary.get("layout") == "sparse":
+        verb = "updated" if args.update else "wrote"
+        say(args, f"{verb} {summary['path']}: {summary['frames']} annotated frame(s) of {t} time "
+                  f"points x {z} slices x {y} x {x} ({summary['written']} blocks written, "
+                  f"{summary['skipped']} already done); complete")
+        return 0
     say(args, f"wrote {summary['path']}: {t} time points x {z} slices x {y} x {x} "
               f"{summary['dtype']} ({summary['written']} blocks written, {summary['skipped']} "
               f"already done{_levels(summary)}); complete")

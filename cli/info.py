@@ -50,6 +50,14 @@ def format_info(info, indent=""):
                   f"{indent}    integrity: {arr['integrity']}"]
         for k, v in arr.get("attributes", {}).items():
             lines.append(f"{indent}    {k}: {v}")
+    ann = info.get("annotation")
+    if ann:
+        per_t = ", ".join(f"t{t}: {100 * v:.0f} %" for t, v in enumerate(ann["per_timepoint"][:12]))
+        more = " ..." if len(ann["per_timepoint"]) > 12 else ""
+        lines += [f"{indent}  annotated: {100 * ann['share']:.1f} % of voxels, "
+                  f"{ann['annotated_frames']} of {ann['frames']} frames hold annotations "
+                  f"(value {ann['not_annotated']} = not annotated)",
+                  f"{indent}    per time point: {per_t}{more}"]
     job = info.get("job") or {}
     if job:
         lines.append(f"{indent}  made by: {job.get('command') or job.get('kind')}")

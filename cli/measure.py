@@ -128,12 +128,14 @@ def format_report(r: dict) -> str:
     truth = bool(r.get("truth"))
     for row in r["per_timepoint"]:
         lines.append(_line(str(row["t"]), row, _v))
-        if truth:
+        if truth and "truth" in row:
             lines.append(_line("truth", row["truth"], _v))
             lines.append(_line("error", row["relative_error"], _e))
     s = r["summary"]
     lines.append(_line("mean", s, _v))
-    if truth:
+    if truth and "truth" in s:
         lines.append(_line("truth", s["truth"], _v))
         lines.append(_line("error", s["relative_error"], _e))
+    if r.get("note"):
+        lines += ["", f"  note: {r['note']}"]
     return "\n".join(lines)

@@ -32,11 +32,22 @@ def test_small_demo_end_to_end(tmp_path, cli):
     assert f"Dice {tta['dice_plain']:.3f} -> {tta['dice_tta']:.3f}" in stdout
     assert st.open_prediction(out / "pred-tta.zarr").volseg["tta"] is True
     # every stage left a complete, readable result
-    assert st.open_image(out / "images.zarr").shape == (2, 2, 96, 128)
+    assert st.open_image(out / "images.zarr").shape == (2, 3, 96, 128)
     assert st.open_prediction(out / "pred.zarr").complete
     assert (out / "model.keras").is_file()
     assert any((out / "figures").glob("*.png"))
-    assert report["voxels"] == 2 * 2 * 96 * 128
+    assert report["voxels"] == 2 * 3 * 96 * 128
+    # one round of the annotation loop: suggest picks frames not annotated yet, and the
+    # partial truth holds exactly the frames given in both rounds
+    loop = summary["annotation_loop"]
+    assert len(loop["first"]) == len(loop["suggested"]) == 2
+    assert not {tuple(f) for f in loop["first"]} & {tuple(f) for f in loop["suggested"]}
+    from volseg.io.truth import annotation_counts
+
+    counts = annotation_counts(st.open_image(out / "loop" / "truth.zarr"))
+    assert {tuple(map(int, f)) for f in zip(*counts.nonzero())} == {
+        tuple(f) for f in loop["first"] + loop["suggested"]}
+    assert "annotation loop (U-Net" in stdout and loop["frames_scored"] == 2
     # a second run into the same folder is refused without --overwrite
     code, _, err = cli("demo", "--small", "-o", out)
     assert code == 2 and "--overwrite" in err

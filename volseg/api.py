@@ -21,7 +21,7 @@ from pathlib import Path
 
 from volseg.errors import InputError
 
-__all__ = ["convert", "train", "predict", "evaluate", "verify", "open"]
+__all__ = ["convert", "train", "predict", "evaluate", "suggest", "verify", "open"]
 
 
 class _Bar:
@@ -84,8 +84,11 @@ def convert(inputs, out, *, mask: bool = False, overwrite: bool = False, progres
         Replace an existing store (only once the new one is complete).
     progress : bool or callable
     **options
-        ``pattern``, ``channel``, ``chunks``, ``allow_gaps``, ``nonfinite``, ``pyramid``,
-        ``client``
+        ``like`` (an image store: the files annotate some of its frames, placed by the
+        t and z in their names, the rest stored as not annotated), ``scribbles`` (0 not
+        annotated, 1 structure, 2 background), ``update`` (add frames to the existing
+        truth store ``out``), ``pattern``, ``channel``, ``chunks``, ``allow_gaps``,
+        ``nonfinite``, ``pyramid``, ``client``
         (see :func:`volseg.stages.convert.convert`).
 
     Returns
@@ -236,6 +239,37 @@ def evaluate(prediction, truth, *, roi=None, threshold=None, channel: int | None
 
         evaluation_figures(report, plots)
     return report
+
+
+def suggest(prediction, *, truth=None, n: int = 10, progress=True, storage_options=None,
+            **options) -> dict:
+    """The frames to annotate next: those the model is least sure of, spread over time
+    and depth, never one already annotated in ``truth`` (``volseg suggest``).
+
+    Parameters
+    ----------
+    prediction : path-like
+        A prediction store with probabilities.
+    truth : path-like, optional
+        The annotations so far.
+    n : int
+        How many frames.
+    **options
+        ``csv``, ``plots``, ``images``, ``templates`` (a folder: each pick's predicted mask
+        as a label file to correct and give back with ``convert(..., mask=True,
+        update=True)``), ``overwrite``, ``channel``, ``series``, ``client``
+        (see :func:`volseg.stages.suggest.suggest`).
+
+    Returns
+    -------
+    dict
+        ``picks`` (rank, t, z, score, ...), ``candidates``, ``annotated_frames``, files.
+    """
+    _storage(storage_options)
+    from volseg.stages.suggest import suggest as run
+
+    with _progress(progress, "suggest") as bar:
+        return run(prediction, truth=truth, n=n, progress=bar, **options)
 
 
 def verify(store, *, channel: int | None = None, series: int | None = None, progress=True,

@@ -370,19 +370,7 @@ def discover(inputs, *, pattern: str = DEFAULT_PATTERN, channel: int | None = No
     allow_gaps : bool
         Accept missing numbers in the file names (see :func:`check_numbering`).
     """
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise InputError("INPUT: give at least one TIFF file or folder")
-    for p in paths:
-        if not p.exists():
-            raise InputError(f"{p}: no such file or folder")
-    if len(paths) == 1 and paths[0].is_dir():
-        files = _list_folder(paths[0])
-    else:
-        for p in paths:
-            if p.is_dir():
-                raise InputError(f"{p}: give either one folder or TIFF files, not both")
-        files = paths
+    files = _files_of(inputs)
     headers = [_header(f) for f in files]
     for h in headers:
         _check_dtype(h)
@@ -548,3 +536,115 @@ def _from_timepoint_files(headers, plane, channel, allow_gaps) -> TiffStack:
                      dtype=dtype, frames=tuple(frames), channel=_sample_channel(h0, c_ax, channel),
                      layout="timepoints", units=h0.units, scale=_scale_tuple(h0.scale),
                      source_indices=indices)
+
+
+# --------------------------------------------------------------------------- sparse frames
+
+@dataclass(frozen=True)
+class SparseFrames:
+    """Annotation frames for some (t, z) frames of a store of known shape.
+
+    ``stack`` holds the given frames as one time point of ``n`` slices (so reading goes
+    through :meth:`TiffStack.read_frames`); ``positions[k]`` is the (t, z) of slice ``k``
+    in the target store.
+    """
+
+    stack: TiffStack
+    positions: tuple[tuple[int, int], ...]
+
+    def name(self, k: int) -> str:
+        fi, _ = self.stack.frames[0][k]
+        t, z = self.positions[k]
+        return f"{Path(self.stack.files[fi]).name} (t={t}, z={z})"
+
+    def read(self, k: int) -> np.ndarray:
+        return self.stack.read_frames(0, k, k + 1)[0]
+
+
+def _files_of(inputs) -> list[Path]:
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise InputError("INPUT: give at least one TIFF file or folder")
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder")
+    if len(paths) == 1 and paths[0].is_dir():
+        return _list_folder(paths[0])
+    for p in paths:
+        if p.is_dir():
+            raise InputError(f"{p}: give either one folder or TIFF files, not both")
+    return paths
+
+
+def discover_sparse(inputs, *, shape, pattern: str = DEFAULT_PATTERN,
+                    channel: int | None = None) -> SparseFrames:
+    """Find annotation frames for any subset of the (t, z) frames of a store of ``shape``.
+
+    The frames' places come from the files, never from their order: per-frame files
+    carry t and z in their names (``pattern``, numbers as in the store, no renumbering);
+    a multi-page file per time point carries t in its name and every slice; a hyperstack
+    of the store's time points and slices gives them all; a single 2D file whose name
+    does not match ``pattern`` is frame (0, 0) of a store of one frame.
+
+    Raises
+    ------
+    InputError
+        A frame outside the store, a frame size that differs from the store's, two files
+        for one frame, or a file whose place cannot be told (each naming the file).
+    """
+    T, Z, Y, X = (int(s) for s in shape)
+    files = _files_of(inputs)
+    headers = [_header(f) for f in files]
+    for h in headers:
+        _check_dtype(h)
+    rx = pattern_regex(pattern)
+    entries: list[tuple[int, tuple[int, ...], int, int]] = []  # file, index, t, z
+    if all(_frames_in(h) == 1 for h in headers):
+        for i, h in enumerate(headers):
+            m = rx.search(h.path.stem)
+            t_ax, z_ax, c_ax = _plan_axes(h, channel)
+            idx = _index(h, t_ax, z_ax, c_ax, 0, 0, channel)
+            if m is None:
+                if len(headers) == 1 and (T, Z) == (1, 1):
+                    entries.append((i, idx, 0, 0))
+                    continue
+                raise InputError(f"{h.path}: file name does not match the pattern {pattern!r}, "
+                                 "so its place in the images is unknown (name frames like "
+                                 "t002_z015.tif, with the images' numbers, or set --pattern)")
+            gd = m.groupdict()
+            entries.append((i, idx, int(gd.get("t") or 0), int(gd.get("z") or 0)))
+    elif len(headers) == 1 and _from_one_file(headers[0], channel).shape[:2] == (T, Z):
+        one = _from_one_file(headers[0], channel)
+        entries = [(0, one.frames[t][z][1], t, z) for t in range(T) for z in range(Z)]
+    else:
+        numbers = _timepoint_numbers(headers) if len(headers) > 1 or T > 1 else [0]
+        if numbers is None:
+            raise InputError(f"{headers[0].path}: cannot tell which time point each file holds; "
+                             "name the files by time point (t000.tif, t001.tif, ...)")
+        for i, (h, t) in enumerate(zip(headers, numbers)):
+            one = _from_one_file(h, channel)
+            if one.shape[0] != 1 or one.shape[1] != Z:
+                raise InputError(f"{h.path}: holds {one.shape[0]} time point(s) x {one.shape[1]} "
+                                 f"slice(s); a file per time point must hold the images' {Z} "
+                                 "slices (or give one file per frame, named like t002_z015.tif)")
+            entries += [(i, one.frames[0][z][1], t, z) for z in range(Z)]
+    seen: dict[tuple[int, int], int] = {}
+    for i, _, t, z in entries:
+        h = headers[i]
+        if not (0 <= t < T and 0 <= z < Z):
+            raise InputError(f"{h.path}: frame t={t} z={z} is outside the images ({T} time "
+                             f"point(s) x {Z} slice(s), numbered from 0)")
+        if (t, z) in seen:
+            raise InputError(f"{h.path}: same frame t={t} z={z} as {headers[seen[(t, z)]].path.name}")
+        seen[(t, z)] = i
+        if _plane(h) != (Y, X):
+            raise InputError(f"{h.path}: frame is {_plane(h)[0]}x{_plane(h)[1]}, the images' "
+                             f"frames are {Y}x{X}")
+    h0 = headers[0]
+    _, _, c_ax = _plan_axes(h0, channel)
+    stack = TiffStack(files=tuple(str(h.path) for h in headers), shape=(1, len(entries), Y, X),
+                      dtype=_stack_dtype(headers),
+                      frames=(tuple((i, idx) for i, idx, _, _ in entries),),
+                      channel=_sample_channel(h0, c_ax, channel), layout="sparse",
+                      units=h0.units, scale=_scale_tuple(h0.scale))
+    return SparseFrames(stack, tuple((t, z) for _, _, t, z in entries))

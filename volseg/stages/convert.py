@@ -5,16 +5,17 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import zarr
 
 from volseg.io import store as st
-from volseg.engine.blocks import BlockGrid, BlockLedger, frame_runs, run_blocks
+from volseg.engine.blocks import BlockGrid, BlockLedger, frame_runs
 from volseg.errors import InputError
 from volseg.io.integrity import nonfinite_counts
 from volseg.io.location import locate
 from volseg.engine.outputs import open_output
-from volseg.engine.pyramid import choose_levels, write_levels
+from volseg.engine.pyramid import choose_levels, write_and_finish
 from volseg.io.tiff import DEFAULT_PATTERN, TiffStack, discover
+from volseg.io.truth import truth_label
+from volseg.ops.annotation import from_scribbles, labels_from_mask
 
 
 def to_binary(frames: np.ndarray, *, names=None) -> np.ndarray:
@@ -27,22 +28,19 @@ def to_binary(frames: np.ndarray, *, names=None) -> np.ndarray:
     InputError
         If a frame holds other values (the message names the frame and the values).
     """
-    if frames.dtype == np.bool_:
-        return frames.astype(np.uint8)
+    return _per_frame(labels_from_mask, frames, names)
+
+
+def scribble_frames(frames: np.ndarray, *, names=None) -> np.ndarray:
+    """A stack of scribble frames (0 not annotated, 1 structure, 2 background) as stored
+    truth (255 / 1 / 0, uint8)."""
+    return _per_frame(from_scribbles, frames, names)
+
+
+def _per_frame(rule, frames, names) -> np.ndarray:
     out = np.empty(frames.shape, dtype=np.uint8)
     for k, frame in enumerate(frames):
-        nonzero = frame[frame != 0]
-        if nonzero.size == 0:
-            out[k] = 0
-            continue
-        values = np.unique(nonzero)
-        if values.size == 1 and values[0] in (1, 255):
-            out[k] = frame != 0
-            continue
-        shown = ", ".join(str(v) for v in values[:6].tolist()) + (" ..." if values.size > 6 else "")
-        name = names[k] if names is not None else f"frame {k}"
-        raise InputError(f"{name}: mask has values {{0, {shown}}}; masks must be 0/1 or "
-                         "0/255 (threshold or relabel it first, or drop --mask for an image)")
+        out[k] = rule(frame, name=names[k] if names is not None else f"frame {k}")
     return out
 
 
@@ -68,11 +66,13 @@ def finite_frames(frames: np.ndarray, *, names, nonfinite: float | None) -> np.n
 
 
 def _convert_block(i: int, *, stack: TiffStack, out: str, grid: BlockGrid, mask: bool,
-                   dtype: str, nonfinite: float | None) -> int:
+                   dtype: str, nonfinite: float | None, scribbles: bool = False) -> int:
     t, zs = grid.region(i)[:2]
     frames = stack.read_frames(t.start, zs.start, zs.stop)
     names = [stack.frame_name(t.start, z) for z in range(zs.start, zs.stop)]
-    if mask:
+    if scribbles:
+        frames = scribble_frames(frames, names=names)
+    elif mask:
         frames = to_binary(frames, names=names)
     else:
         frames = finite_frames(frames, names=names, nonfinite=nonfinite)
@@ -87,6 +87,7 @@ def _convert_block(i: int, *, stack: TiffStack, out: str, grid: BlockGrid, mask:
 def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
             channel: int | None = None, chunks=None, allow_gaps: bool = False,
             nonfinite: float | None = None, pyramid: bool | None = None,
+            like=None, scribbles: bool = False, update: bool = False,
             overwrite: bool = False, client=None, progress=None, command: str | None = None,
             log=None) -> dict:
     """Convert TIFF stacks to an OME-NGFF image store ``out`` (full resolution at ``out/0``).
@@ -104,6 +105,17 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         store is built beside it and replaces it only once complete).
     mask : bool
         Annotation stack: values must be 0/1 or 0/255; stored as uint8 0/1.
+    like : path-like, optional
+        The image store the annotations belong to: the files hold some of its (t, z)
+        frames, placed by the numbers in their names (:func:`volseg.io.tiff.discover_sparse`),
+        and the truth store takes its shape, chunks and scale, every frame not given
+        not annotated (:mod:`volseg.stages.truth`).
+    scribbles : bool
+        The files are scribbles (0 not annotated, 1 structure, 2 background), stored as
+        255 / 1 / 0; implies ``mask``.
+    update : bool
+        Add the frames to the existing truth store ``out`` in place (the other frames
+        stay byte-identical); resumable, one writer.
     pattern, channel, allow_gaps :
         See :func:`volseg.io.tiff.discover`.
     chunks : str or tuple, optional
@@ -127,6 +139,13 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
         Summary: shape, dtype, chunks, shards, blocks written and skipped, raw bytes,
         pyramid levels below the full resolution.
     """
+    mask = mask or scribbles
+    if like is not None or update:
+        return _annotations(inputs, out, mask=mask, like=like, scribbles=scribbles,
+                            update=update, pattern=pattern, channel=channel, chunks=chunks,
+                            allow_gaps=allow_gaps, nonfinite=nonfinite, pyramid=pyramid,
+                            overwrite=overwrite, client=client, progress=progress,
+                            command=command, log=log)
     stack = discover(inputs, pattern=pattern, channel=channel, allow_gaps=allow_gaps)
     dtype = "uint8" if mask or stack.dtype == "bool" else stack.dtype
     if nonfinite is not None:
@@ -144,6 +163,8 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
     shards = tuple(-(-s // c) * c for s, c in zip(dshards, chunks))
     parameters = {"mask": mask, "pattern": pattern, "channel": channel, "chunks": list(chunks),
                   "shards": list(shards), "dtype": dtype}
+    if scribbles:  # absent otherwise, so other jobs keep their fingerprint
+        parameters["scribbles"] = True
     if nonfinite is not None:
         parameters["nonfinite"] = nonfinite
     levels = choose_levels(stack.shape, pyramid)
@@ -152,6 +173,8 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
     job = st.make_job("convert", command=command, sources=st.source_record(stack.files),
                       parameters=parameters)
     extra = {"content": "mask" if mask else "image", "source_layout": stack.layout}
+    if scribbles:
+        extra["annotation"] = "scribbles"
     if stack.source_indices is not None:
         extra["source_indices"] = stack.source_indices
     with open_output(out, job=job, overwrite=overwrite, what="conversion",
@@ -161,6 +184,7 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
             lambda path: st.create_image(path, shape=stack.shape, dtype=dtype, chunks=chunks,
                                          shards=shards, job=job, name=locate(out).stem,
                                          units=stack.units, scale=stack.scale, extra=extra,
+                                         ome=truth_label() if scribbles else None,
                                          levels=levels, downsampling="max" if mask else "mean"))
         grid = frame_runs(stack.shape, image.block_shape[1])
         ledger = BlockLedger(image.group, len(grid))
@@ -171,16 +195,10 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
                 f"({stack.layout}); {len(todo)} of {len(grid)} blocks to write"
                 + (f", then {levels} pyramid level(s)" if levels else ""))
         task = functools.partial(_convert_block, stack=stack, out=str(dest.write_path),
-                                 grid=grid, mask=mask, dtype=dtype, nonfinite=nonfinite)
-        # Blocks are the parallelism: zarr's own codec threads on top oversubscribe the
-        # cores (docs/decisions.md, "convert").
-        with zarr.config.set({"threading.max_workers": 1}):
-            run_blocks(task, todo, client=client, progress=progress,
-                       done_before=len(grid) - len(todo), total=len(grid), grid=grid)
-        # levels after the whole full resolution: each is made from the one above it
-        level_ledgers = write_levels(dest.write_path, client=client, progress=progress and (
-            lambda d, t: progress(len(grid) + d, len(grid) + t)))
-        st.finish(image.group, ledger, *level_ledgers)
+                                 grid=grid, mask=mask, dtype=dtype, nonfinite=nonfinite,
+                                 scribbles=scribbles)
+        write_and_finish(task, dest.write_path, image, ledger, grid, todo, client=client,
+                         progress=progress)
         shards = image.shards
         dest.commit()
     return {"path": str(out), "shape": stack.shape, "dtype": dtype, "chunks": chunks,
@@ -189,3 +207,30 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
             "raw_bytes": int(np.prod(stack.shape)) * np.dtype(dtype).itemsize,
             "source_indices": stack.source_indices, "levels": levels}
 
+
+
+def _annotations(inputs, out, *, mask, like, scribbles, update, pattern, channel, chunks,
+                 allow_gaps, nonfinite, pyramid, overwrite, client, progress, command, log):
+    """``like`` and ``update``: annotation frames placed by their own numbers
+    (:mod:`volseg.stages.truth`); the options that do not apply are refused."""
+    from volseg.stages.truth import convert_sparse, update_truth
+
+    what = "--update" if update else "--like"
+    if not mask:
+        raise InputError(f"{what} places annotation frames: add --mask (0/1 or 0/255 "
+                         "frames) or --scribbles (0/1/2 labels)", param="like" if like else "update")
+    for given, name, why in ((allow_gaps, "allow_gaps", "frames keep the numbers in their names"),
+                             (chunks is not None, "chunks", "the truth takes the images' chunks"),
+                             (nonfinite is not None, "nonfinite", "masks hold no NaN")):
+        if given:
+            raise InputError(f"does not apply with {what}: {why}", param=name)
+    if update:
+        if overwrite:
+            raise InputError("--update changes the store in place; --overwrite replaces it: "
+                             "give one", param="overwrite")
+        return update_truth(inputs, out, like=like, scribbles=scribbles, pattern=pattern,
+                            channel=channel, client=client, progress=progress,
+                            command=command, log=log)
+    return convert_sparse(inputs, out, like=like, scribbles=scribbles, pattern=pattern,
+                          channel=channel, pyramid=pyramid, overwrite=overwrite, client=client,
+                          progress=progress, command=command, log=log)

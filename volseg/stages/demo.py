@@ -39,14 +39,18 @@ class DemoSize:
     epochs: int = 25
     steps_per_epoch: int = 40
     trees: int = 30  # of the forest
+    # One round of the annotation loop: U-Net steps per round, frames annotated at the
+    # start and frames added from `suggest`.
+    loop_steps: int = 120
+    loop_frames: int = 2
     #: refuse to call the demo a success when the U-Net loses to the threshold baseline
     check: bool = True
 
 
 FULL = DemoSize()
 #: for tests and a quick look: seconds, not minutes (the Dice is not the point)
-SMALL = DemoSize(timepoints=2, depth=2, height=96, width=128, filters=4, patch=64, batch=4,
-                 epochs=2, steps_per_epoch=4, trees=10, check=False)
+SMALL = DemoSize(timepoints=2, depth=3, height=96, width=128, filters=4, patch=64, batch=4,
+                 epochs=2, steps_per_epoch=4, trees=10, check=False, loop_steps=4)
 
 
 class DemoFailed(Exception):
@@ -146,14 +150,14 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
         log(f"\n== {name}")
         times[name] = time.monotonic()
 
-    step("1/8 synth: a 4D series of branching tubes with noise and look-alike blobs")
+    step("1/9 synth: a 4D series of branching tubes with noise and look-alike blobs")
     syn = write_synth(out / "data", timepoints=size.timepoints, depth=size.depth,
                       height=size.height, width=size.width, seed=seed, overwrite=True,
                       progress=prog("synth"))
     log(f"wrote {syn['frames']} frames of {size.height}x{size.width} to {out / 'data'}/images "
         f"and /labels ({100 * syn['foreground_fraction']:.1f} % foreground)")
 
-    step("2/8 convert: TIFF folders -> OME-Zarr")
+    step("2/9 convert: TIFF folders -> OME-Zarr")
     images_path, truth_path = out / "images.zarr", out / "truth.zarr"
     convert([out / "data" / "images"], images_path, overwrite=True, progress=prog("convert"))
     convert([out / "data" / "labels"], truth_path, mask=True, overwrite=True,
@@ -161,7 +165,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     images, truth = st.open_image(images_path), st.open_image(truth_path)
     log(f"{images_path}: {images.shape} {images.dtype}; {truth_path}: binary mask")
 
-    step(f"3/8 train: U-Net ({size.filters} base filters), last time point held out, "
+    step(f"3/9 train: U-Net ({size.filters} base filters), last time point held out, "
          f"{size.epochs * size.steps_per_epoch} steps of {size.batch} patches")
     model_path = out / "model.keras"
     val_t = size.timepoints - 1
@@ -172,12 +176,12 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     log(f"model {model_path}: best epoch {summary['best_epoch']}, validation Dice "
         f"{summary['val_dice']:.3f} at threshold {summary['threshold']:.2f}")
 
-    step("4/8 predict: tiles of every frame through the U-Net -> probability + mask")
+    step("4/9 predict: tiles of every frame through the U-Net -> probability + mask")
     pred_path, tta_path = out / "pred.zarr", out / "pred-tta.zarr"
     psum, tsum, plain_seconds, tta_seconds = _predict_unet(
         images, images_path, model_path, pred_path, tta_path, val_t, out, prog, log)
 
-    step("5/8 evaluate: exact metrics over every voxel")
+    step("5/9 evaluate: exact metrics over every voxel")
     report = evaluate(pred_path, truth_path, progress=prog("evaluate"))
     tta = _tta_comparison(report, evaluate(tta_path, truth_path), val_t,
                           (plain_seconds, tta_seconds),
@@ -190,7 +194,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
 
     evaluation_figures(report, figures)
 
-    step("6/8 preview: image, truth, probability, mask and errors of one frame")
+    step("6/9 preview: image, truth, probability, mask and errors of one frame")
     previews = []
     try:
         from volseg.stages.preview import preview
@@ -200,7 +204,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     except ImportError:
         pass
 
-    step("7/8 forest: the random-forest baseline on filter features, same split")
+    step("7/9 forest: the random-forest baseline on filter features, same split")
     forest_path, forest_pred = out / "forest.model", out / "forest-pred.zarr"
     fsum = train_forest(images_path, truth_path, forest_path, val_timepoints=str(val_t),
                         trees=size.trees, seed=seed, overwrite=True, progress=prog("forest"),
@@ -212,7 +216,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     thr_all = _threshold_baseline(images, truth)
     thr_val = _threshold_baseline(images, truth, t=val_t)
 
-    step("8/8 measure: the structure per time point against the truth's")
+    step("8/9 measure: the structure per time point against the truth's")
     threshold_path = out / "threshold.zarr"
     _threshold_mask(images, thr_all["level"], threshold_path)
     spacing = (Z_STEP, 1.0, 1.0)  # synth's slices are Z_STEP pixels apart
@@ -224,12 +228,86 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
         if name == "U-Net":
             write_measure_json(m, out / "measure.json")
 
+    step(f"9/9 annotate: one round of the annotation loop ({size.loop_frames} frames "
+         f"annotated, then {size.loop_frames} more chosen by `volseg suggest`)")
+    loop = annotation_round(out, images_path, size=size, seed=seed, prog=prog, log=log)
+
     result = _result(out, val_t, times, report, forest_report, fsum, thr_all, thr_val, tta,
                      measured, previews, figures)
+    result["annotation_loop"] = loop
     result["problems"] = baseline_problems(result["methods"]) if size.check else []
     (out / "demo.json").write_text(json.dumps({k: v for k, v in result.items() if k != "report"},
                                               indent=2, default=str))
     return result
+
+
+def annotation_round(out: Path, images_path, *, size: DemoSize, seed: int, prog, log) -> dict:
+    """The loop scientists run, once: annotate a few frames (``convert --mask --like``),
+    train, predict, ask ``suggest`` which frames to annotate next, add their truth
+    (``convert --mask --update``; the demo's labels stand for the user's drawing), train
+    again from the last model (``init``). Dice on the frames annotated in neither round,
+    before and after."""
+    import shutil
+
+    from volseg.io import store as st
+    from volseg.io.tiff import frame_file_name
+    from volseg.stages.convert import convert
+    from volseg.stages.predict import predict
+    from volseg.stages.suggest import suggest
+    from volseg.training import train
+
+    loop = out / "loop"
+    if loop.exists():
+        shutil.rmtree(loop)
+    loop.mkdir()
+    labels_dir = out / "data" / "labels"
+    T, Z = size.timepoints, size.depth
+    frames = [(t, z) for t in range(T) for z in range(Z)]
+    first = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, size.loop_frames + 2)[1:-1]]
+
+    def give(picks, folder):
+        folder.mkdir()
+        for t, z in picks:
+            name = frame_file_name(t, z, timepoints=T, depth=Z)
+            shutil.copy(labels_dir / name, folder / name)
+
+    give(first, loop / "first")
+    truth = loop / "truth.zarr"
+    convert([loop / "first"], truth, mask=True, like=images_path)
+    log(f"{truth}: {len(first)} annotated frames {first} of {len(frames)}; the rest stored "
+        "as not annotated")
+    common = dict(epochs=max(1, size.loop_steps // 20), steps_per_epoch=min(20, size.loop_steps),
+                  patch=(size.patch, size.patch), batch=size.batch, filters=size.filters,
+                  seed=seed, progress=prog("train"), log=lambda m: None)
+    train(images_path, truth, loop / "model-1.keras", **common)
+    predict(images_path, loop / "model-1.keras", loop / "pred-1.zarr", progress=prog("predict"))
+    picks = [(p["t"], p["z"]) for p in suggest(loop / "pred-1.zarr", truth=truth,
+                                               n=size.loop_frames)["picks"]]
+    log(f"suggest: annotate {picks} next (the frames the model is least sure of)")
+    give(picks, loop / "suggested")
+    convert([loop / "suggested"], truth, mask=True, update=True)
+    train(images_path, truth, loop / "model-2.keras", init=loop / "model-1.keras", **common)
+    predict(images_path, loop / "model-2.keras", loop / "pred-2.zarr", progress=prog("predict"))
+    full = st.open_image(out / "truth.zarr")
+    never = [f for f in frames if f not in first and f not in picks]
+    before = _frames_dice(st.open_prediction(loop / "pred-1.zarr"), full, never)
+    after = _frames_dice(st.open_prediction(loop / "pred-2.zarr"), full, never)
+    log(f"Dice on the {len(never)} frames never annotated: {_num(before)} with "
+        f"{len(first)} annotated frames -> {_num(after)} with {len(first) + len(picks)}")
+    return {"first": first, "suggested": picks, "dice_before": before, "dice_after": after,
+            "steps_per_round": size.loop_steps, "frames_scored": len(never)}
+
+
+def _frames_dice(pred, truth, frames) -> float | None:
+    """Dice of a prediction's mask against the truth over ``frames`` (read one by one)."""
+    tp = fp = fn = 0
+    for t, z in frames:
+        m = np.asarray(pred.mask.array[t, z]) != 0
+        g = np.asarray(truth.array[t, z]) != 0
+        tp += int(np.count_nonzero(m & g))
+        fp += int(np.count_nonzero(m & ~g))
+        fn += int(np.count_nonzero(~m & g))
+    return None if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 def _demo_folder(out_dir, overwrite: bool) -> Path:
@@ -369,6 +447,12 @@ def format_summary(result: dict) -> list[str]:
                   f"{f(tta['roc_auc_plain'])} -> {f(tta['roc_auc_tta'])}; predict time per "
                   f"time point {tta['seconds_per_block_plain']:.1f} s -> "
                   f"{tta['seconds_per_block_tta']:.1f} s ({ratio})"]
+    loop = result.get("annotation_loop")
+    if loop:
+        lines += ["", f"annotation loop (U-Net, {loop['steps_per_round']} steps per round), Dice "
+                      f"on the {loop['frames_scored']} frames never annotated:",
+                  f"  {len(loop['first'])} annotated frames {f(loop['dice_before'])} -> "
+                  f"+{len(loop['suggested'])} chosen by suggest {f(loop['dice_after'])}"]
     lines += ["", "U-Net, every voxel:",
              f"{'accuracy':14s}{f(r['accuracy'])}   {'sensitivity':14s}{f(r['sensitivity'])}",
              f"{'specificity':14s}{f(r['specificity'])}   {'precision':14s}{f(r['precision'])}",

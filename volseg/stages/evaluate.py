@@ -22,6 +22,8 @@ from volseg.io import store as _store
 from volseg.engine.blocks import BlockGrid, client_threads, describe, run_blocks, usable_cores
 from volseg.errors import InputError
 from volseg.engine.outputs import write_text_atomic
+from volseg.io.truth import not_annotated
+from volseg.ops.annotation import annotated, known_labels
 from volseg.ops.metrics import ConfusionHistogram, check_binary, count_block, default_scale, metrics
 from volseg.ops.thresholds import best_level, level_threshold
 
@@ -96,6 +98,7 @@ class _Job:
     per_z: bool
     cldice: bool
     truth_name: str
+    not_annotated: int | None = None  # the truth's "not annotated" value, when recorded
 
 
 def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
@@ -106,7 +109,7 @@ def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
     region = grid.region(i)
     truth = np.asarray(job.truth[region])
     try:
-        check_binary(truth)
+        check_binary(known_labels(truth, job.not_annotated))
     except ValueError as exc:
         raise InputError(f"{job.truth_name}: block {describe(region)}: {exc}; the truth must "
                          "be a binary mask (make it with `volseg convert --mask`)") from None
@@ -116,6 +119,10 @@ def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
     if job.roi is not None:  # an ROI of one time point or slice applies to all of them
         where = _store.roi_index(job.roi.shape, region[0], region[1]) + tuple(region[2:])
         roi = np.broadcast_to(np.asarray(job.roi[where]), truth.shape)
+    if job.not_annotated is not None:  # counted: annotated voxels (inside the ROI) only
+        inside = annotated(truth, job.not_annotated)
+        truth = known_labels(truth, job.not_annotated)
+        roi = inside if roi is None else inside & (roi != 0)
     t0, z0 = region[0].start, region[1].start
     kw = dict(threshold=job.threshold, scale=job.scale, cldice=job.cldice, check=False)
 
@@ -207,6 +214,7 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
         roi=None if roi is None else roi.array,
         threshold=None if use_mask else threshold, scale=scale,
         per_z=per_z, cldice=cldice, truth_name=str(truth_path),
+        not_annotated=not_annotated(truth),
     )
     info = {
         "prediction": str(pred_path),
@@ -227,6 +235,10 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
         notes.append(f"{pred_path} was predicted inside the ROI {predicted_in.get('path')} "
                      "only; voxels outside it count as predicted background here: pass "
                      "--roi with that store to evaluate inside it")
+    if job.not_annotated is not None:
+        info["not_annotated"] = job.not_annotated
+        notes.append(f"{truth_path} marks not-annotated voxels ({job.not_annotated}): only "
+                     "annotated voxels are counted (voxels = annotated voxels)")
     if notes:
         info["note"] = "; ".join(notes)
     return Evaluation(job, shape, tuple(pred.mask.block_shape), info)
@@ -306,15 +318,18 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     total = sum(per_t.values(), 0)
     if not per_t:  # an array with no voxels at all
         total = ConfusionHistogram(histogram=np.zeros((2, 256), np.int64) if has_prob else None)
+    if ev.job.not_annotated is not None and total.voxels == 0:
+        raise InputError(f"{truth_path}: no voxel is annotated{' inside the ROI' if roi_path else ''}; "
+                         "there is nothing to evaluate against", param="truth_path")
     report = dict(ev.info)
     report.update(metrics(total))
-    report["per_timepoint"] = [{"t": int(t), **metrics(per_t[t])} for t in sorted(per_t)]
+    report["per_timepoint"] = [_row("t", t, per_t[t], ev.job) for t in sorted(per_t)]
     if has_prob:
         for row in report["per_timepoint"]:
             row["best_dice_gain"] = _gain(row["best_dice"], row["dice"])
         report["oracle_per_timepoint_threshold"] = oracle_per_timepoint(per_t)
     if per_z:
-        report["per_z"] = [{"z": int(z), **metrics(per_zd[z])} for z in sorted(per_zd)]
+        report["per_z"] = [_row("z", z, per_zd[z], ev.job) for z in sorted(per_zd)]
     report["histogram"] = None if total.histogram is None else {
         "bins": 256, "scale": "bin k = probability k/255",
         "background": total.histogram[0].tolist(), "structure": total.histogram[1].tolist()}
@@ -322,6 +337,15 @@ def evaluate(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=Fals
     report["seconds"] = seconds
     report["voxels_per_second"] = total.voxels / seconds if seconds > 0 else None
     return report
+
+
+def _row(axis: str, index, counts, job: _Job) -> dict:
+    """One per-time-point (or per-z) row; with a partial truth it says whether anything
+    there was annotated (a row without annotation has no metrics, not Dice 0 or 1)."""
+    row = {axis: int(index), **metrics(counts)}
+    if job.not_annotated is not None:
+        row["annotated"] = counts.voxels > 0
+    return row
 
 
 def _gain(best, at_threshold):

@@ -56,6 +56,23 @@ def describe_model(path) -> dict:
             "volseg_version": info.get("volseg_version")}
 
 
+def describe_annotation(store: st.ImageStore) -> dict | None:
+    """For a truth store with not-annotated voxels: the value, and the annotated share in
+    all and per time point, with the annotated frames counted (reads the whole store,
+    shard row by shard row). None for any other store."""
+    from volseg.io.truth import annotation_counts, not_annotated
+
+    value = not_annotated(store)
+    if value is None or not store.complete:
+        return None
+    counts = annotation_counts(store)
+    frame = int(store.shape[2]) * int(store.shape[3])
+    return {"not_annotated": value, "annotated_voxels": int(counts.sum()),
+            "share": float(counts.sum() / max(1, counts.size * frame)),
+            "annotated_frames": int(np.count_nonzero(counts)), "frames": int(counts.size),
+            "per_timepoint": [float(row.sum() / max(1, row.size * frame)) for row in counts]}
+
+
 def describe(path, *, channel=None, series=None) -> dict:
     """Shape, dtype, chunks, shards, codec, sizes, completeness and provenance of a store
     (or, for a model file, :func:`describe_model`)."""
@@ -76,7 +93,9 @@ def describe(path, *, channel=None, series=None) -> dict:
         arrays = [_describe_array("0", obj)]
         meta = obj.volseg
         kind = meta.get("content", "image")
+    annotation = None if isinstance(obj, st.Prediction) else describe_annotation(obj)
     return {"path": str(path), "kind": kind, "complete": obj.complete,
+            **({"annotation": annotation} if annotation else {}),
             "made_by_volseg": "volseg" in obj.group.attrs, "arrays": arrays,
             "damaged": [a["damage"] for a in arrays if a["damage"]],
             "job": meta.get("job"), "version": meta.get("version"), "created": meta.get("created"),

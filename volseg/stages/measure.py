@@ -496,6 +496,7 @@ class _Job:
     prune: float | None
     surface: bool
     picture_t: int | None
+    truth_timepoints: frozenset | None = None  # compared time points (None: every one)
 
 
 def read_binary(array, t: int) -> np.ndarray:
@@ -527,7 +528,8 @@ def measure_timepoint(i: int, *, job: _Job, grid: BlockGrid) -> dict:
         ti, zi = _store.roi_index(job.roi.shape, t, slice(None))
         roi = np.asarray(job.roi[ti, zi]) != 0
     row: dict = {"t": int(t)}
-    for name, array in (("mask", job.mask), ("truth", job.truth)):
+    truth = job.truth if job.truth_timepoints is None or t in job.truth_timepoints else None
+    for name, array in (("mask", job.mask), ("truth", truth)):
         if array is None:
             continue
         volume = read_binary(array, t)
@@ -608,9 +610,10 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
     elif not (isinstance(picture_t, (int, np.integer)) and 0 <= picture_t < shape[0]):
         raise InputError(f"{picture_t} is not a time point of {mask_path} (0..{shape[0] - 1})",
                          param="picture_t")
+    compared = _fully_annotated(truth, truth_path)
     job = _Job(mask=mask.array, truth=None if truth is None else truth.array,
                roi=None if roi is None else roi.array, spacing=sp, prune=prune,
-               surface=surface, picture_t=picture_t)
+               surface=surface, picture_t=picture_t, truth_timepoints=compared)
     info = {"mask": str(mask_path), "truth": None if truth_path is None else str(truth_path),
             "roi": None if roi_path is None else str(roi_path), "shape": list(shape),
             "spacing": dict(zip("zyx", sp)), "units": unit, "spacing_source": source,
@@ -619,7 +622,37 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
                                            f"tip branches shorter than {PRUNE_DIAMETERS:g} x "
                                            "the median diameter of each volume"),
             "task_bytes": need, "picture_t": picture_t}
+    if compared is not None:
+        left = sorted(set(range(shape[0])) - compared)
+        info["truth_timepoints"] = sorted(compared)
+        info["note"] = (f"{truth_path} is partly annotated: compared at the {len(compared)} "
+                        f"fully annotated time point(s) only; not compared: "
+                        f"{_ranges(left)}")
     return job, info
+
+
+def _ranges(values) -> str:
+    from volseg.ops.indices import format_ranges
+
+    return format_ranges(values) if values else "none"
+
+
+def _fully_annotated(truth, truth_path) -> frozenset | None:
+    """The time points of a partly annotated truth whose every voxel is annotated (a
+    structure is measured whole, so a time point with any gap is not compared); None
+    for a truth without not-annotated voxels."""
+    from volseg.io.truth import annotation_counts, not_annotated
+
+    if truth is None or not_annotated(truth) is None:
+        return None
+    counts = annotation_counts(truth)
+    full = frozenset(int(t) for t in np.flatnonzero((counts == truth.shape[2] * truth.shape[3])
+                                                    .all(axis=1)))
+    if not full:
+        raise InputError(f"{truth_path}: no time point is fully annotated; measure compares "
+                         "whole z-stacks (annotate every slice of a time point, or measure "
+                         "without --truth)", param="truth_path")
+    return full
 
 
 def summarize(rows: list[dict], keys=KEYS) -> dict:
@@ -630,9 +663,12 @@ def summarize(rows: list[dict], keys=KEYS) -> dict:
         return float(np.mean(values)) if values else None
 
     out = {key: mean(r.get(key) for r in rows) for key in keys}
-    if rows and "truth" in rows[0]:
-        out["truth"] = {key: mean(r["truth"].get(key) for r in rows) for key in keys}
-        out["relative_error"] = {key: relative_error(out[key], out["truth"][key])
+    compared = [r for r in rows if "truth" in r]
+    if compared:
+        out["truth"] = {key: mean(r["truth"].get(key) for r in compared) for key in keys}
+        # the mask's means over the same time points the truth has
+        same = {key: mean(r.get(key) for r in compared) for key in keys}
+        out["relative_error"] = {key: relative_error(same[key], out["truth"][key])
                                  for key in keys}
     return out
 
@@ -717,16 +753,16 @@ def csv_rows(report: dict) -> tuple[list[str], list[list]]:
         return ["t"], []
     keys = [k for k in (*KEYS, "surface", "prune_length") if k in rows[0]]
     header = ["t", *keys]
-    truth = "truth" in rows[0]
-    if truth:
-        header += [f"truth_{k}" for k in keys] + [f"error_{k}" for k in keys
-                                                   if k in rows[0]["relative_error"]]
+    with_truth = next((r for r in rows if "truth" in r), None)
+    errors = [] if with_truth is None else [k for k in keys if k in with_truth["relative_error"]]
+    if with_truth is not None:
+        header += [f"truth_{k}" for k in keys] + [f"error_{k}" for k in errors]
     out = []
     for r in rows:
         line = [r["t"], *(r.get(k) for k in keys)]
-        if truth:
-            line += [r["truth"].get(k) for k in keys]
-            line += [r["relative_error"][k] for k in keys if k in r["relative_error"]]
+        if with_truth is not None:  # a time point not compared leaves its truth cells empty
+            line += [(r.get("truth") or {}).get(k) for k in keys]
+            line += [(r.get("relative_error") or {}).get(k) for k in errors]
         out.append(line)
     return header, out
 
@@ -768,8 +804,9 @@ def plot_measures(report: dict, path):
             return np.array([np.nan if get(r) is None else get(r) for r in rows], float)
 
         ax.plot(t, series(lambda r: r[key]), marker=".", label="mask")
-        if rows and "truth" in rows[0]:
-            ax.plot(t, series(lambda r: r["truth"][key]), marker=".", ls="--", label="truth")
+        if any("truth" in r for r in rows):
+            ax.plot(t, series(lambda r: (r.get("truth") or {}).get(key)), marker=".", ls="--",
+                    label="truth")
         ax.set_title(labels.get(key, key.replace("_", " ")), fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:

@@ -29,9 +29,11 @@ COLOURS = {
     "fp": ((0xD5 / 255, 0x5E / 255, 0x00 / 255), 0.85),  # vermillion
     "fn": ((0x00 / 255, 0x72 / 255, 0xB2 / 255), 0.85),  # blue
     "mask": ((0x00 / 255, 0x9E / 255, 0x73 / 255), 0.55),  # bluish green (no truth)
+    "unannotated": ((0xCC / 255, 0x79 / 255, 0xA7 / 255), 0.35),  # reddish purple
 }
 LABELS = {"tp": "true positive (found)", "fp": "false positive (predicted, not in truth)",
-          "fn": "false negative (missed)", "mask": "predicted structure"}
+          "fn": "false negative (missed)", "mask": "predicted structure",
+          "unannotated": "not annotated (not counted)"}
 #: Formats matplotlib writes that make sense for a figure.
 FORMATS = (".png", ".pdf", ".svg")
 #: A grid figure holds at most this many rows (frames).
@@ -62,10 +64,15 @@ class Frame:
     probability: np.ndarray | None = None   # 0..1 floats
     truth: np.ndarray | None = None
     threshold: float | None = None
+    annotated: np.ndarray | None = None  # bool; None: every truth pixel is annotated
 
     @property
     def counts(self) -> dict | None:
-        return None if self.truth is None else confusion(self.mask, self.truth)
+        if self.truth is None:
+            return None
+        if self.annotated is None:
+            return confusion(self.mask, self.truth)
+        return confusion(self.mask[self.annotated], self.truth[self.annotated])
 
     @property
     def dice(self) -> float | None:
@@ -130,7 +137,14 @@ def read_frame(pred: st.Prediction, images: st.ImageStore, t: int, z: int, *,
     if truth is not None:
         from volseg.ops.metrics import check_binary
 
+        from volseg.io.truth import not_annotated
+        from volseg.ops.annotation import annotated, known_labels
+
         gt = np.asarray(truth.array[t, z])
+        value = not_annotated(truth)
+        if value is not None:
+            where = annotated(gt, value)
+            gt = known_labels(gt, value)
         try:  # evaluate's rule, so a preview never shows a Dice evaluate would refuse
             if gt.dtype.kind not in "biu":
                 raise ValueError(f"frame t={t} z={z} is {gt.dtype}, not an integer mask")
@@ -139,7 +153,8 @@ def read_frame(pred: st.Prediction, images: st.ImageStore, t: int, z: int, *,
             raise InputError(f"{truth.path}: {exc}; the truth must be a 0/1 mask (make it "
                              "with `volseg convert --mask`)") from None
     return Frame(t=t, z=z, image=np.asarray(images.array[t, z]), mask=np.asarray(pred.mask.array[t, z]),
-                 probability=prob, truth=gt, threshold=pred.threshold)
+                 probability=prob, truth=gt, threshold=pred.threshold,
+                 annotated=where if truth is not None and value is not None else None)
 
 
 # --------------------------------------------------------------------------- figures
@@ -193,6 +208,8 @@ def preview_figure(frames: list[Frame], *, panel_width: float = PANEL_WIDTH, dpi
         if frame.truth is not None:
             d = frame.dice
             title += "   Dice " + ("n/a (no structure in truth or mask)" if d is None else f"{d:.3f}")
+            if frame.annotated is not None:
+                title += f"   ({100 * frame.annotated.mean():.0f} % annotated)"
         fig.text(_MARGIN / width, (top + 0.30) / height, title, fontsize=10, weight="bold",
                  va="bottom", ha="left")
         for k, name in enumerate(names):
@@ -204,7 +221,8 @@ def preview_figure(frames: list[Frame], *, panel_width: float = PANEL_WIDTH, dpi
             if name == "probability":
                 prob_im = im
         top = bottom - _ROW_GAP
-    _footer(fig, names, width, height, pw, prob_im, Patch)
+    _footer(fig, names, width, height, pw, prob_im, Patch,
+            partial=any(f.annotated is not None for f in frames))
     return fig
 
 
@@ -216,6 +234,10 @@ def _draw(ax, name: str, frame: Frame):
         return ax.imshow(frame.image, cmap="gray", vmin=lo, vmax=hi, **common)
     if name == "truth":
         ax.set_title("ground truth", fontsize=8)
+        if frame.annotated is not None:  # not annotated: its own colour, never black or white
+            rgb = np.repeat(frame.truth.astype(np.float32)[..., None], 3, axis=2)
+            rgb[~frame.annotated] = COLOURS["unannotated"][0]
+            return ax.imshow(rgb, **common)
         return ax.imshow(frame.truth, cmap="gray", vmin=0, vmax=1, **common)
     if name == "probability":
         ax.set_title("probability", fontsize=8)
@@ -227,7 +249,11 @@ def _draw(ax, name: str, frame: Frame):
     if name == "errors":
         c = frame.counts
         ax.set_title(f"errors: {c['fp']:,} FP, {c['fn']:,} FN px", fontsize=8)
-        return ax.imshow(overlay(frame.image, error_layers(frame.mask, frame.truth)), **common)
+        layers = error_layers(frame.mask, frame.truth)
+        if frame.annotated is not None:
+            layers = {k: v & frame.annotated for k, v in layers.items()}
+            layers["unannotated"] = ~frame.annotated
+        return ax.imshow(overlay(frame.image, layers), **common)
     ax.set_title("mask on image", fontsize=8)
     return ax.imshow(overlay(frame.image, {"mask": frame.mask.astype(bool)}), **common)
 
@@ -236,8 +262,10 @@ def _number(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def _footer(fig, names, width, height, pw, prob_im, Patch):
+def _footer(fig, names, width, height, pw, prob_im, Patch, partial=False):
     keys = ["tp", "fp", "fn"] if "errors" in names else ["mask"]
+    if partial and "errors" in names:
+        keys.append("unannotated")
     handles = [Patch(facecolor=COLOURS[k][0], edgecolor="0.3", label=LABELS[k]) for k in keys]
     right = width - _MARGIN
     fig.legend(handles=handles, loc="lower right", ncol=len(handles), fontsize=7, frameon=False,

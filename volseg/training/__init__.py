@@ -73,6 +73,24 @@ def train(images_path, truth_path, out_path, *, progress=None, log=None,
     return run(config, progress=progress, log=log, stop=stop)
 
 
+def _learning_split(config: TrainConfig, inputs, say):
+    """What training reads of the truth (labels, and the region to learn from: annotated
+    and inside the ROI, as an array or None) and the split over the annotated frames:
+    ``(truth, roi array, split, annotated frames or None)``."""
+    from volseg.io.truth import learning_views
+    from volseg.training.sampler import split_frames
+
+    shape = inputs.image.shape
+    truth, region, annotated = learning_views(inputs.truth, inputs.roi)
+    split = split_frames(shape, val_fraction=config.val_fraction,
+                         val_timepoints=config.val_timepoints, val_frames=config.val_frames,
+                         annotated=annotated)
+    if annotated is not None:
+        say(f"{config.truth_path}: {len(annotated)} annotated frame(s) of "
+            f"{shape[0] * shape[1]}; learning from annotated pixels only")
+    return truth, (region.array if region is not None else None), split, annotated
+
+
 def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None = None) -> dict:
     """:func:`train` for a made :class:`TrainConfig`.
 
@@ -80,8 +98,7 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     runs a little over 80 lines because the steps share a dozen values (stores, split,
     index, normalisation, validator) that a further split would only pass around.
     """
-    from volseg.training.sampler import (Augment, PatchDataset, PatchSampler, scan_training_data,
-                           split_frames)
+    from volseg.training.sampler import Augment, PatchDataset, PatchSampler, scan_training_data
     from volseg.training.output import provenance_record, training_record, write_model
 
     say = log or (lambda message: None)
@@ -90,10 +107,8 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     stop = stop or StopSignal()
     stop.set_time_limit(config.time_limit)
     inputs = open_inputs(config)
-    image, truth = inputs.image, inputs.truth
-    roi = inputs.roi.array if inputs.roi is not None else None
-    split = split_frames(image.shape, val_fraction=config.val_fraction,
-                         val_timepoints=config.val_timepoints, val_frames=config.val_frames)
+    image = inputs.image
+    truth, roi, split, annotated = _learning_split(config, inputs, say)
     say(f"images {tuple(image.shape)} {image.dtype}: {len(split.train)} training and "
         f"{len(split.val)} validation frames (held out by {split.by}: "
         f"{format_ranges(split.val_indices)})")
@@ -101,7 +116,7 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     index = scan_training_data(image.array, truth.array, split.train, roi=roi, seed=config.seed)
     if index.foreground.total == 0:
         raise InputError(f"{config.truth_path}: the training frames hold no structure (no 1)"
-                         f"{' inside the ROI' if roi is not None else ''}: there is nothing "
+                         f"{' where annotated' if annotated is not None else ' inside the ROI' if roi is not None else ''}: there is nothing "
                          "to learn; annotate structure, or hold out other time points",
                          param="truth_path")
     normalization = index.percentiles(*config.percentiles)

@@ -114,6 +114,10 @@ def collect_sample(image, truth, roi, frames, *, spec: FeatureSpec, max_samples:
     return balance(np.concatenate(xs_), np.concatenate(ys_), rng=rng)
 
 
+def _where(annotated, roi) -> str:
+    return " where annotated" if annotated is not None else " inside the ROI" if roi else ""
+
+
 def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=None, series=None,
                  val_fraction: float = 0.2,
                  val_timepoints=None, val_frames=None, trees: int = 30,
@@ -159,6 +163,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     from volseg.models.unet import FORMAT, FORMAT_VERSION
     from volseg.training.sampler import split_frames
     from volseg.ops.thresholds import best_threshold, class_histograms
+    from volseg.io.truth import learning_views
     from volseg.training.config import open_stores
 
     if trees < 1:
@@ -173,8 +178,9 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     image, truth, roi = open_stores(images_path, truth_path, roi_path, channel=channel,
                                     series=series)
     check_frame_size(image.shape, images_path)
+    truth, roi, annotated = learning_views(truth, roi)
     split = split_frames(image.shape, val_fraction=val_fraction, val_timepoints=val_timepoints,
-                         val_frames=val_frames)
+                         val_frames=val_frames, annotated=annotated)
     start = time.monotonic()
     lo, hi = intensity_range(image.array, split.train)
     spec = FeatureSpec(**{**asdict(spec or FeatureSpec()), "normalization": (lo, hi)})
@@ -188,7 +194,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     if counts.min() == 0:
         missing = "no structure (no 1)" if counts[1] == 0 else "no background (no 0)"
         raise InputError(f"{truth_path}: the training frames hold only one class, "
-                         f"{missing}{' inside the ROI' if roi is not None else ''}: there is "
+                         f"{missing}{_where(annotated, roi)}: there is "
                          "nothing to learn; a classifier needs both", param="truth_path")
     forest = RandomForestClassifier(n_estimators=trees, max_depth=max_depth,
                                     min_samples_leaf=min_samples_leaf, n_jobs=-1,
@@ -219,6 +225,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
                      "class_counts": np.bincount(y, minlength=2).tolist(), "seed": seed,
                      "train_frames": len(split.train), "val_frames": len(split.val),
                      "val_split": split.by, "val_indices": split.val_indices,
+                     **({"annotated_frames": split.annotated} if split.annotated else {}),
                      "val_dice": val_dice, "seconds": round(time.monotonic() - start, 3),
                      "fit_seconds": round(fit_seconds, 3), "command": command},
         "provenance": {"images": location_text(images_path),

@@ -84,6 +84,7 @@ def training_record(config, inputs, split, val_list, loop, val, *, fg_fraction: 
         "time_limit_min": c.time_limit, "percentiles": list(c.percentiles),
         "split": {"by": split.by, "val_indices": split.val_indices,
                   "train_frames": len(split.train), "val_frames": len(split.val),
+                  **({"annotated_frames": split.annotated} if split.annotated else {}),
                   "validated_frames": [list(f) for f in val_list]},
         "epochs_run": len(loop.history), "steps_run": loop.steps,
         "best_epoch": loop.best_epoch, "stop_reason": loop.stop_reason,

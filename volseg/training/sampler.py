@@ -61,17 +61,26 @@ class Split:
     val: list[tuple[int, int]]
     by: str  # "timepoints" or "frames"
     val_indices: list[int]  # the held-out time points (or z indices when by == "frames")
+    annotated: int | None = None  # frames holding annotations, for a partial truth
 
 
 def split_frames(shape, *, val_fraction: float = 0.2, val_timepoints: str | None = None,
-                 val_frames: str | None = None) -> Split:
+                 val_frames: str | None = None, annotated=None) -> Split:
     """Hold out whole time points (or whole z-frames when T == 1) for validation.
 
     Without an explicit list, the *last* ``ceil(val_fraction * n)`` time points (or
     frames) are held out, as one block: a held-out frame then has at most one
     neighbour in training, so correlation between adjacent frames leaks as little as
     possible into the validation score.
+
+    ``annotated`` (a collection of (t, z), for a truth with not-annotated voxels) limits
+    both sides to the frames that hold annotations: ``n`` counts the time points that
+    hold any (or, when they all lie in one time point, its annotated slices).
     """
+    if annotated is not None:
+        return _split_annotated(shape, sorted({(int(t), int(z)) for t, z in annotated}),
+                                val_fraction=val_fraction, val_timepoints=val_timepoints,
+                                val_frames=val_frames)
     t_count, z_count = int(shape[0]), int(shape[1])
     if val_timepoints is not None and val_frames is not None:
         raise InputError("give held-out time points or held-out frames, not both",
@@ -105,6 +114,51 @@ def split_frames(shape, *, val_fraction: float = 0.2, val_timepoints: str | None
     key = (lambda f: f[0]) if by == "timepoints" else (lambda f: f[1])
     return Split(train=[f for f in frames if key(f) not in held_set],
                  val=[f for f in frames if key(f) in held_set], by=by, val_indices=held)
+
+
+def _split_annotated(shape, frames, *, val_fraction, val_timepoints, val_frames) -> Split:
+    """:func:`split_frames` over the annotated frames only."""
+    if len(frames) < 2:
+        raise InputError(f"{len(frames)} annotated frame(s): training needs at least two "
+                         "(one to learn from, one to validate on); annotate another frame",
+                         param="truth_path")
+    times = sorted({t for t, _ in frames})
+    if val_frames is not None and len(times) > 1:
+        raise InputError(f"the annotations span {len(times)} time points; hold out whole time "
+                         "points instead", param="val_frames")
+    by = "timepoints" if (len(times) > 1 or val_timepoints is not None) else "frames"
+    key = (lambda f: f[0]) if by == "timepoints" else (lambda f: f[1])
+    present = sorted({key(f) for f in frames})
+    axis, param = (("time point", "val_timepoints") if by == "timepoints"
+                   else ("slice", "val_frames"))
+    if val_timepoints is not None or val_frames is not None:
+        held = sorted(parse_indices(val_timepoints if by == "timepoints" else val_frames,
+                                    int(shape[0 if by == "timepoints" else 1]), param=param,
+                                    axis=axis))
+        empty = [h for h in held if h not in present]
+        if empty:
+            raise InputError(f"{axis} {format_list(empty)} hold(s) no annotation; hold out "
+                             f"annotated ones ({format_list(present)})", param=param)
+    else:
+        if not 0.0 < val_fraction < 1.0:
+            raise InputError(f"must be between 0 and 1, got {val_fraction}", param="val_fraction")
+        if len(present) < 2:
+            raise InputError("the annotations lie in one frame; annotate another frame to "
+                             "validate on", param="truth_path")
+        k = min(len(present) - 1, max(1, math.ceil(val_fraction * len(present))))
+        held = present[-k:]
+    held_set = set(held)
+    train = [f for f in frames if key(f) not in held_set]
+    if not train:
+        raise InputError("nothing left for training: every annotated frame is held out",
+                         param=param)
+    return Split(train=train, val=[f for f in frames if key(f) in held_set], by=by,
+                 val_indices=held, annotated=len(frames))
+
+
+def format_list(values) -> str:
+    shown = ", ".join(str(v) for v in list(values)[:8])
+    return shown + (" ..." if len(values) > 8 else "")
 
 
 # --------------------------------------------------------------------------- scanning
