@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, no venv yet):
 #   make demo   -- create/refresh .venv, then run `volseg demo` end to end
-#   make test   -- create/refresh .venv, then run the test suite
+#   make test   -- create/refresh .venv, then run the test suite (`make test-slow`: the slow rest)
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-slow test-all bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,12 +19,20 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/volseg demo -o $(DEMO_DIR)
 
-test: venv
-	$(BIN)/python -m pytest -q -ra
+# The suite on 2 worker processes, without the tests marked slow (under 8 minutes on
+# 2 cores); `make test-slow` runs those (trainings, end-to-end chains, real Slurm jobs).
+# CI runs both.
+PYTEST = $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile
 
-# the suite without the tests marked slow (end-to-end runs, trainings): a quick check
-test-fast: venv
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+test: venv
+	$(PYTEST) -m "not slow"
+
+test-slow: venv
+	$(PYTEST) -m slow
+
+# everything, one command
+test-all: venv
+	$(PYTEST)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

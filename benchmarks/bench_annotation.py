@@ -51,7 +51,7 @@ def load(name: str, *, seed: int = 0):
     from volseg.data.synth import synthesize
 
     if name in ("synth", "harder"):
-        images, labels = synthesize(timepoints=6, depth=8, height=160, width=192, seed=seed)
+        images, labels = synthesize(timepoints=8, depth=8, height=160, width=192, seed=seed)
         if name == "harder":
             rng = np.random.default_rng(seed + 1)
             for t in range(0, images.shape[0], 3):  # every third time point differs

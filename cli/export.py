@@ -2,6 +2,7 @@
 
 from volseg.stages.export import export_tiff
 
+from ._progress import command_line
 from ._progress import Progress, say
 from ._select import add_select_arguments, select_kwargs
 from .info import _size
@@ -38,7 +39,7 @@ def run(args) -> int:
     with Progress("export", unit=unit, quiet=args.quiet) as progress:
         summary = export_tiff(args.store, args.output, hyperstack=args.hyperstack,
                               overwrite=args.overwrite, progress=progress,
-                              **select_kwargs(args))
+                              command=command_line(), **select_kwargs(args))
     for note in summary["notes"]:
         say(args, f"note: {note}")
     t, z, y, x = summary["shape"]

@@ -50,8 +50,10 @@ _WHY_NOT = _slurm_state()
 
 
 def needs_slurm(test):
-    """Mark a test ``slurm`` and skip it, saying why, when Slurm is not up."""
-    return pytest.mark.slurm(pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))(test))
+    """Mark a test ``slurm`` (and slow: real jobs take seconds to start) and skip it,
+    saying why, when Slurm is not up."""
+    skip = pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))
+    return pytest.mark.slurm(pytest.mark.slow(skip(test)))
 
 
 def write_profile(path: Path, **changes) -> Path:

@@ -263,6 +263,7 @@ def tubes(shape, seed=0):
     return images, labels
 
 
+@pytest.mark.slow
 def test_a_context_3_model_trains_validates_and_predicts_alike(tmp_path):
     """Train with context 3; predict reads K from the model (nothing passed), and the
     validator's probabilities of the end slices equal predict's."""

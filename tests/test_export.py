@@ -227,3 +227,22 @@ def test_library_array_argument(tmp_path):
     assert (tifffile.imread(tmp_path / "p.tif") == 200).all()
     with pytest.raises(InputError, match="'probability' and 'mask'"):
         ex.export_tiff(tmp_path / "pred.zarr", tmp_path / "q", array="logits")
+
+
+@pytest.mark.parametrize("hyperstack", [False, True])
+def test_one_writer_per_export_output(tmp_path, cli, images, hyperstack):
+    # a second export to the same place, while one runs, is refused: never two writers
+    # mixing frames (or one .part file) of two stores
+    from volseg.engine.outputs import writer_lock
+    from volseg.testing import assert_refused
+
+    store = images[0].path
+    out = tmp_path / ("stack.tif" if hyperstack else "frames")
+    flag = ["--hyperstack"] if hyperstack else []
+    with writer_lock(out, command="volseg export (the first run)"):
+        assert_refused(cli("export", store, "-o", out, *flag), "another volseg is writing it",
+                       "the first run")
+    assert not out.exists()
+    code, _, err = cli("export", store, "-o", out, *flag)
+    assert code == 0, err
+    assert not list(tmp_path.glob(".*.lock"))  # the lock goes with the run

@@ -173,6 +173,7 @@ def test_damaged_chunk_refused_by_every_reader(cli, dataset, target, how):
             assert "missing or empty" in line, line
 
 
+@pytest.mark.slow
 def test_predict_refuses_damaged_or_nonfinite_images(dataset, tiny_model, tmp_path):
     """Real `volseg predict` runs (local Dask cluster, subprocesses, two at a time):
     one line naming the store and frames, no traceback and no "Compute Failed" block
@@ -478,6 +479,7 @@ def _wait_for(condition, proc, timeout=180.0, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_one_writer_and_no_stale_lock_after_kill_9(cli, tmp_path, tiny_model):
     rng = np.random.default_rng(6)
     images = make_image_store(tmp_path / "im.zarr",
@@ -738,6 +740,7 @@ def test_plots_never_replace_foreign_png(cli, dataset):
     assert foreign.read_bytes() == b"\x89PNG\r\n\x1a\n not ours"
 
 
+@pytest.mark.slow
 def test_no_command_writes_over_a_store_it_reads(tmp_path, cli):
     """However the output is spelled, a run never replaces (or writes into) what it reads."""
     images = np.random.default_rng(3).integers(0, 255, (1, 2, 24, 32), dtype=np.uint8)

@@ -163,6 +163,7 @@ np.save(sys.argv[3], np.asarray(model.predict_on_batch(x)))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+@pytest.mark.slow
 def test_tf_model_runs_under_jax(tmp_path, tiny_model, frames):
     path = tmp_path / "m.keras"
     save_model(tiny_model, path, info=tiny_info())

@@ -175,6 +175,7 @@ def test_existing_prediction_refused(tmp_path, tiny_model, client):
     np.testing.assert_array_equal(st.open_prediction(tmp_path / "p.zarr").mask.array[:], before)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_identical(tmp_path, tiny_model, client):
     arr = smooth_images((150, 1, 32, 48), seed=4)
     images = make_image_store(tmp_path / "im.zarr", arr)
@@ -209,6 +210,7 @@ def test_kill_9_then_rerun_identical(tmp_path, tiny_model, client):
     np.testing.assert_array_equal(mask, ref_mask)
 
 
+@pytest.mark.slow
 def test_roi_skips_blocks_outside_and_zeroes_pixels_outside(tmp_path, cli):
     """Blocks entirely outside the ROI are not run; inside it the prediction equals the
     full one, outside it is zero."""
@@ -322,6 +324,7 @@ def test_tta_of_a_unet_equals_the_numpy_mean_of_eight_transforms(tmp_path, tiny_
     assert np.abs(p_tta - p_plain).max() > 5 / 255  # a normal U-Net is not equivariant
 
 
+@pytest.mark.slow
 def test_tta_resume_mismatch_and_forest_refused(cli, tmp_path, tiny_model):
     images = make_image_store(tmp_path / "im.zarr", smooth_images((1, 1, 32, 32)))
     out = tmp_path / "p.zarr"

@@ -87,6 +87,7 @@ def _report(path: Path) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_chain_on_s3_equals_local_disk(s3, data, tmp_path):
     url = f"s3://{BUCKET}/chain"
     local = tmp_path / "local"
@@ -157,6 +158,7 @@ def _untimed(value):
     return value
 
 
+@pytest.mark.slow
 def test_measure_and_info_from_s3(s3, data, tmp_path):
     url = f"s3://{BUCKET}/measure"
     ok(volseg(s3, "convert", data["truth"], "--mask", "-o", f"{url}/truth.zarr", "-q"))
@@ -170,6 +172,7 @@ def test_measure_and_info_from_s3(s3, data, tmp_path):
     assert "complete" in info and f"{url}/truth.zarr" in info
 
 
+@pytest.mark.slow
 def test_overwrite_on_s3_replaces_only_when_complete(s3, data, tmp_path):
     url = f"s3://{BUCKET}/over/im.zarr"
     ok(volseg(s3, "convert", data["truth"], "--mask", "-o", url, "-q"))
@@ -183,6 +186,7 @@ def test_overwrite_on_s3_replaces_only_when_complete(s3, data, tmp_path):
     assert left == [], left  # no lock, no .volseg-new, no swap marker
 
 
+@pytest.mark.slow
 def test_interrupted_swap_is_finished_by_the_next_run(s3, data):
     from volseg.io import location
     from volseg.engine.outputs import _SWAP, _sibling, open_output
@@ -209,6 +213,7 @@ def test_interrupted_swap_is_finished_by_the_next_run(s3, data):
     assert "content: image" in r.stdout  # the new store, complete, in place
 
 
+@pytest.mark.slow
 def test_one_writer_on_s3(s3, data):
     from volseg.io import location
     from volseg.errors import InputError
@@ -274,6 +279,7 @@ def test_storage_errors_are_one_line(s3, data, tmp_path):
     assert_refused(volseg(s3, "info", f"s3://{BUCKET}/nothing.zarr"), "no such")
 
 
+@pytest.mark.slow
 def test_storage_options_flag_and_no_secret_anywhere(s3, data, tmp_path):
     """Keys given with --storage-options work (environment has wrong ones) and appear in
     no attribute, no object, no log line and no message."""
@@ -298,6 +304,7 @@ def test_storage_options_flag_and_no_secret_anywhere(s3, data, tmp_path):
     assert s3.secret not in log  # ... but never the secret (requests are signed)
 
 
+@pytest.mark.slow
 def test_train_forest_from_s3(s3, data, tmp_path):
     """Training reads its images and truth from the bucket; provenance names the URLs."""
     url = f"s3://{BUCKET}/train"
@@ -313,6 +320,7 @@ def test_train_forest_from_s3(s3, data, tmp_path):
     assert info["provenance"]["images"] == f"{url}/im.zarr"
 
 
+@pytest.mark.slow
 def test_lost_shard_on_s3_is_damage_not_data(s3, data, tmp_path):
     """The integrity rules hold on object storage: a deleted shard object is named as
     missing frames by every read (export) and by verify, never read as zeros."""

@@ -64,6 +64,7 @@ class TickingClock:
         return self.now
 
 
+@pytest.mark.slow
 def test_cosine_reaches_its_floor_at_the_time_limit(stores, tmp_path):
     from volseg.training import StopSignal
 
@@ -79,6 +80,7 @@ def test_cosine_reaches_its_floor_at_the_time_limit(stores, tmp_path):
     assert all(a >= b for a, b in zip(rates[1:], rates[2:]))
 
 
+@pytest.mark.slow
 def test_cosine_without_time_limit_ends_with_the_last_epoch(stores, tmp_path):
     base = 3e-3
     summary = train(stores / "i.zarr", stores / "t.zarr", tmp_path / "m.keras", epochs=4,
@@ -89,6 +91,7 @@ def test_cosine_without_time_limit_ends_with_the_last_epoch(stores, tmp_path):
     assert rates[-1] == pytest.approx(cosine_rate(19 / 20, base=base), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_plateau_keeps_the_rate_while_validation_improves(stores, tmp_path):
     summary = train(stores / "i.zarr", stores / "t.zarr", tmp_path / "m.keras", epochs=2,
                     steps_per_epoch=4, patch=32, batch=2, filters=2, depth=2,

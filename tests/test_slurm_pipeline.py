@@ -24,7 +24,7 @@ from test_cluster import jobs_named, needs_slurm, write_profile
 from volseg.io import store as st
 from volseg.errors import InputError
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # minutes of real Slurm jobs
 
 TINY = ["--filters", "4", "--depth", "2", "--patch", "32", "--batch", "2",
         "--steps-per-epoch", "2", "--workers", "1"]

@@ -84,6 +84,7 @@ def test_losses_respect_weights():
         make_loss("focal")
 
 
+@pytest.mark.slow
 def test_loss_goes_down(data, tmp_path):
     root = data[0]
     summary = train(root / "i.zarr", root / "t.zarr", tmp_path / "m.keras", epochs=4,
@@ -101,6 +102,7 @@ def test_loss_goes_down(data, tmp_path):
     assert by_epoch[summary["best_epoch"]] == pytest.approx(max(by_epoch.values()), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_loadable_model(trained, data):
     root, images, labels, roi = data
     model, info = load_model(trained)
@@ -124,6 +126,7 @@ def test_cli_writes_a_loadable_model(trained, data):
     assert out.shape == (2, 48, 48, 1)
 
 
+@pytest.mark.slow
 def test_a_run_that_ends_by_its_epochs_has_no_warning(trained):
     record = read_model_info(trained)["training"]
     assert record["stop_reason"] == "epochs" and "warning" not in record
@@ -131,6 +134,7 @@ def test_a_run_that_ends_by_its_epochs_has_no_warning(trained):
     assert record["compile"] in ("graph", "xla") and record["cpu"]
 
 
+@pytest.mark.slow
 def test_stored_threshold_maximises_val_dice(trained, data):
     _, images, labels, roi = data
     model, info = load_model(trained)
@@ -153,6 +157,7 @@ def test_stored_threshold_maximises_val_dice(trained, data):
     assert info["training"]["val_dice"] == pytest.approx(best, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_init_continues_from_a_model(trained, data, tmp_path):
     root = data[0]
     summary = train(root / "i.zarr", root / "t.zarr", tmp_path / "ft.keras", init=trained,
@@ -223,6 +228,7 @@ def test_bad_inputs_exit_2(data, tmp_path, cli):
     assert not (tmp_path / "m.keras").exists()
 
 
+@pytest.mark.slow
 def test_diverged_training_saves_nothing(data, tmp_path, cli):
     """A loss gone to NaN: the outputs are NaN, and a model picked on them would be
     garbage with a plausible Dice (threshold 0: everything foreground)."""
@@ -234,6 +240,7 @@ def test_diverged_training_saves_nothing(data, tmp_path, cli):
     assert not (tmp_path / "m.keras").exists()
 
 
+@pytest.mark.slow
 def test_stop_signal_ends_training_after_the_current_step(data, tmp_path):
     # What a remote cancellation does: request a stop from the progress callback.
     stop = StopSignal()

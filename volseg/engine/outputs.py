@@ -22,6 +22,8 @@ Every command that writes a store goes through :func:`open_output`:
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime as _dt
 import json
 import os
@@ -111,6 +113,21 @@ class WriterLock:
         self._stop.set()
         if _read_lock(self.path) == self.info:
             self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writer_lock(output, *, command: str | None = None):
+    """One writer for an output that is not a store (a TIFF file or folder of TIFFs): the
+    lock :class:`WriterLock` keeps beside it, held for the ``with`` block. A second run
+    to the same output is refused in one line while the first is alive."""
+    parent = Path(output).parent if str(Path(output).parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{output}: parent folder {parent} does not exist")
+    lock = WriterLock.acquire(Path(output).absolute(), command=command)
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _take_lock(output, path, *, create, stale, remove_hint: str) -> None:

@@ -33,7 +33,7 @@ from volseg.io import store as st
 from volseg.engine.blocks import frame_runs, run_blocks
 from volseg.errors import InputError
 from volseg.io.location import is_url, locate, zarr_store
-from volseg.engine.outputs import write_text_atomic
+from volseg.engine.outputs import writer_lock, write_text_atomic
 from volseg.io.store import read_node
 from volseg.io.tiff import EXPORT_MANIFEST, frame_file_name
 
@@ -293,11 +293,11 @@ def _frames_in_order(array, grid, progress, total_frames):
 
 def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = False,
                 overwrite: bool = False, progress=None, channel: int | None = None,
-                series: int | None = None) -> dict:
+                series: int | None = None, command: str | None = None) -> dict:
     """Export an image or prediction store to TIFF, streamed frame by frame.
 
-    Over 100 lines, most of them its docstring: the stage's wiring (checks, manifest,
-    blocks, commit) in order.
+    One writer at a time: a second export to the same file or folder is refused while
+    the first runs (:func:`volseg.engine.outputs.writer_lock`).
 
     Parameters
     ----------
@@ -338,6 +338,15 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
     """
     image, source, notes = open_source(store, array=array, channel=channel, series=series)
     out = Path(out)
+    with writer_lock(out, command=command):  # two exports to one place would mix
+        return _export(image, source, notes, out, hyperstack=hyperstack, overwrite=overwrite,
+                       progress=progress, channel=channel, series=series)
+
+
+def _export(image, source, notes, out: Path, *, hyperstack, overwrite, progress, channel,
+            series) -> dict:
+    """:func:`export_tiff` once the output is locked (over 100 lines with its caller:
+    the two layouts' wiring in order)."""
     shape, dtype = tuple(image.shape), np.dtype(image.dtype)
     scale, units = physical_size(image)
     meta, resolution = imagej_metadata(scale, units)
