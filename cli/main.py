@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 def _storage_error(exc: BaseException):
     """A storage service's failure (access denied, no bucket, no endpoint) met in the
     middle of a run, as one line (None: something else)."""
-    if "volseg.location" not in sys.modules:
+    if "volseg.io.location" not in sys.modules:
         return None  # no URL was used
     from volseg.io.location import remote_error
 

@@ -800,3 +800,14 @@ def test_a_lock_being_written_is_never_taken_over(tmp_path):
     finally:
         taken.release()
     assert not lock.exists()
+
+
+def test_a_name_too_long_for_the_file_system_is_one_line(cli, tmp_path):
+    # every command meets the path first through the OS: ENAMETOOLONG is the user's to fix
+    long = tmp_path / ("a" * 300 + ".zarr")
+    frames = write_frames(tmp_path / "f", np.zeros((1, 1, 8, 8), np.uint8))
+    for args in (("convert", frames, "-o", long), ("info", long), ("verify", long),
+                 ("evaluate", long, "--truth", long), ("export", long, "-o", tmp_path / "x"),
+                 ("measure", long)):
+        line = assert_refused(cli(*args), "longer than the file system allows")
+        assert len(line) < 400, line

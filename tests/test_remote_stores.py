@@ -277,6 +277,16 @@ def test_storage_errors_are_one_line(s3, data, tmp_path):
     assert_refused(volseg(s3, "--storage-options", "{not json", "info", f"s3://{BUCKET}/x"),
                    "--storage-options")
     assert_refused(volseg(s3, "info", f"s3://{BUCKET}/nothing.zarr"), "no such")
+    # no credentials anywhere (no keys, no profile, no ~/.aws), and an option s3fs lacks
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    bare.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"),
+                AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+                AWS_ENDPOINT_URL=s3.env["AWS_ENDPOINT_URL"])
+    r = subprocess.run(VOLSEG + ["info", f"s3://{BUCKET}/x.zarr"], capture_output=True,
+                       text=True, env=bare)
+    assert_refused(r, f"s3://{BUCKET}/x.zarr", "credentials", "AWS_PROFILE")
+    assert_refused(volseg(s3, "--storage-options", '{"endpoint_urll": "http://x"}', "info",
+                          f"s3://{BUCKET}/x.zarr"), "'endpoint_urll'", "--storage-options")
 
 
 @pytest.mark.slow

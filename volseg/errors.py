@@ -67,6 +67,10 @@ _OPERATIONAL = {
     "EIO": "input/output error from the storage; check the disk or file system, then rerun",
     "ENOTCONN": "the file system is not connected; remount it, then rerun",
     "ESTALE": "stale file handle on a network file system; rerun the command",
+    "ENAMETOOLONG": "a name in this path is longer than the file system allows (255 bytes "
+                    "per name on most); choose a shorter name",
+    "ELOOP": "too many levels of symbolic links (a link that points to itself?); fix "
+             "the links or give the real path",
 }
 
 
@@ -82,7 +86,9 @@ def operational_error(exc: OSError) -> OperationalError | None:
         name = "ENOSPC"  # numpy's tofile (tifffile writes with it) on a short write
     if name not in _OPERATIONAL:
         return None
-    where = exc.filename or ""
+    where = str(exc.filename or "")
+    if name == "ENAMETOOLONG" and len(where) > 120:  # the path itself would fill the line
+        where = where[:60] + "..." + where[-40:]
     err = OperationalError(f"{where + ': ' if where else ''}{_OPERATIONAL[name]}")
     err.__cause__ = None
     return err

@@ -355,6 +355,16 @@ def remote_error(exc: BaseException, where=None) -> OperationalError | None:
         return OperationalError(f"{label}: cannot reach the storage endpoint{at}; check the "
                                 "URL, AWS_ENDPOINT_URL or --storage-options, and the network, "
                                 "then rerun")
+    if name in ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"):
+        return OperationalError(f"{label}: {_short(message)}; give credentials the way AWS "
+                                "tools take them (AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials), or "
+                                "--storage-options '{\"anon\": true}' for a public bucket")
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in message:
+        key = message.rsplit("argument", 1)[-1].strip(" '\"")
+        return OperationalError(f"{label}: the storage client does not take the option "
+                                f"{key!r}; check --storage-options (s3fs options such as "
+                                "endpoint_url, key, secret, anon, profile, client_kwargs)")
     if module.startswith("aiohttp") and "ClientResponseError" in name:
         status = getattr(exc, "status", "?")  # its text may hold the URL's user:password
         return OperationalError(f"{label}: the server refused the request (HTTP {status}); "
