@@ -139,7 +139,7 @@ def run_forest(args, command) -> int:
                                log=lambda m: say(args, m))
     dice = "n/a" if summary["val_dice"] is None else f"{summary['val_dice']:.4f}"
     say(args, f"wrote {summary['path']}: random forest on {summary['samples']:,} pixels in "
-              f"{summary['seconds']:.0f} s (threshold {summary['threshold']:.4f}, validation "
+              f"{summary['seconds']:.0f} s (threshold {summary['threshold']:g}, validation "
               f"Dice {dice})")
     return 0
 
@@ -178,6 +178,6 @@ def run(args) -> int:
             overwrite=args.overwrite, command=command, progress=progress, log=log)
     finally:
         progress.close()
-    say(args, f"wrote {summary['model']} (threshold {summary['threshold']:.4f}, validation Dice "
+    say(args, f"wrote {summary['model']} (threshold {summary['threshold']:g}, validation Dice "
               f"{summary['val_dice']:.4f}), {summary['history_csv']}, {summary['curves']}")
     return 0

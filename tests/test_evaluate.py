@@ -369,3 +369,15 @@ def test_per_timepoint_best_threshold_and_oracle_equal_brute_force(tmp_path, sto
         rows = list(csv.DictReader(f))
     assert float(rows[0]["best_threshold"]) == pytest.approx(levels[0] / 255)
     assert float(rows[2]["best_dice"]) == pytest.approx(r["per_timepoint"][2]["best_dice"])
+
+
+def test_the_printed_threshold_is_the_stored_one(tmp_path):
+    # predict and train print 6 significant digits: 237/255 = 0.92941176... shows as
+    # 0.929412, and that value given back must count the stored mask, not level 238's
+    truth, prob = make_data(3)
+    stored = 237 / 255
+    pred = write_prediction(tmp_path / "p.zarr", prob, threshold=stored)
+    tru = write_image(tmp_path / "t.zarr", truth)
+    r = evaluate(pred, tru, threshold=float(f"{stored:g}"))
+    assert f"{stored:g}" == "0.929412" and r["confusion_source"] == "mask"
+    assert evaluate(pred, tru, threshold=0.93)["confusion_source"] != "mask"

@@ -198,8 +198,7 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
                          "make it with `volseg convert --mask`")
 
     stored = _stored_threshold(pred)
-    use_mask = threshold is None or (stored is not None
-                                     and abs(threshold - stored) <= _SAME_THRESHOLD)
+    use_mask = threshold is None or (stored is not None and same_threshold(threshold, stored))
     if not use_mask and prob is None:
         raise InputError(f"{pred_path} has no probability array (mask only), so it cannot be "
                          f"thresholded at {threshold}; use the stored threshold",
@@ -242,6 +241,13 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
     if notes:
         info["note"] = "; ".join(notes)
     return Evaluation(job, shape, tuple(pred.mask.block_shape), info)
+
+
+def same_threshold(given: float, stored: float) -> bool:
+    """``given`` is the stored threshold, also as volseg prints it (6 significant digits:
+    ``0.929412`` for 0.92941176...), so a threshold copied from the output counts the
+    stored mask rather than a mask one level away."""
+    return abs(given - stored) <= _SAME_THRESHOLD or f"{given:g}" == f"{stored:g}"
 
 
 def local_layout() -> dict:

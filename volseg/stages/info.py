@@ -25,7 +25,8 @@ def _describe_array(name: str, image: st.ImageStore) -> dict:
             "complete": image.complete, "made_by_volseg": image.made_by_volseg,
             "attributes": attrs, "scale": list(image.scale), "units": image.units,
             "stored_as": None if image.made_by_volseg else _stored_as(ngff, image.channel),
-            "integrity": "every chunk written, CRC32C" if image.checksummed else
+            "integrity": "every chunk written, CRC32C (info sees that shards exist; "
+                         "`volseg verify` reads and checks them)" if image.checksummed else
                          "not recorded (missing chunks cannot be detected)",
             "damage": Damage(missing, missing).describe(arr.label) if missing else None}
 
