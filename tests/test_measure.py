@@ -233,6 +233,7 @@ def _scaled_mask(path, array, scale, unit="micrometer"):
     return path
 
 
+@pytest.mark.no_ngff_check  # a scale of 0 does not validate, on purpose
 def test_voxel_sizes_recorded_differently_refused(stores, cli):
     """A mask and a truth of different voxel sizes: which is right is the user's call."""
     from volseg.io.store import open_image
@@ -249,9 +250,15 @@ def test_voxel_sizes_recorded_differently_refused(stores, cli):
     assert code == 0, err
     assert json.loads((stores / "r.json").read_text())["spacing"] == {"z": 3.0, "y": 1.0, "x": 1.0}
     # a scale of 0 recorded in the store: named, not blamed on --spacing
-    flat = _scaled_mask(stores / "flat.zarr", truth, (1.0, 0.0, 1.0, 1.0))
+    flat = _scaled_mask(stores / "flat.zarr", truth, (1.0, 1.0, 1.0, 1.0))
+    import zarr
+
+    group = zarr.open_group(flat, mode="r+")
+    ome = dict(group.attrs["ome"])
+    ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][1] = 0.0
+    group.attrs["ome"] = ome
     code, out, err = cli("measure", flat, "-q")
-    assert code == 2 and "flat.zarr: records the voxel size 0 x 1 x 1" in err, err
+    assert code == 2 and "flat.zarr: the NGFF scale" in err and "not a positive" in err, err
 
 
 def test_roi_0_255_of_one_time_point_applies_to_all(stores):
@@ -292,3 +299,34 @@ def test_cli_bad_stores_exit_2_with_one_line(stores, cli, tmp_path):
         code, out, err = cli("measure", *args, "-q")
         assert code == 2, (args, err)
         assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.no_ngff_check  # its store's metadata is damaged on purpose
+def test_edge_cases_are_finite_or_refused(tmp_path, cli):
+    from volseg.errors import InputError
+    from volseg.stages.measure import parse_spacing
+    from volseg.testing import assert_refused
+
+    # a field full of structure has no wall: no diameter (None), never inf, and JSON works
+    full = measure_volume(np.ones((4, 20, 20), np.uint8))
+    assert full["mean_diameter"] is None and full["median_diameter"] is None
+    make_image_store(tmp_path / "full.zarr", np.ones((1, 4, 20, 20), np.uint8), mask=True)
+    code, _, err = cli("measure", tmp_path / "full.zarr", "--json", tmp_path / "m.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["per_timepoint"][0]["volume"] == 1600
+    # voxel sizes that overflow, or a z step that is a unit mix-up, are the option's fault
+    for bad in ("1e308,1,1", "1e300,1,1", "1,1e-12,1"):
+        with pytest.raises(InputError, match="outside"):
+            parse_spacing(bad)
+    with pytest.raises(InputError, match="1000 times the pixel size"):
+        parse_spacing("5000,1,1")
+    # a store whose NGFF scale holds a string or null: one line from info and measure
+    import zarr
+
+    group = zarr.open_group(tmp_path / "full.zarr", mode="r+")
+    ome = dict(group.attrs["ome"])
+    ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] = \
+        ["x", 1, None, 1]
+    group.attrs["ome"] = ome
+    for command in ("info", "measure"):
+        assert_refused(cli(command, tmp_path / "full.zarr"), "NGFF scale", "not a positive number")

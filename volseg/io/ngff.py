@@ -10,6 +10,8 @@ as (t, z, y, x) through :class:`AxisView`, so every stage keeps its one shape.
 
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +69,26 @@ def _axis_names(axes) -> tuple[str, ...]:
     return tuple(str(a["name"] if isinstance(a, dict) else a).lower() for a in axes)
 
 
-def _scale_of(transforms, n: int) -> list[float]:
-    """The product of the ``scale`` transformations in a list (translations do not scale)."""
+def _scale_of(transforms, n: int, where: str = "store") -> list[float]:
+    """The product of the ``scale`` transformations in a list (translations do not scale).
+
+    Raises
+    ------
+    InputError
+        A scale value that is not a positive finite number (a string, null, 0, NaN).
+    """
     scale = [1.0] * n
     for tr in transforms or []:
         if isinstance(tr, dict) and tr.get("type") == "scale" and len(tr.get("scale", [])) == n:
-            scale = [a * float(b) for a, b in zip(scale, tr["scale"])]
+            values = tr["scale"]
+            try:
+                numbers = [float(b) for b in values]
+            except (TypeError, ValueError):
+                numbers = []
+            if len(numbers) != n or not all(math.isfinite(b) and b > 0 for b in numbers):
+                raise InputError(f"{where}: the NGFF scale {values} holds a value that is not a "
+                                 "positive number; fix the store's metadata (pixel sizes)")
+            scale = [a * b for a, b in zip(scale, numbers)]
     return scale
 
 
@@ -105,8 +121,9 @@ def parse_image(attrs, where: str = "store") -> NgffImage:
     if unknown or len(set(axes)) != len(axes) or not {"y", "x"} <= set(axes):
         raise InputError(f"{where}: axes {list(axes)} are not a subset of t, c, z, y, x with "
                          "y and x; volseg reads images whose axes are among t, c, z, y, x")
-    scale = _scale_of(datasets[0].get("coordinateTransformations"), len(axes))
-    scale = [a * b for a, b in zip(scale, _scale_of(ms.get("coordinateTransformations"), len(axes)))]
+    scale = _scale_of(datasets[0].get("coordinateTransformations"), len(axes), where)
+    scale = [a * b for a, b in zip(scale, _scale_of(ms.get("coordinateTransformations"),
+                                                    len(axes), where))]
     units = {}
     for a in ms.get("axes") or []:
         if isinstance(a, dict) and a.get("unit"):

@@ -123,7 +123,21 @@ def parse_spacing(text) -> tuple[float, float, float]:
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"every voxel size must be a positive number, got {text!r}",
                          param="spacing")
+    if not all(MIN_SIZE <= v <= MAX_SIZE for v in values):
+        raise InputError(f"voxel sizes {text!r} are outside {MIN_SIZE:g}..{MAX_SIZE:g}; give "
+                         "them in a unit that fits the data (e.g. micrometer)", param="spacing")
+    if values[0] / min(values[1:]) > MAX_ANISOTROPY:
+        raise InputError(f"the z step {values[0]:g} is more than {MAX_ANISOTROPY} times the "
+                         f"pixel size {min(values[1:]):g} (give all three in one unit)",
+                         param="spacing")
     return values
+
+
+#: Voxel sizes outside this range (in any unit) are a mistake, not a microscope; volumes
+#: and lengths from them overflow to inf.
+MIN_SIZE, MAX_SIZE = 1e-9, 1e9
+#: measure resamples each slice z step / pixel size times: beyond this it is a unit mix-up.
+MAX_ANISOTROPY = 1000
 
 
 def z_factor(spacing) -> int:
@@ -333,6 +347,7 @@ def measure_volume(mask, spacing=(1.0, 1.0, 1.0), *, prune=None, surface=False,
     del up
     if prune is None:
         d0 = _diameters(distance, np.argwhere(skel))
+        d0 = d0[np.isfinite(d0)]
         prune = PRUNE_DIAMETERS * float(np.median(d0)) if d0.size else 0.0
         del d0
     elif not (isinstance(prune, (int, float)) and math.isfinite(prune) and prune >= 0):
@@ -346,6 +361,7 @@ def measure_volume(mask, spacing=(1.0, 1.0, 1.0), *, prune=None, surface=False,
 
     out.update(_graph_measures(skel, sk_spacing))
     diam = _diameters(distance, np.argwhere(skel))
+    diam = diam[np.isfinite(diam)]  # no background in the whole field: no wall, no diameter
     del distance
     out["mean_diameter"] = float(diam.mean()) if diam.size else None
     out["median_diameter"] = float(np.median(diam)) if diam.size else None
