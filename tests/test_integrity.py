@@ -811,3 +811,29 @@ def test_a_name_too_long_for_the_file_system_is_one_line(cli, tmp_path):
                  ("measure", long)):
         line = assert_refused(cli(*args), "longer than the file system allows")
         assert len(line) < 400, line
+
+
+def test_overwrite_refuses_content_volseg_did_not_write_inside_a_store(cli, tmp_path):
+    # another tool's label image, an array beside the levels, a file among the chunks:
+    # --overwrite names it and deletes nothing (volseg's own pieces are replaced as before)
+    import zarr
+
+    frames = write_frames(tmp_path / "f", np.zeros((1, 2, 8, 8), np.uint8))
+    out = tmp_path / "im.zarr"
+    assert cli("convert", frames, "-o", out)[0] == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code, _, err = cli("convert", frames, "-o", out, "--overwrite")
+    assert code == 0, err  # only volseg's own content: replaced
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    root = zarr.open_group(out, mode="r+")
+    manual = root.require_group("labels").create_group("manual")  # no volseg attributes
+    manual.create_array("0", shape=(2, 2), dtype="uint8")
+    line = assert_refused(cli("convert", frames, "-o", out, "--overwrite"), "labels/manual")
+    assert (out / "labels" / "manual" / "0" / "zarr.json").is_file(), line
+    shutil.rmtree(out / "labels")
+    (out / "0" / "c" / "notes.txt").write_text("mine")
+    assert_refused(cli("convert", frames, "-o", out, "--overwrite"), "notes.txt")
+    assert (out / "0" / "c" / "notes.txt").read_text() == "mine"
+    (out / "0" / "c" / "notes.txt").unlink()
+    root.create_array("extra", shape=(2,), dtype="uint8")
+    assert_refused(cli("convert", frames, "-o", out, "--overwrite"), "extra")

@@ -207,26 +207,64 @@ def _stale(path: Path, holder: dict) -> bool:
 
 # --------------------------------------------------------------------------- ownership
 
+#: Arrays of a volseg group besides its multiscales datasets: the block ledgers.
+_LEDGERS = re.compile(r"^(volseg_done\w*|update_blocks)$")
+#: A chunk key's path component: the chunk's index along one axis.
+_CHUNK_PART = re.compile(r"^\d+$")
+
+
+def _owned_arrays(node: dict) -> set[str]:
+    """The arrays a volseg image group owns: the datasets its multiscales list."""
+    attrs = node.get("attributes") or {}
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
+    names = set()
+    for ms in (ome or {}).get("multiscales") or []:
+        for d in (ms.get("datasets") if isinstance(ms, dict) else None) or []:
+            if isinstance(d, dict) and "path" in d:
+                names.add(str(d["path"]).strip("/"))
+    return names
+
+
 def foreign_entries(path: Path) -> list[Path]:
-    """Files under a Zarr store that Zarr does not own (a user's notes, other data)."""
+    """What under a volseg store volseg did not write: files Zarr does not own (a user's
+    notes), and Zarr nodes of other tools (a label image under ``labels/``, an array
+    beside the levels); a group volseg wrote carries its ``volseg`` attributes."""
     if isinstance(path, RemotePath):
         return [path / key for key in _remote_foreign(path.find())]
     found: list[Path] = []
 
+    def chunks(folder: Path) -> None:
+        for entry in folder.iterdir():
+            if _ZARR_TEMP.search(entry.name):
+                continue
+            if not _CHUNK_PART.match(entry.name) or entry.is_symlink():
+                found.append(entry)
+            elif entry.is_dir():
+                chunks(entry)
+
     def walk(node_dir: Path) -> None:
         node = read_node(node_dir) or {}
+        array = node.get("node_type") == "array"
+        owned = _owned_arrays(node)
         for entry in node_dir.iterdir():
-            if entry.name == "zarr.json":
+            if entry.name == "zarr.json" or _ZARR_TEMP.search(entry.name):
                 continue
-            if node.get("node_type") == "array" and entry.name == "c" and entry.is_dir():
-                continue  # chunk keys: Zarr's
-            if entry.is_dir() and not entry.is_symlink() and (entry / "zarr.json").is_file():
-                walk(entry)
+            if array and entry.name == "c" and entry.is_dir() and not entry.is_symlink():
+                chunks(entry)
+                continue
+            child = None if array or entry.is_symlink() or not entry.is_dir() else read_node(entry)
+            if child is not None:
+                if child.get("node_type") == "array":
+                    ours = entry.name in owned or bool(_LEDGERS.match(entry.name))
+                else:
+                    ours = "volseg" in (child.get("attributes") or {}) or entry.name == "labels"
+                if ours:
+                    walk(entry)
+                else:
+                    found.append(entry)
                 continue
             if entry.is_dir() and not entry.is_symlink() and _empty_tree(entry):
                 continue  # a node a failed run began (a full disk): nothing of anyone's
-            if _ZARR_TEMP.search(entry.name):
-                continue  # zarr's own temporary file of an interrupted atomic write
             found.append(entry)
 
     walk(path)

@@ -28,7 +28,8 @@ import time
 from volseg.errors import InputError
 from volseg.ops.indices import format_ranges
 from volseg.models.unet import PRECISIONS, resolve_compile, resolve_precision
-from volseg.training.config import LOSSES, Inputs, TrainConfig, open_inputs, output_paths
+from volseg.training.config import (LOSSES, Inputs, TrainConfig, check_step_memory, open_inputs,
+                                    output_paths)
 from volseg.training.losses import SKELETON_TARGET_LOSSES, make_loss
 from volseg.training.loop import EpochLoop, LoopResult
 from volseg.training.output import plot_history, write_history
@@ -107,6 +108,7 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     stop = stop or StopSignal()
     stop.set_time_limit(config.time_limit)
     inputs = open_inputs(config)
+    check_step_memory(config, inputs.architecture)
     image = inputs.image
     truth, roi, split, annotated = _learning_split(config, inputs, say)
     say(f"images {tuple(image.shape)} {image.dtype}: {len(split.train)} training and "

@@ -291,3 +291,68 @@ def open_inputs(config: TrainConfig) -> Inputs:
         raise InputError(f"{h}x{w} must be multiples of {m} (2**depth for depth "
                          f"{architecture['depth']})", param="patch")
     return inputs
+
+
+#: Bytes a training step holds per patch pixel and base filter (activations kept for the
+#: backward pass, their gradients, the optimizer's work): measured with
+#: benchmarks/bench_train_memory.py (the slope of peak memory over the batch size).
+STEP_BYTES_PER_PIXEL_FILTER = 160
+
+
+def step_bytes(*, patch, batch: int, filters: int, context: int = 1) -> int:
+    """Estimated memory of one training step beyond the model: a U-Net keeps about
+    :data:`STEP_BYTES_PER_PIXEL_FILTER` bytes per patch pixel and base filter (the sum
+    over its levels of channels x pixels converges to twice the top level's)."""
+    h, w = patch
+    per_sample = h * w * (STEP_BYTES_PER_PIXEL_FILTER * filters + 4 * (context + 3))
+    return int(batch) * per_sample
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still use: the cgroup's limit (a Slurm job's) or the
+    machine's available memory, whichever is smaller; None if neither can be read."""
+    found = []
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            used = 0
+            for current in ("/sys/fs/cgroup/memory.current",
+                            "/sys/fs/cgroup/memory/memory.usage_in_bytes"):
+                try:
+                    used = int(open(current).read().strip())
+                    break
+                except (OSError, ValueError):
+                    continue
+            found.append(max(0, int(text) - used))
+    return min(found) if found else None
+
+
+def check_step_memory(config: "TrainConfig", architecture: dict) -> None:
+    """Refuse a batch whose training step cannot fit in this machine's memory, before
+    anything is built (one line naming --batch and the largest batch that fits)."""
+    free = available_memory()
+    if free is None:
+        return
+    filters = int(architecture.get("base_filters") or config.filters)
+    need = step_bytes(patch=config.patch, batch=config.batch, filters=filters,
+                      context=config.context)
+    if need <= free:
+        return
+    one = step_bytes(patch=config.patch, batch=1, filters=filters, context=config.context)
+    fits = max(0, free // max(one, 1))
+    h, w = config.patch
+    advice = (f"use --batch {fits} or less" if fits >= 1
+              else "even one patch does not fit: use a smaller --patch")
+    raise InputError(f"{config.batch} patches of {h}x{w} ({filters} base filters) need about "
+                     f"{need / 2**30:.1f} GiB per training step, and {free / 2**30:.1f} GiB "
+                     f"are available here; {advice}", param="batch")
+
