@@ -46,8 +46,10 @@ def test_picks_are_spread_out_and_skip_excluded_frames():
     picks = pick_frames(score, 2)
     assert picks == [(0, 10), (0, 30)]  # not the neighbour 11
     exclude = np.zeros_like(score, bool)
-    exclude[0, 10] = True
-    assert pick_frames(score, 1, exclude=exclude) == [(0, 11)]
+    exclude[0, 10] = True  # annotated: never picked, and its neighbours are covered by it
+    assert pick_frames(score, 1, exclude=exclude) == [(0, 30)]
+    two = pick_frames(score, 2, exclude=exclude)
+    assert two[0] == (0, 30) and (0, 10) not in two and (0, 11) not in two
     # more picks than room: the spacing relaxes until n are found
     assert len(set(pick_frames(score, 40))) == 40
 

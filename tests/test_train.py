@@ -317,3 +317,18 @@ def test_cli_names_the_flag(data, tmp_path, cli):
                        "-o", tmp_path / "m.h5")
     assert code == 2 and err == ("volseg train: error: -o: the model file must end in "
                                  ".keras, not 'm.h5'\n")
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training(data, tmp_path, cli):
+    from volseg.testing import assert_refused
+    from volseg.training.config import available_memory, step_bytes
+
+    root = data[0]
+    line = assert_refused(cli("train", "--images", root / "i.zarr", "--truth", root / "t.zarr",
+                              "-o", tmp_path / "m.keras", "--patch", "256", "--batch",
+                              "100000"), "--batch", "GiB", "use --batch")
+    fits = int(line.split("use --batch ")[1].split()[0])
+    one = step_bytes(patch=(256, 256), batch=1, filters=8)
+    # the largest batch that fits the memory available (which moves a little meanwhile)
+    assert 1 <= fits and fits * one <= 1.2 * available_memory()
+    assert not (tmp_path / "m.keras").exists()

@@ -90,17 +90,20 @@ def pick_frames(score: np.ndarray, n: int, *, exclude=None) -> list[tuple[int, i
     """Up to ``n`` frames (t, z) in order of ``score`` (a (t, z) array), spread out.
 
     A pick suppresses the frames within Chebyshev distance ``r`` of it, measured in
-    units of the store's extent (t / T and z / Z); ``r`` starts at ``0.5 / sqrt(n)``
-    and halves whenever no frame is left, down to 0 (then the plain ranking). Frames in
-    ``exclude`` (a boolean (t, z) array, e.g. the annotated ones) are never picked.
+    units of the store's extent (t / T and z / Z); ``r`` starts at ``0.5 / sqrt(n + k)``
+    (``k`` frames excluded) and halves whenever no frame is left, down to 0 (then the
+    plain ranking). Frames in ``exclude`` (a boolean (t, z) array, e.g. the annotated
+    ones) are never picked, and suppress their neighbours as picks do: what is
+    annotated already covers its surroundings.
     """
     score = np.asarray(score, np.float64)
     T, Z = score.shape
-    free = np.ones(score.shape, bool) if exclude is None else ~np.asarray(exclude, bool)
-    free &= np.isfinite(score)
+    excluded = np.zeros(score.shape, bool) if exclude is None else np.asarray(exclude, bool)
+    free = ~excluded & np.isfinite(score)
     order = np.argsort(-score, axis=None, kind="stable")
+    anchors = [tuple(int(v) for v in f) for f in np.argwhere(excluded)]
     picks: list[tuple[int, int]] = []
-    radius = 0.5 / math.sqrt(max(n, 1))
+    radius = 0.5 / math.sqrt(max(n + len(anchors), 1))
     while len(picks) < n and free.any():
         for flat in order:
             if len(picks) >= n:
@@ -108,7 +111,7 @@ def pick_frames(score: np.ndarray, n: int, *, exclude=None) -> list[tuple[int, i
             t, z = divmod(int(flat), Z)
             if not free[t, z]:
                 continue
-            if any(max(abs(t - a) / T, abs(z - b) / Z) < radius for a, b in picks):
+            if any(max(abs(t - a) / T, abs(z - b) / Z) < radius for a, b in picks + anchors):
                 continue
             picks.append((t, z))
             free[t, z] = False

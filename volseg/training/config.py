@@ -295,8 +295,9 @@ def open_inputs(config: TrainConfig) -> Inputs:
 
 #: Bytes a training step holds per patch pixel and base filter (activations kept for the
 #: backward pass, their gradients, the optimizer's work): measured with
-#: benchmarks/bench_train_memory.py (the slope of peak memory over the batch size).
-STEP_BYTES_PER_PIXEL_FILTER = 160
+#: benchmarks/bench_train_memory.py (the slope of peak memory over the batch size: 92-94
+#: on a 2-core AVX2 machine, patches 128 and 256, 8 and 16 filters; rounded up).
+STEP_BYTES_PER_PIXEL_FILTER = 100
 
 
 def step_bytes(*, patch, batch: int, filters: int, context: int = 1) -> int:
