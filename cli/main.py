@@ -85,6 +85,38 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command started (while the libraries load)
+        print("volseg: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        _close_clusters_quietly()
+
+
+def _close_clusters_quietly() -> None:
+    """Close what Dask clusters are still open, saying nothing: distributed's own exit
+    handler prints tracebacks for a cluster interrupted while it started (``Status.init``)
+    or slow to stop on a loaded machine (tornado's ``TimeoutError``), after volseg has
+    already said what happened in one line."""
+    module = sys.modules.get("distributed.deploy.spec")
+    if module is None:
+        return
+    import atexit
+    import contextlib
+    import logging
+
+    atexit.unregister(module.close_clusters)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    for cluster in list(module.SpecCluster._instances):
+        with contextlib.suppress(BaseException):
+            if getattr(cluster, "shutdown_on_close", False) and \
+                    str(getattr(cluster, "status", "closed")).endswith(("running", "init",
+                                                                          "starting")):
+                cluster.close(timeout=10)
+
+
+def _main(argv: list[str] | None) -> int:
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)

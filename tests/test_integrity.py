@@ -837,3 +837,25 @@ def test_overwrite_refuses_content_volseg_did_not_write_inside_a_store(cli, tmp_
     (out / "0" / "c" / "notes.txt").unlink()
     root.create_array("extra", shape=(2,), dtype="uint8")
     assert_refused(cli("convert", frames, "-o", out, "--overwrite"), "extra")
+
+
+def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
+    # while the libraries load, while the local cluster starts, while it counts: one
+    # line and exit 130 (or the run finished first), never distributed's exit tracebacks
+    from volseg.testing import make_prediction
+
+    make_prediction(tmp_path / "p.zarr", np.zeros((2, 4, 32, 32), np.uint8))
+    make_image_store(tmp_path / "t.zarr", np.zeros((2, 4, 32, 32), np.uint8), mask=True)
+    for delay in (0.3, 1.2, 1.8, 2.6):
+        p = subprocess.Popen(VOLSEG + ["evaluate", str(tmp_path / "p.zarr"), "--truth",
+                                       str(tmp_path / "t.zarr"), "-q"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert "Traceback" not in err and "Exception ignored" not in err, (delay, err[-2000:])
+        assert p.returncode in (0, 130) and len(lines) <= 1, (delay, p.returncode, err)
+        if p.returncode == 130:
+            assert "interrupted" in lines[0]
