@@ -85,35 +85,53 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    module = sys.modules.get("distributed.deploy.spec")
+    before = set(module.SpecCluster._instances) if module is not None else set()
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before a command started (while the libraries load)
+        _ignore_further_interrupts()
         print("volseg: interrupted", file=sys.stderr)
         return 130
     finally:
-        _close_clusters_quietly()
+        _close_clusters_quietly(before)
 
 
-def _close_clusters_quietly() -> None:
-    """Close what Dask clusters are still open, saying nothing: distributed's own exit
-    handler prints tracebacks for a cluster interrupted while it started (``Status.init``)
-    or slow to stop on a loaded machine (tornado's ``TimeoutError``), after volseg has
-    already said what happened in one line."""
+def _ignore_further_interrupts() -> None:
+    """Once interrupted, exit with 130 even if a second Ctrl-C (or the one pending in a
+    library's C code) arrives while volseg cleans up."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread (a notebook's worker)
+        pass
+
+
+def _close_clusters_quietly(before) -> None:
+    """Close the Dask clusters this run started and left open, saying nothing:
+    distributed's own exit handler prints tracebacks for a cluster interrupted while it
+    started (``Status.init``) or slow to stop on a loaded machine (tornado's
+    ``TimeoutError``), after volseg has already said what happened in one line. A
+    cluster that will not close is dropped from that handler's list. Clusters that were
+    open before (a notebook's, a test's) are left alone."""
     module = sys.modules.get("distributed.deploy.spec")
     if module is None:
         return
-    import atexit
     import contextlib
     import logging
 
-    atexit.unregister(module.close_clusters)
+    left = [c for c in list(module.SpecCluster._instances) if c not in before]
+    if not left:
+        return
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
-    for cluster in list(module.SpecCluster._instances):
+    for cluster in left:
         with contextlib.suppress(BaseException):
             if getattr(cluster, "shutdown_on_close", False) and \
-                    str(getattr(cluster, "status", "closed")).endswith(("running", "init",
-                                                                          "starting")):
+                    not str(getattr(cluster, "status", "closed")).endswith("closed"):
                 cluster.close(timeout=10)
+        if not str(getattr(cluster, "status", "closed")).endswith("closed"):
+            module.SpecCluster._instances.discard(cluster)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -143,6 +161,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"volseg {args.command}: error: {known}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         print(f"volseg {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
         return 130

@@ -856,6 +856,9 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
         _, err = p.communicate(timeout=120)
         lines = [line for line in err.splitlines() if line.strip()]
         assert "Traceback" not in err and "Exception ignored" not in err, (delay, err[-2000:])
-        assert p.returncode in (0, 130) and len(lines) <= 1, (delay, p.returncode, err)
-        if p.returncode == 130:
+        # 130, or killed by the SIGINT (-2, which a shell also shows as 130) when it
+        # arrives while the libraries load; 0 when the run finished first
+        assert p.returncode in (0, 130, -signal.SIGINT) and len(lines) <= 1, \
+            (delay, p.returncode, err)
+        if p.returncode != 0:
             assert "interrupted" in lines[0]
