@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN = $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: venv demo test test-slow test-all bench clean
+.PHONY: venv demo test test-fast test-slow test-all bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: venv
 
 test-slow: venv
 	$(PYTEST) -m slow
+
+# the name of `make test` before it left the slow tests out
+test-fast: test
 
 # everything, one command
 test-all: venv

@@ -7,7 +7,7 @@ from ._progress import Progress, say
 
 def add_parser(sub):
     p = sub.add_parser(
-        "demo", help="run every stage on synthetic data (about 10 minutes on 2 CPU cores)",
+        "demo", help="run every stage on synthetic data (about 15 minutes on 2 CPU cores)",
         description="Synthesise a small 4D series, convert it to OME-Zarr, train a small U-Net "
                     "briefly (last time point held out), predict, evaluate and draw figures; "
                     "prints each step, the metrics, and where everything is.")

@@ -127,7 +127,7 @@ def run_demo(out_dir, *, size: DemoSize = FULL, seed: int = 0, overwrite: bool =
     out_dir : path
         Folder for everything the demo writes (created).
     size : DemoSize
-        :data:`FULL` (the README's demo, < 10 minutes on 2 cores) or :data:`SMALL`.
+        :data:`FULL` (the README's demo, about 15 minutes on 2 cores) or :data:`SMALL`.
     progress_factory : callable, optional
         ``progress_factory(desc) -> callback(done, total)`` for the long steps.
     """
