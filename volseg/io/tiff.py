@@ -12,6 +12,7 @@ pickled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -551,6 +552,11 @@ class SparseFrames:
 
     stack: TiffStack
     positions: tuple[tuple[int, int], ...]
+
+    @functools.cached_property
+    def index(self) -> dict[tuple[int, int], int]:
+        """(t, z) -> k, the slice of ``stack`` that holds that frame."""
+        return {pos: k for k, pos in enumerate(self.positions)}
 
     def name(self, k: int) -> str:
         fi, _ = self.stack.frames[0][k]

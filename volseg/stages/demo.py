@@ -299,15 +299,15 @@ def annotation_round(out: Path, images_path, *, size: DemoSize, seed: int, prog,
 
 
 def _frames_dice(pred, truth, frames) -> float | None:
-    """Dice of a prediction's mask against the truth over ``frames`` (read one by one)."""
-    tp = fp = fn = 0
+    """Dice of a prediction's mask against the truth over ``frames`` (read one by one),
+    from preview's pixel counts."""
+    from volseg.stages.preview import confusion, dice
+
+    total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     for t, z in frames:
-        m = np.asarray(pred.mask.array[t, z]) != 0
-        g = np.asarray(truth.array[t, z]) != 0
-        tp += int(np.count_nonzero(m & g))
-        fp += int(np.count_nonzero(m & ~g))
-        fn += int(np.count_nonzero(~m & g))
-    return None if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        counts = confusion(np.asarray(pred.mask.array[t, z]), np.asarray(truth.array[t, z]))
+        total = {k: total[k] + counts[k] for k in total}
+    return dice(total)
 
 
 def _demo_folder(out_dir, overwrite: bool) -> Path:

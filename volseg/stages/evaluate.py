@@ -108,8 +108,12 @@ def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
     """
     region = grid.region(i)
     truth = np.asarray(job.truth[region])
+    inside = None
+    if job.not_annotated is not None:  # counted: annotated voxels (inside the ROI) only
+        inside = annotated(truth, job.not_annotated)
+        truth = known_labels(truth, job.not_annotated)
     try:
-        check_binary(known_labels(truth, job.not_annotated))
+        check_binary(truth)
     except ValueError as exc:
         raise InputError(f"{job.truth_name}: block {describe(region)}: {exc}; the truth must "
                          "be a binary mask (make it with `volseg convert --mask`)") from None
@@ -119,9 +123,7 @@ def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
     if job.roi is not None:  # an ROI of one time point or slice applies to all of them
         where = _store.roi_index(job.roi.shape, region[0], region[1]) + tuple(region[2:])
         roi = np.broadcast_to(np.asarray(job.roi[where]), truth.shape)
-    if job.not_annotated is not None:  # counted: annotated voxels (inside the ROI) only
-        inside = annotated(truth, job.not_annotated)
-        truth = known_labels(truth, job.not_annotated)
+    if inside is not None:
         roi = inside if roi is None else inside & (roi != 0)
     t0, z0 = region[0].start, region[1].start
     kw = dict(threshold=job.threshold, scale=job.scale, cldice=job.cldice, check=False)

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from volseg.engine.blocks import BlockLedger, frame_runs, run_blocks
-from volseg.engine.outputs import WriterLock, check_not_an_input, open_output
+from volseg.engine.outputs import check_not_an_input, open_output, writer_lock
 from volseg.engine.pyramid import choose_levels, write_and_finish, write_levels
 from volseg.errors import InputError
 from volseg.io import store as st
@@ -52,10 +52,6 @@ def _frame_values(frames: SparseFrames, k: int, scribbles: bool) -> np.ndarray:
     return from_scribbles(raw, name=name) if scribbles else labels_from_mask(raw, name=name)
 
 
-def _members(frames: SparseFrames) -> dict[tuple[int, int], int]:
-    return {pos: k for k, pos in enumerate(frames.positions)}
-
-
 def _sparse_block(i: int, *, frames: SparseFrames, out: str, grid, scribbles: bool,
                   ledger_name: str, update: bool) -> int:
     """Process function: block ``i`` (whole frames of one time point) with the given
@@ -65,9 +61,8 @@ def _sparse_block(i: int, *, frames: SparseFrames, out: str, grid, scribbles: bo
     shape = (zs.stop - zs.start,) + tuple(image.shape[2:])
     block = (np.asarray(image.array[t.start, zs]) if update
              else np.full(shape, NOT_ANNOTATED, np.uint8))
-    where = _members(frames)
     for j, z in enumerate(range(zs.start, zs.stop)):
-        k = where.get((t.start, z))
+        k = frames.index.get((t.start, z))
         if k is None:
             continue
         values = _frame_values(frames, k, scribbles)
@@ -169,8 +164,7 @@ def update_truth(inputs, out, *, like=None, scribbles: bool = False,
                       parameters={"scribbles": bool(scribbles), "pattern": pattern,
                                   "channel": channel})
     check_not_an_input(locate(out), job, what="truth store")
-    lock = WriterLock.acquire(locate(out), command=command)
-    try:
+    with writer_lock(locate(out), command=command):
         attrs = store.volseg
         # a complete store's update record is from a run that stopped after finishing
         pending = None if attrs.get("complete") else attrs.get("update")
@@ -207,8 +201,6 @@ def update_truth(inputs, out, *, like=None, scribbles: bool = False,
         ledger.delete(store.group)
         st.finish(store.group, *level_ledgers, updates=history)
         store.group.attrs["volseg"] = {k: v for k, v in store.volseg.items() if k != "update"}
-    finally:
-        lock.release()
     return {"path": str(out), "shape": shape, "frames": len(frames.positions),
             "files": len(frames.stack.files), "blocks": len(touched), "written": len(todo),
             "skipped": len(touched) - len(todo), "layout": "sparse"}

@@ -99,7 +99,8 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     runs a little over 80 lines because the steps share a dozen values (stores, split,
     index, normalisation, validator) that a further split would only pass around.
     """
-    from volseg.training.sampler import Augment, PatchDataset, PatchSampler, scan_training_data
+    from volseg.training.sampler import (Augment, PatchDataset, PatchSampler, scan_training_data,
+                                         where_learned)
     from volseg.training.output import provenance_record, training_record, write_model
 
     say = log or (lambda message: None)
@@ -118,7 +119,7 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     index = scan_training_data(image.array, truth.array, split.train, roi=roi, seed=config.seed)
     if index.foreground.total == 0:
         raise InputError(f"{config.truth_path}: the training frames hold no structure (no 1)"
-                         f"{' where annotated' if annotated is not None else ' inside the ROI' if roi is not None else ''}: there is nothing "
+                         f"{where_learned(annotated, roi)}: there is nothing "
                          "to learn; annotate structure, or hold out other time points",
                          param="truth_path")
     normalization = index.percentiles(*config.percentiles)

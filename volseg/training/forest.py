@@ -114,10 +114,6 @@ def collect_sample(image, truth, roi, frames, *, spec: FeatureSpec, max_samples:
     return balance(np.concatenate(xs_), np.concatenate(ys_), rng=rng)
 
 
-def _where(annotated, roi) -> str:
-    return " where annotated" if annotated is not None else " inside the ROI" if roi else ""
-
-
 def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=None, series=None,
                  val_fraction: float = 0.2,
                  val_timepoints=None, val_frames=None, trees: int = 30,
@@ -161,7 +157,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
 
     from volseg.version import __version__
     from volseg.models.unet import FORMAT, FORMAT_VERSION
-    from volseg.training.sampler import split_frames
+    from volseg.training.sampler import split_frames, where_learned
     from volseg.ops.thresholds import best_threshold, class_histograms
     from volseg.io.truth import learning_views
     from volseg.training.config import open_stores
@@ -194,7 +190,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     if counts.min() == 0:
         missing = "no structure (no 1)" if counts[1] == 0 else "no background (no 0)"
         raise InputError(f"{truth_path}: the training frames hold only one class, "
-                         f"{missing}{_where(annotated, roi)}: there is "
+                         f"{missing}{where_learned(annotated, roi)}: there is "
                          "nothing to learn; a classifier needs both", param="truth_path")
     forest = RandomForestClassifier(n_estimators=trees, max_depth=max_depth,
                                     min_samples_leaf=min_samples_leaf, n_jobs=-1,

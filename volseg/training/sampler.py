@@ -156,6 +156,13 @@ def _split_annotated(shape, frames, *, val_fraction, val_timepoints, val_frames)
                  val_indices=held, annotated=len(frames))
 
 
+def where_learned(annotated, roi) -> str:
+    """The words that say where the trainers look, for their messages."""
+    if annotated is not None:
+        return " where annotated"
+    return " inside the ROI" if roi is not None else ""
+
+
 def format_list(values) -> str:
     shown = ", ".join(str(v) for v in list(values)[:8])
     return shown + (" ..." if len(values) > 8 else "")
