@@ -3,17 +3,25 @@
 Writes N uncompressed 523x821 uint8 frames (default 64: 8 time points x 8 slices) as
 per-frame TIFFs, then, each in its own subprocess (so peak RSS is its own):
 
-* volseg     -- volseg.stages.convert.convert (default: local threads on every core)
+* volseg     -- volseg.stages.convert.convert (default: local threads on every core,
+                volseg's codec pipeline: zarrs where it writes what zarr-python writes)
+* volseg, zarr codecs -- the same with zarr-python's own codec pipeline (what volseg did
+                before volseg.io.codecs; ZARR_CODEC_PIPELINE__PATH set in that child)
 * baseline   -- one thread: tifffile.imread each frame + write the same Zarr layout and
-                codec (whole shards, as volseg does)
+                codec (whole shards, as volseg does) through zarr-python's pipeline
+* irreducible -- one thread, no Zarr: read the frames, Blosc-encode each (numcodecs, the
+                same codec), CRC32C it, write the bytes to one file per shard: the work
+                any converter has to do
 * ome-zarr   -- ome_zarr.writer.write_image of the whole array (held in memory)
 * volseg 8x  -- volseg on 8x the frames (peak RSS must stay flat)
 * volseg 8x, 1 core -- the same with the process pinned to one core (what parallel
                 blocks buy; under 1.2x its 2-core rate says the CPU is not the limit)
 * baseline 8x -- the single-thread loop on 8x the frames (the ratio at 8x)
 * read 8x    -- only tifffile.imread of the 8x frames, one thread (the reading's share)
+* irreducible 8x -- the one-thread floor on the 8x frames
 
-Prints MB/s of raw pixels, the ratio against the baseline of the same run, and peak RSS.
+Prints MB/s of raw pixels, the ratio against the baseline, against volseg with zarr's
+codecs and against the irreducible work of the same run, and peak RSS.
 
     .venv/bin/python benchmarks/bench_convert.py [--frames 64] [--repeat 3]
 """
@@ -31,6 +39,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line  # noqa: E402
 
 H, W = 523, 821
 
@@ -98,6 +109,28 @@ def run_omezarr(src: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "raw_bytes": int(data.nbytes)}
 
 
+def run_irreducible(src: Path, out: Path) -> dict:
+    import google_crc32c
+    import tifffile
+    from numcodecs import Blosc
+
+    blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
+    Blosc.set_nthreads(1) if hasattr(Blosc, "set_nthreads") else None
+    files = sorted(src.glob("*.tif"))
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    raw = 0
+    for k in range(0, len(files), 8):  # one file per 8 frames, as a shard
+        parts = []
+        for f in files[k:k + 8]:
+            frame = tifffile.imread(f)
+            raw += frame.nbytes
+            encoded = blosc.encode(frame)
+            parts += [encoded, google_crc32c.value(encoded).to_bytes(4, "little")]
+        (out / f"{k}").write_bytes(b"".join(parts))
+    return {"seconds": time.perf_counter() - t0, "raw_bytes": raw}
+
+
 def run_read_only(src: Path, out: Path) -> dict:
     import tifffile
 
@@ -115,7 +148,11 @@ def run_volseg_one_core(src: Path, out: Path) -> dict:
 
 
 MODES = {"volseg": run_volseg, "baseline": run_baseline, "ome-zarr": run_omezarr,
-         "volseg-1core": run_volseg_one_core, "read-only": run_read_only}
+         "volseg-1core": run_volseg_one_core, "read-only": run_read_only,
+         "volseg-zarr-codecs": run_volseg, "irreducible": run_irreducible}
+#: zarr's own setting: these children run zarr-python's codec pipeline.
+ZARR_CODECS = {"ZARR_CODEC_PIPELINE__PATH": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+ENV = {"baseline": ZARR_CODECS, "volseg-zarr-codecs": ZARR_CODECS, "ome-zarr": ZARR_CODECS}
 
 
 def child(mode: str, src: str, out: str) -> None:
@@ -127,8 +164,10 @@ def child(mode: str, src: str, out: str) -> None:
 def measure(mode: str, src: Path, work: Path) -> dict:
     out = work / f"{mode}.zarr"
     shutil.rmtree(out, ignore_errors=True)
+    import os
+
     proc = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(out)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, **ENV.get(mode, {})})
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -152,27 +191,36 @@ def main() -> None:
         make_frames(work / "x1", t, 8)
         rows = {}
         for _ in range(args.repeat):
-            for mode in ("baseline", "volseg", "ome-zarr"):
+            for mode in ("baseline", "volseg", "volseg-zarr-codecs", "irreducible", "ome-zarr"):
                 r = measure(mode, work / "x1", work)
-                best = rows.get(mode)
+                name = "volseg, zarr codecs" if mode == "volseg-zarr-codecs" else mode
+                best = rows.get(name)
                 if best is None or r["seconds"] < best["seconds"]:
-                    rows[mode] = r
+                    rows[name] = r
         if not args.skip_8x:
             make_frames(work / "x8", 8 * t, 8)
             rows["volseg 8x"] = measure("volseg", work / "x8", work)
+            rows["volseg 8x, zarr codecs"] = measure("volseg-zarr-codecs", work / "x8", work)
+            rows["irreducible 8x"] = measure("irreducible", work / "x8", work)
             rows["volseg 8x, 1 core"] = measure("volseg-1core", work / "x8", work)
             rows["baseline 8x"] = measure("baseline", work / "x8", work)
             rows["read 8x"] = measure("read-only", work / "x8", work)
-        base = rows["baseline"]["raw_bytes"] / rows["baseline"]["seconds"]
         print(f"\nconvert: {args.frames} frames of {H}x{W} uint8 (8x = {8 * args.frames}), "
-              f"best of {args.repeat}, {sys.platform}, {__import__('os').cpu_count()} cores")
-        print(f"{'mode':<18} {'MB/s':>8} {'x baseline':>11} {'x baseline 8x':>14} {'peak RSS MB':>12}")
-        base8 = (rows["baseline 8x"]["raw_bytes"] / rows["baseline 8x"]["seconds"]
-                 if "baseline 8x" in rows else float("nan"))
+              f"best of {args.repeat} at 1x, one run at 8x")
+        print(machine_line())
+
+        def rate_of(name):
+            r = rows.get(name)
+            return r["raw_bytes"] / r["seconds"] if r else float("nan")
+
+        print(f"{'mode':<24} {'MB/s':>8} {'x baseline':>11} {'x zarr codecs':>14} "
+              f"{'x irreducible':>14} {'peak RSS MB':>12}")
         for mode, r in rows.items():
-            rate = r["raw_bytes"] / r["seconds"]
-            print(f"{mode:<18} {rate / 1e6:>8.1f} {rate / base:>11.2f} {rate / base8:>14.2f} "
-                  f"{r['peak_rss_mb']:>12.0f}")
+            rate = rate_of(mode)
+            scale = " 8x" if " 8x" in mode else ""
+            print(f"{mode:<24} {rate / 1e6:>8.1f} {rate / rate_of('baseline' + scale):>11.2f} "
+                  f"{rate / rate_of('volseg' + scale + ', zarr codecs'):>14.2f} "
+                  f"{rate / rate_of('irreducible' + scale):>14.2f} {r['peak_rss_mb']:>12.0f}")
         if "volseg 8x" in rows:
             print(f"peak RSS 8x / 1x (volseg): "
                   f"{rows['volseg 8x']['peak_rss_mb'] / rows['volseg']['peak_rss_mb']:.2f}")
