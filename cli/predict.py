@@ -52,8 +52,10 @@ def add_parser(sub):
     p.add_argument("--overwrite", action="store_true", help="replace an existing PRED.zarr (and label image NAME)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     add_select_arguments(p)
-    add_cluster_arguments(p, default_threads_help="1: one block at a time, TensorFlow uses "
-                                                  "every core of its process")
+    add_cluster_arguments(p, default_workers_help="one process per 2 usable cores",
+                          default_threads_help="1: one block at a time, TensorFlow runs 2 "
+                                               "threads in each process, so a prediction is "
+                                               "the same whatever the cores and workers")
     p.set_defaults(run=run)
     return p
 
@@ -76,13 +78,15 @@ def run(args) -> int:
     import time
 
     from volseg.engine.cluster import gpu_resources, open_client
-    from volseg.stages.predict import LOCAL_THREADS, predict
+    from volseg.stages.predict import LOCAL_THREADS, local_workers, predict
 
     command = command_line()
     tile = parse_tile(args.tile)
     kw = cluster_kwargs(args)
     if kw["cluster"] == "local" and kw["threads"] is None:
         kw["threads"] = LOCAL_THREADS
+    if kw["cluster"] == "local" and kw["workers"] is None:
+        kw["workers"] = local_workers()
     start = time.monotonic()
     with open_client(**kw, log=lambda m: say(args, m)) as client, \
             Progress("predict", quiet=args.quiet) as progress:

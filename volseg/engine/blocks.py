@@ -35,6 +35,15 @@ from volseg.errors import InputError, operational_error
 from volseg.io.store import LEDGER
 
 
+#: TensorFlow's intra-op threads in every process that runs a model, whatever cores it
+#: has. oneDNN splits a convolution's sums by its number of threads, so 1 and 2 threads
+#: give probabilities that differ in the last bit (1,313 of 524,288 for a U-Net on 8
+#: tiles), while 2 threads give the same bits on 1 core or on 2: a fixed count makes a
+#: prediction the same on a laptop, a 1-core Slurm job or a 64-core node. Two threads
+#: are the best one process does on 2 cores; more cores take more worker processes.
+MODEL_THREADS = 2
+
+
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity (what Slurm, ``taskset`` or
     a container's cpuset grant it), not every core of the machine, so a job given 4 of

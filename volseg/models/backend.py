@@ -1,10 +1,13 @@
 """The Keras backend in a volseg process: imported without its C++ start-up notices on
-stderr, with the thread pools sized to the cores the process is given."""
+stderr, with a fixed number of TensorFlow threads (the same numbers on any machine
+layout: :data:`volseg.engine.blocks.MODEL_THREADS`)."""
 
 from __future__ import annotations
 
 import os
 import sys
+
+from volseg.engine.blocks import MODEL_THREADS  # noqa: F401  (re-exported)
 
 
 def import_keras():
@@ -31,6 +34,7 @@ def import_keras():
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
+            _fix_threads(tf)
             tf.constant(0)  # CUDA probing happens at the first op: keep it quiet too
     finally:
         sys.stderr.flush()
@@ -53,3 +57,37 @@ def configure_threads() -> None:
     if n:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", n)
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+def fix_model_threads() -> None:
+    """Make TensorFlow, when it starts in this process, use :data:`MODEL_THREADS`
+    intra-op threads and one inter-op thread, whatever the cores: what prediction
+    does, so its numbers do not depend on the machine layout.
+
+    Environment variables, because TensorFlow reads them when it starts (whoever
+    imports it); :func:`import_keras` applies the same through ``tf.config``. A
+    ``TF_NUM_INTRAOP_THREADS`` already set is kept (:func:`model_threads` reports it).
+    """
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(MODEL_THREADS))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+def _fix_threads(tf) -> None:
+    """Apply TF_NUM_INTRAOP/INTEROP_THREADS through tf.config too, so that
+    :func:`model_threads` can read them back."""
+    try:
+        for name, apply in (("TF_NUM_INTRAOP_THREADS", tf.config.threading.set_intra_op_parallelism_threads),
+                            ("TF_NUM_INTEROP_THREADS", tf.config.threading.set_inter_op_parallelism_threads)):
+            if os.environ.get(name, "").isdigit():
+                apply(int(os.environ[name]))
+    except RuntimeError:  # TensorFlow already ran an op: model_threads says what it uses
+        pass
+
+
+def model_threads() -> int | None:
+    """TensorFlow's intra-op threads in this process; None when TensorFlow chose
+    (it had run before volseg could set them: then it uses every core, and the last
+    bits of a prediction depend on how many this process has)."""
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads() or None

@@ -29,7 +29,7 @@ import numpy as np
 
 from volseg.engine import labels as lb
 from volseg.io import store as st
-from volseg.engine.blocks import BlockGrid, BlockLedger, run_blocks
+from volseg.engine.blocks import MODEL_THREADS, BlockGrid, BlockLedger, run_blocks, usable_cores
 from volseg.errors import DamagedDataError, InputError
 from volseg.models.forest import FeatureSpec, forest_probabilities, load_forest, tile_features
 from volseg.io.integrity import nonfinite_counts
@@ -49,6 +49,12 @@ from volseg.ops.tiling import default_tile, predict_frames, tile_plan
 #: core, so they slow each other) and added 700 MB (benchmarks/bench_predict.py).
 LOCAL_THREADS = 1
 
+
+def local_workers() -> int:
+    """Worker processes of a local cluster for predict: one per MODEL_THREADS usable
+    cores, since each process's TensorFlow runs that many threads whatever its cores."""
+    return max(1, usable_cores() // MODEL_THREADS)
+
 # Worker-process cache: (sha, precision) -> keras model. One load per worker process.
 _MODELS: dict = {}
 _MODEL_LOCK = threading.Lock()
@@ -64,9 +70,9 @@ def cached_model(model_path: str, sha: str, precision: str):
     says what was used.
     """
     with _MODEL_LOCK:
-        from volseg.models.backend import configure_threads, import_keras
+        from volseg.models.backend import fix_model_threads, import_keras
 
-        configure_threads()
+        fix_model_threads()
         import_keras()
         if precision not in _RESOLVED:
             _RESOLVED[precision] = resolve_precision(precision)
@@ -149,8 +155,12 @@ def predict_batch_fn(model, *, tta: bool = False, batch_size: int | None = None)
     """
 
     def run(batch: np.ndarray) -> np.ndarray:
-        out = model.predict_on_batch(batch)
-        return np.asarray(out, dtype=np.float32)
+        # One tile per call: oneDNN's work split depends on the batch, and a tile's
+        # probabilities changed in the last bit with its place in a batch of 4. Alone,
+        # a tile gives the same bits whatever --batch and its neighbours; whole-frame
+        # tiles lose nothing (1.79 Mpx/s at batch 1 against 1.82 at 8 on 512x512).
+        return np.concatenate([np.asarray(model.predict_on_batch(batch[k:k + 1]), np.float32)
+                               for k in range(len(batch))])
 
     if not tta:
         return run
@@ -266,7 +276,18 @@ def unet_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: st
     run_model = predict_batch_fn(model, tta=tta, batch_size=batch_size)
     p8 = block_probabilities(frames, run_model, grid=grid, i=i, tile=tile,
                              blend=blend, multiple=multiple, batch_size=batch_size)
-    return p8, {"precision": model.volseg_precision}
+    return p8, {"precision": model.volseg_precision, "numerics": numerics(model)}
+
+
+def numerics(model) -> str:
+    """What decides the last bits of a model's output in this process: precision, the
+    CPU's widest instruction set (oneDNN's kernels differ) and TensorFlow's threads."""
+    from volseg.models.backend import model_threads
+    from volseg.models.unet import cpu_isa
+
+    threads = model_threads()
+    return (f"{model.volseg_precision}, {cpu_isa()}, "
+            f"{threads if threads else 'TensorFlow default (every core)'} threads")
 
 
 def roi_inside(roi: str | None, grid: BlockGrid, i: int) -> np.ndarray | None:
@@ -353,7 +374,8 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
         Tiling (see :func:`volseg.ops.tiling.tile_plan`); defaults: whole frames up to
         ~1.1 Mpx, the model's margin as halo.
     batch_size : int
-        Tiles per model call.
+        Tiles gathered per step (memory). The model sees one tile per call, so the
+        probabilities do not depend on it.
     tta : bool
         Test-time augmentation (U-Net models only): each tile's probabilities are the
         mean over its 8 dihedral transforms (the rotations by 90 degrees and their
@@ -441,11 +463,14 @@ def _write(plan, out, *, probability, labels_into, overwrite, client, resources,
                                  probability=probability, roi=roi_arg, model_path=model,
                                  sha=sha, select=select, **method["kwargs"])
         used = set(pred.volseg.get("precision_used") or [])
+        numerics_used = set(pred.volseg.get("numerics_used") or [])
         skipped = {"blocks": 0}
 
         def note(_, result):
             if result.get("precision"):
                 used.add(result["precision"])
+            if result.get("numerics"):
+                numerics_used.add(result["numerics"])
             skipped["blocks"] += result.get("roi_skipped", 0)
 
         run_blocks(task, todo, client=client, threads=method["threads"] if client is None else None,
@@ -464,13 +489,15 @@ def _write(plan, out, *, probability, labels_into, overwrite, client, resources,
             lb.write_label(locate(dest.write_path) / "mask", image, label_path.name,
                            job=label_job, overwrite=overwrite, client=client,
                            command=command)
-        st.finish(pred.group, ledger, precision_used=sorted(used))
+        st.finish(pred.group, ledger, precision_used=sorted(used),
+                  numerics_used=sorted(numerics_used))
         dest.commit()
     return {"path": str(out), "shape": shape, "blocks": len(grid), "computed": len(todo),
             "skipped": len(grid) - len(todo), "threshold": threshold,
             "pixels": int(np.prod(shape)), "kind": info.get("kind", "unet"), "tta": tta,
             "roi_skipped": skipped["blocks"],
             "precision": method["extra"].get("precision"), "precision_used": sorted(used),
+            "numerics_used": sorted(numerics_used),
             "tiling": method["extra"].get("tiling"), "levels": levels,
             "labels": str(label_path) if labels_into is not None else None}
 
