@@ -860,5 +860,5 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
         # arrives while the libraries load; 0 when the run finished first
         assert p.returncode in (0, 130, -signal.SIGINT) and len(lines) <= 1, \
             (delay, p.returncode, err)
-        if p.returncode != 0:
+        if p.returncode == 130:  # -2: killed before Python's own handler was in place
             assert "interrupted" in lines[0]

@@ -65,8 +65,9 @@ def finite_frames(frames: np.ndarray, *, names, nonfinite: float | None) -> np.n
     return frames
 
 
-def _convert_block(i: int, *, stack: TiffStack, out: str, grid: BlockGrid, mask: bool,
-                   dtype: str, nonfinite: float | None, scribbles: bool = False) -> int:
+def _convert_block(i: int, *, stack: TiffStack, array, ledger: BlockLedger, grid: BlockGrid,
+                   mask: bool, dtype: str, nonfinite: float | None,
+                   scribbles: bool = False) -> int:
     t, zs = grid.region(i)[:2]
     frames = stack.read_frames(t.start, zs.start, zs.stop)
     names = [stack.frame_name(t.start, z) for z in range(zs.start, zs.stop)]
@@ -78,9 +79,10 @@ def _convert_block(i: int, *, stack: TiffStack, out: str, grid: BlockGrid, mask:
         frames = finite_frames(frames, names=names, nonfinite=nonfinite)
         if frames.dtype != np.dtype(dtype):
             frames = frames.astype(dtype)
-    image = st.open_image(out, require_complete=False, mode="r+")
-    image.array[t.start, zs] = frames
-    BlockLedger(image.group, len(grid)).mark_done(i)
+    # the store opened once by convert, not per block: opening took a third of a block's
+    # time (8.4 of 31.7 ms for 8 frames of 523x821, benchmarks/bench_convert.py)
+    array[t.start, zs] = frames
+    ledger.mark_done(i)
     return int(frames.nbytes)
 
 
@@ -194,8 +196,8 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
             log(f"{verb} {out}: {stack.shape} {dtype} from {len(stack.files)} file(s) "
                 f"({stack.layout}); {len(todo)} of {len(grid)} blocks to write"
                 + (f", then {levels} pyramid level(s)" if levels else ""))
-        task = functools.partial(_convert_block, stack=stack, out=str(dest.write_path),
-                                 grid=grid, mask=mask, dtype=dtype, nonfinite=nonfinite,
+        task = functools.partial(_convert_block, stack=stack, array=image.array,
+                                 ledger=ledger, grid=grid, mask=mask, dtype=dtype, nonfinite=nonfinite,
                                  scribbles=scribbles)
         write_and_finish(task, dest.write_path, image, ledger, grid, todo, client=client,
                          progress=progress)
