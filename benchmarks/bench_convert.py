@@ -112,10 +112,12 @@ def run_omezarr(src: Path, out: Path) -> dict:
 def run_irreducible(src: Path, out: Path) -> dict:
     import google_crc32c
     import tifffile
-    from numcodecs import Blosc
+    from numcodecs import Blosc, blosc as blosc_library
 
+    # one thread: Blosc would otherwise compress on every core from the main thread
+    blosc_library.use_threads = False
+    blosc_library.set_nthreads(1)
     blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
-    Blosc.set_nthreads(1) if hasattr(Blosc, "set_nthreads") else None
     files = sorted(src.glob("*.tif"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

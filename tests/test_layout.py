@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -105,4 +104,3 @@ def test_predict_writes_the_same_bytes_whatever_the_layout(tmp_path):
     for pred, _, _ in runs.values():
         (used,) = pred.volseg["numerics_used"]
         assert used.startswith("float32, ") and used.endswith(", 2 threads"), used
-    json.dumps(runs["default"][0].volseg["numerics_used"])

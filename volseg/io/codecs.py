@@ -17,7 +17,6 @@ round). It is used here with two limits:
   write goes to zarr-python's pipeline, which writes them.
 * **Local files only.** zarrs reads a local directory; stores at URLs (S3, HTTPS) use
   zarr-python's pipeline as before, without zarrs' "unsupported store" warning.
-
 * **Whole chunks only, for reads too.** zarrs checks every CRC32C when it decodes a whole
   shard, but not when it reads part of one (a frame of a shard, a halo): a flipped byte
   there came back as data. So only whole-shard reads go to zarrs; a partial read goes to
@@ -140,8 +139,6 @@ if ZarrsCodecPipeline is not None:
             batch_info = list(batch_info)
             if self.impl is None:
                 return [], batch_info
-            if self.python_impl is None:
-                return batch_info, []
             whole, part = [], []
             for item in batch_info:
                 (whole if to_zarrs(item) else part).append(item)

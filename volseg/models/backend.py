@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from volseg.engine.blocks import MODEL_THREADS  # noqa: F401  (re-exported)
+from volseg.engine.blocks import MODEL_THREADS
 
 
 def import_keras():
@@ -76,8 +76,9 @@ def _fix_threads(tf) -> None:
     """Apply TF_NUM_INTRAOP/INTEROP_THREADS through tf.config too, so that
     :func:`model_threads` can read them back."""
     try:
-        for name, apply in (("TF_NUM_INTRAOP_THREADS", tf.config.threading.set_intra_op_parallelism_threads),
-                            ("TF_NUM_INTEROP_THREADS", tf.config.threading.set_inter_op_parallelism_threads)):
+        threading = tf.config.threading
+        for name, apply in (("TF_NUM_INTRAOP_THREADS", threading.set_intra_op_parallelism_threads),
+                            ("TF_NUM_INTEROP_THREADS", threading.set_inter_op_parallelism_threads)):
             if os.environ.get(name, "").isdigit():
                 apply(int(os.environ[name]))
     except RuntimeError:  # TensorFlow already ran an op: model_threads says what it uses

@@ -55,6 +55,7 @@ def local_workers() -> int:
     cores, since each process's TensorFlow runs that many threads whatever its cores."""
     return max(1, usable_cores() // MODEL_THREADS)
 
+
 # Worker-process cache: (sha, precision) -> keras model. One load per worker process.
 _MODELS: dict = {}
 _MODEL_LOCK = threading.Lock()
