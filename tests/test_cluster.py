@@ -92,6 +92,24 @@ def test_local_worker_processes_know_their_thread_count():
         assert list(env.values()) == ["1", "1"]
 
 
+def test_local_worker_processes_say_nothing_below_critical(capfd):
+    # a worker's ERROR logs are tracebacks volseg reports in one line (a failed task) or
+    # that mean nothing to a user (a heartbeat failing while an interrupted run closes)
+    import logging
+
+    def fail():
+        logging.getLogger("distributed.worker").error("a worker's error log")
+        raise ValueError("a task's error")
+
+    with open_client("local", workers=1, threads=1) as client:
+        levels = client.run(lambda: logging.getLogger("distributed.worker").getEffectiveLevel())
+        assert list(levels.values()) == [logging.CRITICAL]
+        with pytest.raises(ValueError, match="a task's error"):
+            client.submit(fail, pure=False).result()
+    err = capfd.readouterr().err
+    assert "a worker's error log" not in err and "Compute Failed" not in err, err
+
+
 def test_local_client_refuses_slurm_options():
     with pytest.raises(InputError, match="jobs: only for a Slurm cluster"):
         with open_client("local", jobs=2):

@@ -28,11 +28,15 @@ def local_client(*, workers, threads, processes):
     # distributed starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB, so each block's
     # buffers go back to the kernel and fault in again (~8,700 page faults per block);
     # larger glibc thresholds make evaluate ~1.6x faster (benchmarks/bench_evaluate.py).
-    malloc = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(128 * 2**20),
+    config = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(128 * 2**20),
               "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
     import dask
 
-    with dask.config.set(malloc), \
+    if processes:  # in threads of this process (a notebook) its logging is the caller's
+        preload = list(dask.config.get("distributed.worker.preload", None) or [])
+        config["distributed.worker.preload"] = preload + ["volseg.engine.cluster.worker_logs"]
+
+    with dask.config.set(config), \
             LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
                          dashboard_address=":0", silence_logs=logging.ERROR, **extra) as lc:
         with Client(lc) as client:
