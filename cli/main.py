@@ -203,5 +203,20 @@ def _quiet_broken_pipe() -> int:
     return 141  # 128 + SIGPIPE, as a shell tool killed by the closed pipe would
 
 
+def console() -> None:
+    """The ``volseg`` program: :func:`main`, then exit ignoring Ctrl-C. One pressed after
+    the command finished, while Python waits for library threads at exit, would print
+    "Exception ignored in <module 'threading'>" and a traceback under the command's
+    last line. :func:`main` itself leaves the caller's SIGINT handler alone (a notebook's,
+    a test's)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # in the instant between main's own handling and this line
+        code = 130
+        print("volseg: interrupted", file=sys.stderr)
+    _ignore_further_interrupts()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

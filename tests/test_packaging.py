@@ -35,6 +35,6 @@ def test_wheel_contents_and_entry_point(tmp_path):
     assert not set(packages + cli) - names, sorted(set(packages + cli) - names)
     meta = zipfile.ZipFile(wheel)
     (entry,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-    assert "volseg = volseg_cli.main:main" in meta.read(entry).decode()
+    assert "volseg = volseg_cli.main:console" in meta.read(entry).decode()
     (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
     assert "License-Expression: MIT" in meta.read(metadata).decode()

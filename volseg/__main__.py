@@ -1,8 +1,6 @@
 """``python -m volseg``: the ``volseg`` command."""
 
-import sys
-
-from volseg_cli.main import main
+from volseg_cli.main import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
