@@ -17,7 +17,7 @@ from volseg.version import __version__
 from volseg.errors import InputError
 
 COMMANDS = ["synth", "convert", "info", "verify", "train", "predict", "evaluate", "demo", "preview",
-            "export", "measure", "suggest"]
+            "export", "export_model", "measure", "suggest"]
 
 #: Library parameter names whose flag is not simply ``--`` + the name with dashes.
 #: The one place where the library's vocabulary meets the command line's.
@@ -31,6 +31,7 @@ FLAGS = {
     "model_path": "--model",
     "jobqueue_config": "--jobqueue-config",
     "labels_into": "--labels-into-images",
+    "authors": "--author",
 }
 
 

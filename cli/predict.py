@@ -19,7 +19,9 @@ def add_parser(sub):
     p.add_argument("images", metavar="IMAGES.zarr",
                    help="image store from `volseg convert`, or any OME-NGFF image")
     p.add_argument("--model", required=True, metavar="MODEL",
-                   help="model from `volseg train` (a U-Net or a forest: told apart by content)")
+                   help="model from `volseg train` (a U-Net or a forest: told apart by "
+                        "content), or a BioImage Model Zoo package (.zip or rdf.yaml; run "
+                        "with ONNX Runtime)")
     p.add_argument("-o", "--output", required=True, metavar="PRED.zarr")
     p.add_argument("--threshold", default="auto",
                    help="mask threshold in [0, 1], or 'auto' for the model's (default)")

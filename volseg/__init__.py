@@ -31,7 +31,8 @@ from volseg.errors import InputError  # noqa: E402
 from volseg.version import __version__  # noqa: E402
 
 #: The API functions, from :mod:`volseg.api` on first use.
-_API = ("convert", "train", "predict", "evaluate", "suggest", "verify", "open")
+_API = ("convert", "train", "predict", "evaluate", "suggest", "verify", "export_model",
+        "open")
 
 __all__ = ["InputError", "__version__", *_API]
 

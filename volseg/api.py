@@ -21,7 +21,8 @@ from pathlib import Path
 
 from volseg.errors import InputError
 
-__all__ = ["convert", "train", "predict", "evaluate", "suggest", "verify", "open"]
+__all__ = ["convert", "train", "predict", "evaluate", "suggest", "verify", "export_model",
+           "open"]
 
 
 class _Bar:
@@ -163,7 +164,8 @@ def predict(images, model, out, *, threshold="auto", channel: int | None = None,
     images : path-like
         Image store (volseg's, or any OME-NGFF image or bioformats2raw root).
     model : path-like
-        A model file from :func:`train` (U-Net or forest).
+        A model file from :func:`train` (U-Net or forest), or a BioImage Model Zoo
+        package (``.zip``, folder or ``rdf.yaml``; :func:`export_model` writes one).
     out : path-like
         The prediction store (``probability`` and ``mask``); an interrupted one resumes.
     threshold : float or "auto"
@@ -270,6 +272,28 @@ def suggest(prediction, *, truth=None, n: int = 10, progress=True, storage_optio
 
     with _progress(progress, "suggest") as bar:
         return run(prediction, truth=truth, n=n, progress=bar, **options)
+
+
+def export_model(model, out, *, images=None, authors=None, license: str = "CC-BY-4.0",
+                 name: str | None = None, overwrite: bool = False) -> dict:
+    """A volseg U-Net as a BioImage Model Zoo package (``volseg export-model``).
+
+    ``out`` is the ``.zip`` to write: ONNX and Keras weights, the normalisation as the
+    spec's preprocessing, the tile halo, test tensors cut from ``images`` (default: the
+    training images the model records), a cover, documentation, ``authors`` (default:
+    this user's login name) and ``license`` (SPDX). The package validates with the
+    bioimage.io spec library; ``volseg.predict(images, "PACKAGE.zip", out)`` runs it (or
+    another 2D zoo model with one channel in and one probability out) over any store.
+
+    Returns
+    -------
+    dict
+        ``path``, ``name``, ``weights``, ``test_shape``, ``threshold``, ``halo``.
+    """
+    from volseg.stages.package import export_model as run
+
+    return run(model, out, images=images, authors=authors, license=license, name=name,
+               overwrite=overwrite)
 
 
 def verify(store, *, channel: int | None = None, series: int | None = None, progress=True,

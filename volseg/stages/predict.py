@@ -31,6 +31,7 @@ from volseg.engine import labels as lb
 from volseg.io import store as st
 from volseg.engine.blocks import MODEL_THREADS, BlockGrid, BlockLedger, run_blocks, usable_cores
 from volseg.errors import DamagedDataError, InputError
+from volseg.models import zoo
 from volseg.models.forest import FeatureSpec, forest_probabilities, load_forest, tile_features
 from volseg.io.integrity import nonfinite_counts
 from volseg.io.location import RemotePath, is_remote, locate
@@ -358,7 +359,9 @@ def predict(images, model, out, *, channel: int | None = None, series: int | Non
     channel, series : int, optional
         The channel (images with a ``c`` axis) and the bioformats2raw series to read.
     model : path-like
-        A volseg ``.keras`` model file.
+        A volseg model file (``.keras`` U-Net or forest), or a BioImage Model Zoo package
+        (``.zip``, its folder or its ``rdf.yaml``; :mod:`volseg.models.zoo` says which ones
+        run), predicted with ONNX Runtime.
     out : path-like
         The prediction store to write (``probability`` and ``mask`` image groups). An
         unfinished one of the same job is resumed; anything else is refused unless
@@ -534,7 +537,8 @@ def _plan(images, model, out, *, channel, series, threshold, probability, precis
     refused here, before a store is touched or a model loaded."""
     select = {k: v for k, v in (("channel", channel), ("series", series)) if v is not None}
     image = st.open_image(images, **select)
-    info = read_model_info(model)
+    package = zoo.read_package(model) if zoo.is_package(model) else None
+    info = package.info() if package is not None else read_model_info(model)
     check_record(info, model)
     threshold = _check_parameters(precision, threshold, batch_size, halo, info)
     tta = _check_tta(tta, info)
@@ -549,10 +553,14 @@ def _plan(images, model, out, *, channel, series, threshold, probability, precis
             f"{info.get('input_dtype')} images; predicting anyway (raw intensities go "
             f"through the model's normalisation {info.get('normalization')})")
     model = str(Path(model).resolve())
-    sha = file_sha256(model)
+    # a package given as its rdf.yaml: the weights beside it count too
+    sha = zoo.package_sha256(model, package) if package is not None else file_sha256(model)
     chunks, shards = _output_chunks(image)
     block_shape = shards or chunks
-    if info.get("kind", "unet") == "forest":
+    if package is not None:
+        method = _zoo_method(package, image.shape, block_shape, precision=precision, tile=tile,
+                             halo=halo, blend=blend, batch_size=batch_size, tta=tta, log=log)
+    elif info.get("kind", "unet") == "forest":
         from volseg.models.forest import check_frame_size
 
         check_frame_size(image.shape, images)
@@ -640,16 +648,8 @@ def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batc
     context = model_context(info)
     multiple = int(info.get("multiple", 16))
     halo = int(info.get("margin", 32)) if halo is None else int(halo)
-    by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
-    if tile is None:
-        tile = default_tile(min(shape[2], by + 2 * halo), min(shape[3], bx + 2 * halo),
-                            multiple=multiple)
-    tile = tuple(int(v) for v in tile)
-    try:
-        plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
-    except ValueError as exc:
-        raise InputError(f"{exc}; give a larger --tile (or a smaller --halo)",
-                         param="tile") from None
+    tile, plan = _tiles(shape, block_shape, tile=tile, halo=halo, blend=blend,
+                        multiple=multiple)
     parameters = {"precision": precision, "tile": list(tile), "halo": halo,
                   "blend": blend, "batch_size": batch_size}
     describe = f"{precision}, tiles {plan['tile_shape']} per frame grid {plan['grid']}"
@@ -663,6 +663,22 @@ def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batc
             "parameters": parameters,
             "extra": {"tiling": plan, "precision": precision},
             "describe": describe + (", TTA: 8 transforms per tile" if tta else "")}
+
+
+def _tiles(shape, block_shape, *, tile, halo, blend, multiple) -> tuple[tuple, dict]:
+    """The tile shape (``tile``, or the default for the block and its halo) and the tile
+    plan of a block's frames, as a dict; an impossible tiling is a ``--tile`` error."""
+    by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
+    if tile is None:
+        tile = default_tile(min(shape[2], by + 2 * halo), min(shape[3], bx + 2 * halo),
+                            multiple=multiple)
+    tile = tuple(int(v) for v in tile)
+    try:
+        plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
+    except ValueError as exc:
+        raise InputError(f"{exc}; give a larger --tile (or a smaller --halo)",
+                         param="tile") from None
+    return tile, plan
 
 
 def _forest_method(info, *, halo) -> dict:
@@ -708,3 +724,100 @@ def forest_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: 
                  tx.start - xs.start: tx.stop - xs.start] = forest_probabilities(forest, feats)
     return quantise(prob), {}
 
+
+
+def _zoo_method(package, shape, block_shape, *, precision, tile, halo, blend, batch_size,
+                tta, log) -> dict:
+    """How a model zoo package predicts: like a U-Net, tiles through ONNX Runtime, with
+    the package's pre/postprocessing and its declared halo (measured when it declares
+    none)."""
+    from volseg.ops.context import radius
+
+    if precision not in ("auto", "float32"):
+        raise InputError(f"a model zoo package runs in float32 (ONNX Runtime), not {precision}",
+                         param="precision")
+    multiple = package.multiple
+    if halo is None:
+        halo = package.halo
+    if halo is None:
+        sess = zoo.session(package.onnx, MODEL_THREADS)
+        halo = zoo.measure_halo(lambda b: zoo.run_tiles(sess, package, b),
+                                multiple=multiple, min_size=package.min_size)
+        if log:
+            log(f"warning: {package.path} declares no halo; using {halo} px, where its output "
+                "on noise stops changing with more context (give --halo to choose)")
+    halo = int(halo)
+    by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
+    if package.fixed_size is not None:
+        if tile is not None and tuple(int(v) for v in tile) != (package.fixed_size,) * 2:
+            raise InputError(f"the package takes tiles of exactly {package.fixed_size} px; "
+                             "leave --tile out", param="tile")
+        tile = (package.fixed_size, package.fixed_size)
+    tile, plan = _tiles(shape, block_shape, tile=tile, halo=halo, blend=blend,
+                        multiple=multiple)
+    if min(plan["tile_shape"]) < package.min_size:
+        raise InputError(f"tiles of {plan['tile_shape']} px are smaller than the package's "
+                         f"smallest input ({package.min_size} px); give a larger --tile",
+                         param="tile")
+    per_frame = {"zero_mean_unit_variance", "scale_range"} & \
+        {step["id"] for step in package.preprocessing}
+    if per_frame and (by < shape[2] or bx < shape[3]):
+        raise InputError(f"{package.path}: its preprocessing ({', '.join(sorted(per_frame))}) "
+                         f"takes statistics over a whole frame, and frames of {shape[2]} x "
+                         f"{shape[3]} are split into blocks; volseg cannot run it on them")
+    context = package.channels
+    parameters = {"runtime": "onnxruntime", "tile": list(tile), "halo": halo, "blend": blend,
+                  "batch_size": batch_size}
+    if context > 1:
+        parameters["context"] = context
+    return {"halo": halo, "z_halo": radius(context), "compute": zoo_block, "threads": 1,
+            "kwargs": dict(tile=tile, blend=blend, multiple=multiple, batch_size=batch_size,
+                           context=context, tta=tta),
+            "parameters": parameters,
+            "extra": {"tiling": plan, "precision": "float32", "runtime": "onnxruntime"},
+            "describe": f"model zoo package {package.name!r} with ONNX Runtime, tiles "
+                        f"{plan['tile_shape']} per frame grid {plan['grid']}"
+                        + (", TTA: 8 transforms per tile" if tta else "")}
+
+
+_PACKAGES: dict = {}
+
+
+def cached_package(model_path: str, sha: str):
+    """The package of ``sha`` and its ONNX Runtime session, made once in this process."""
+    with _MODEL_LOCK:
+        if sha not in _PACKAGES:
+            package = zoo.read_package(model_path)
+            _PACKAGES[sha] = (package, zoo.session(package.onnx, MODEL_THREADS))
+            LOADS["count"] += 1
+        return _PACKAGES[sha]
+
+
+def zoo_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str, tile,
+              blend: int | None, multiple: int, batch_size: int, context: int = 1,
+              select: dict | None = None, tta: bool = False) -> tuple[np.ndarray, dict]:
+    """A model zoo package's uint8 probabilities of block ``i``."""
+    package, sess = cached_package(model_path, sha)
+    frames = block_channels(read_block(images, grid, i, select), grid, i, context)
+    frames = zoo.apply_steps(frames, package.preprocessing)
+
+    def run(batch):
+        out = zoo.run_tiles(sess, package, batch)
+        if not zoo.finite_probability(out):
+            raise InputError(f"{package.path}: the network's output is not a probability "
+                             f"(values from {np.nanmin(out):.3g} to {np.nanmax(out):.3g}, or "
+                             "NaN); volseg takes a foreground probability in [0, 1]")
+        return out
+
+    run_model = functools.partial(tta_average, run, batch_size=batch_size) if tta else run
+    p8 = block_probabilities(frames, run_model, grid=grid, i=i, tile=tile, blend=blend,
+                             multiple=multiple, batch_size=batch_size)
+    return p8, {"precision": "float32", "numerics": _zoo_numerics()}
+
+
+def _zoo_numerics() -> str:
+    import onnxruntime
+
+    from volseg.models.unet import cpu_isa
+
+    return f"float32, ONNX Runtime {onnxruntime.__version__}, {cpu_isa()}, {MODEL_THREADS} threads"

@@ -1,0 +1,282 @@
+"""BioImage Model Zoo packages: export a volseg U-Net, validate and test-run it with the spec
+libraries, and predict with packages (volseg's own and hand-built foreign ones)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import zarr
+
+from volseg.testing import assert_refused, make_image_store, make_tiny_model
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("bioimageio.spec")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny U-Net, an image store, and the package `volseg export-model` wrote."""
+    from volseg_cli.main import main
+
+    d = tmp_path_factory.mktemp("zoo")
+    model = make_tiny_model(d / "tiny.keras", threshold=0.42)
+    rng = np.random.default_rng(0)
+    images = d / "images.zarr"
+    make_image_store(images, rng.integers(0, 256, (2, 3, 100, 120), dtype=np.uint8))
+    package = d / "tiny.zip"
+    assert main(["export-model", str(model), "-o", str(package), "--images", str(images),
+                 "--author", "Jane Doe", "-q"]) == 0
+    return model, images, package
+
+
+def test_exported_package_passes_the_spec_validation_and_test_run(exported):
+    from bioimageio.spec import load_description
+    from bioimageio.spec.model import v0_5
+
+    _, _, package = exported
+    descr = load_description(package)
+    assert isinstance(descr, v0_5.ModelDescr), descr.validation_summary.format()
+    # bioimageio.core's own test run, in a process of its own: importing it sets
+    # KERAS_BACKEND and TF_ENABLE_ONEDNN_OPTS for every process started after it
+    script = ("import json, sys; from bioimageio.core import test_model; "
+              "s = test_model(sys.argv[1]); "
+              "print(json.dumps([s.status, [(d.name, d.status) for d in s.details]]))")
+    run = subprocess.run([sys.executable, "-c", script, str(package)], capture_output=True,
+                         text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    status, details = json.loads(run.stdout.strip().splitlines()[-1])
+    assert status == "passed", details
+    ran = {name for name, state in details if state == "passed"}
+    assert any("Reproduce test outputs" in n and "(onnx)" in n for n in ran), ran
+    assert any("Reproduce test outputs" in n and "(keras_v3)" in n for n in ran), ran
+    # what a consumer reads: the normalisation as preprocessing, the halo, the threshold
+    steps = [(p.id, getattr(p.kwargs, "gain", None)) for p in descr.inputs[0].preprocessing]
+    assert ("scale_linear", pytest.approx(1 / 255)) in steps
+    assert {a.halo for a in descr.outputs[0].axes if a.type == "space"} == {32}
+    assert descr.config.model_dump()["volseg"]["threshold"] == pytest.approx(0.42)
+    assert [a.name for a in descr.authors] == ["Jane Doe"]
+    assert "10.1007/978-3-319-24574-4_28" in str(descr.cite[0].doi)
+    with zipfile.ZipFile(package) as zf:
+        names = set(zf.namelist())
+        assert {"rdf.yaml", "weights.onnx", "weights.keras", "test_input.npy",
+                "test_output.npy", "cover.png", "README.md"} <= names
+        readme = zf.read("README.md").decode()
+        from io import BytesIO
+
+        from PIL import Image
+
+        cover = Image.open(BytesIO(zf.read("cover.png")))
+    assert "0.42" in readme and "volseg predict" in readme
+    assert cover.size[0] == 2 * cover.size[1]
+
+
+def test_package_predicts_the_same_store_as_the_keras_model(exported, tmp_path, cli):
+    model, images, package = exported
+    for name, m in (("keras", model), ("zoo", package)):
+        code, _, err = cli("predict", images, "--model", m, "-o", tmp_path / f"{name}.zarr",
+                           "--tile", "80,80", "-q")
+        assert code == 0, err
+    a = zarr.open_array(tmp_path / "keras.zarr" / "probability" / "0")[:]
+    b = zarr.open_array(tmp_path / "zoo.zarr" / "probability" / "0")[:]
+    assert np.abs(a.astype(int) - b).max() <= 1
+    assert (a != b).mean() < 1e-3
+    ma = zarr.open_array(tmp_path / "keras.zarr" / "mask" / "0")[:]
+    mb = zarr.open_array(tmp_path / "zoo.zarr" / "mask" / "0")[:]
+    assert np.array_equal(ma[a == b], mb[a == b])
+    volseg = zarr.open_group(tmp_path / "zoo.zarr").attrs["volseg"]
+    assert volseg["model"]["kind"] == "zoo"
+    assert volseg["threshold"] == pytest.approx(0.42)
+    assert any("ONNX Runtime" in n for n in volseg["numerics_used"])
+
+
+# --------------------------------------------------------------------------- foreign packages
+
+def _conv_onnx(channels_out: int = 1):
+    """An ONNX network of another architecture, NCHW: a 3x3 convolution (zero padding)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[0.1, 0.2, 0.1], [0.2, -1.0, 0.2], [0.1, 0.2, 0.1]], np.float32)
+    w = np.broadcast_to(w, (channels_out, 1, 3, 3)).copy()
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", channels_out, "h", "w"])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString(), w
+
+
+def _expected(frame: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """zero mean, unit variance over the frame -> the 3x3 convolution -> sigmoid."""
+    from scipy.ndimage import correlate
+
+    x = frame.astype(np.float64)
+    x = (x - x.mean()) / (x.std() + 1e-6)
+    y = correlate(x, w[0, 0].astype(np.float64), mode="constant")
+    return 1 / (1 + np.exp(-y))
+
+
+def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis: bool = False,
+                         channels_out: int = 1, weights: str = "onnx",
+                         post: str = "sigmoid"):
+    """A hand-built zoo package (spec 0.5) of a network volseg did not make."""
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as spec
+
+    folder = path.parent / (path.stem + "-files")
+    folder.mkdir()
+    onnx_bytes, w = _conv_onnx(channels_out)
+    (folder / "w.onnx").write_bytes(onnx_bytes)
+    (folder / "w.pt").write_bytes(b"not really torchscript")
+    (folder / "README.md").write_text("# conv\n")
+    size = spec.ParameterizedSize(min=16, step=8)
+    space = ["z", "y", "x"] if z_axis else ["y", "x"]
+    shape = (1, 1) + (1,) * z_axis + (16, 24)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 100, shape).astype(np.float32)
+    np.save(folder / "in.npy", x)
+    y = _expected(x.reshape(16, 24), w)[None, None]
+    y = np.broadcast_to(y.reshape((1, 1) + (1,) * z_axis + (16, 24)),
+                        (1, channels_out) + (1,) * z_axis + (16, 24)).astype(np.float32)
+    np.save(folder / "out.npy", y)
+
+    def tensor_in(name):
+        return spec.InputTensorDescr(
+            id=spec.TensorId(name),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("c")])]
+            + [spec.SpaceInputAxis(id=spec.AxisId(a), size=1 if a == "z" else size)
+               for a in space],
+            test_tensor=spec.FileDescr(source=folder / "in.npy"),
+            preprocessing=[spec.ZeroMeanUnitVarianceDescr(
+                kwargs=spec.ZeroMeanUnitVarianceKwargs(axes=[spec.AxisId(a) for a in space]))])
+
+    def out_axis(a):
+        ref = spec.SizeReference(tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a))
+        if halo and a != "z":
+            return spec.SpaceOutputAxisWithHalo(id=spec.AxisId(a), size=ref, halo=halo)
+        return spec.SpaceOutputAxis(id=spec.AxisId(a), size=ref)
+
+    post_steps = {"sigmoid": [spec.SigmoidDescr()],
+                  "softmax": [spec.SoftmaxDescr()]}[post]
+    if weights == "onnx":
+        descr_weights = spec.WeightsDescr(onnx=spec.OnnxWeightsDescr(source=folder / "w.onnx",
+                                                                     opset_version=17))
+    else:
+        descr_weights = spec.WeightsDescr(torchscript=spec.TorchscriptWeightsDescr(
+            source=folder / "w.pt", pytorch_version="2.0"))
+    ins = [tensor_in("raw")] + [tensor_in(f"extra{k}") for k in range(1, inputs)]
+    descr = spec.ModelDescr(
+        name="hand-built conv", description="a 3x3 filter", authors=[spec.Author(name="T")],
+        cite=[spec.CiteEntry(text="none", url="https://example.org")],
+        license=spec.LicenseId("MIT"), documentation=spec.FileDescr(source=folder / "README.md"),
+        inputs=ins,
+        outputs=[spec.OutputTensorDescr(
+            id=spec.TensorId("prob"),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[
+                spec.Identifier(f"c{k}") for k in range(channels_out)])]
+            + [out_axis(a) for a in space],
+            test_tensor=spec.FileDescr(source=folder / "out.npy"),
+            postprocessing=post_steps)],
+        weights=descr_weights)
+    save_bioimageio_package(descr, output_path=path)
+    return path, w
+
+
+def test_a_foreign_onnx_package_predicts_with_its_declared_halo(tmp_path, cli):
+    package, w = make_foreign_package(tmp_path / "conv.zip", halo=2)
+    rng = np.random.default_rng(2)
+    frames = rng.uniform(0, 1000, (1, 2, 64, 96)).astype(np.uint16)
+    make_image_store(tmp_path / "i.zarr", frames)
+    code, out, err = cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
+                         tmp_path / "p.zarr", "--tile", "32,32")
+    assert code == 0, err
+    assert "warning" not in out + err
+    got = zarr.open_array(tmp_path / "p.zarr" / "probability" / "0")[:]
+    want = np.stack([_expected(f, w) for f in frames[0]])
+    # the last row and column: volseg reflect-pads a tile that ends past the frame where
+    # the reference convolution pads with zeros (volseg.ops.tiling)
+    assert np.abs(got[0, :, :-1, :-1].astype(int) - np.rint(want[:, :-1, :-1] * 255)).max() <= 1
+    assert json.loads((tmp_path / "p.zarr" / "zarr.json").read_text())["attributes"][
+        "volseg"]["tiling"]["halo"] == 2
+    # the same package unzipped, given as its rdf.yaml
+    with zipfile.ZipFile(package) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    code, _, err = cli("predict", tmp_path / "i.zarr", "--model",
+                       tmp_path / "unzipped" / "rdf.yaml", "-o", tmp_path / "y.zarr",
+                       "--tile", "32,32", "-q")
+    assert code == 0, err
+    assert np.array_equal(zarr.open_array(tmp_path / "y.zarr" / "probability" / "0")[:], got)
+
+
+def test_a_package_without_a_halo_gets_a_measured_one_and_a_warning(tmp_path, cli):
+    package, w = make_foreign_package(tmp_path / "conv.zip", halo=None)
+    frames = np.random.default_rng(3).uniform(0, 255, (1, 1, 64, 64)).astype(np.uint8)
+    make_image_store(tmp_path / "i.zarr", frames)
+    code, out, err = cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
+                         tmp_path / "p.zarr", "--tile", "32,32")
+    assert code == 0, err
+    assert "declares no halo; using 8 px" in out + err
+    got = zarr.open_array(tmp_path / "p.zarr" / "probability" / "0")[0, 0]
+    want = np.rint(_expected(frames[0, 0], w) * 255)
+    assert np.abs(got[:-1, :-1].astype(int) - want[:-1, :-1]).max() <= 1
+
+
+@pytest.mark.parametrize("kind, needle", [
+    (dict(inputs=2), "2 input(s)"),
+    (dict(z_axis=True), "z axis (a 3D model)"),
+    (dict(channels_out=2), "2 channels"),
+    (dict(weights="torchscript"), "weights as torchscript"),
+    (dict(post="softmax"), "'softmax'"),
+])
+def test_packages_volseg_cannot_run_are_refused_in_one_line(tmp_path, cli, kind, needle):
+    package, _ = make_foreign_package(tmp_path / "p.zip", **kind)
+    make_image_store(tmp_path / "i.zarr", np.zeros((1, 1, 32, 32), np.uint8))
+    assert_refused(cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
+                       tmp_path / "p.zarr"), str(package), needle)
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_damaged_and_unversioned_packages_are_refused(tmp_path, cli, exported):
+    _, images, package = exported
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(broken, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "rdf.yaml":
+                data = data.replace(b"format_version: 0.5", b"format_version: 9.9")
+            dst.writestr(item, data)
+    assert_refused(cli("predict", images, "--model", broken, "-o", tmp_path / "p.zarr"),
+                   str(broken))
+    assert_refused(cli("predict", images, "--model", package, "-o", tmp_path / "p.zarr",
+                       "--precision", "bfloat16"), "--precision", "float32")
+
+
+def test_export_refusals(tmp_path, cli, exported):
+    model, images, package = exported
+    forest = tmp_path / "forest.model"
+    with zipfile.ZipFile(forest, "w") as zf:
+        zf.writestr("volseg.json", json.dumps({"format": "volseg-model", "format_version": 1,
+                                               "kind": "forest", "threshold": 0.5}))
+    before = package.read_bytes()
+    cases = [
+        (("export-model", forest, "-o", tmp_path / "f.zip", "--images", images), "random forest"),
+        (("export-model", model, "-o", package, "--images", images), "--overwrite"),
+        (("export-model", model, "-o", tmp_path / "x.tar", "--images", images), ".zip"),
+        (("export-model", model, "-o", tmp_path / "x.zip"), "--images"),
+        (("export-model", model, "-o", tmp_path / "x.zip", "--images", images, "--license",
+          "NOT-A-LICENCE"), "--license"),
+        (("export-model", model, "-o", tmp_path / "x.zip", "--images", images, "--name",
+          "a/b"), "--name"),
+    ]
+    for args, needle in cases:
+        assert_refused(cli(*args), needle)
+    assert package.read_bytes() == before
+    assert not (tmp_path / "x.zip").exists() and not list(tmp_path.glob(".volseg-package-*"))
