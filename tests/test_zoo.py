@@ -280,3 +280,31 @@ def test_export_refusals(tmp_path, cli, exported):
         assert_refused(cli(*args), needle)
     assert package.read_bytes() == before
     assert not (tmp_path / "x.zip").exists() and not list(tmp_path.glob(".volseg-package-*"))
+
+
+def test_a_depth_context_model_exports_its_slices_and_predicts_alike(tmp_path, cli):
+    from bioimageio.spec import load_description
+
+    from volseg.models.backend import import_keras
+    from volseg.models.unet import base_info, build_unet, save_model
+
+    keras = import_keras()
+    keras.utils.set_random_seed(1)
+    net = build_unet(base_filters=4, depth=2, normalization=(0.0, 255.0), channels=3)
+    save_model(net, tmp_path / "k3.keras", info=base_info(
+        depth=2, base_filters=4, dropout=0.1, batch_norm=True, normalization=(0.0, 255.0),
+        context=3))
+    rng = np.random.default_rng(4)
+    make_image_store(tmp_path / "i.zarr", rng.integers(0, 256, (1, 4, 72, 80), dtype=np.uint8))
+    assert cli("export-model", tmp_path / "k3.keras", "-o", tmp_path / "k3.zip", "--images",
+               tmp_path / "i.zarr", "-q")[0] == 0
+    descr = load_description(tmp_path / "k3.zip")
+    (channel,) = [a for a in descr.inputs[0].axes if a.type == "channel"]
+    assert len(channel.channel_names) == 3
+    for name, m in (("keras", tmp_path / "k3.keras"), ("zoo", tmp_path / "k3.zip")):
+        code, _, err = cli("predict", tmp_path / "i.zarr", "--model", m, "-o",
+                           tmp_path / f"{name}.zarr", "-q")
+        assert code == 0, err
+    a = zarr.open_array(tmp_path / "keras.zarr" / "probability" / "0")[:].astype(int)
+    b = zarr.open_array(tmp_path / "zoo.zarr" / "probability" / "0")[:]
+    assert np.abs(a - b).max() <= 1
