@@ -95,6 +95,21 @@ def test_pixel_sizes_and_units_survive(tmp_path):
     assert units2["x"] == "micrometer" and scale2["z"] == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("unit, want", [("µm", ("micrometer", 0.5)), ("nm", ("nanometer", 0.5))])
+def test_ome_tiff_pixel_sizes_are_read(tmp_path, unit, want):
+    # OME-XML's PhysicalSize* and TimeIncrement (Bio-Formats, Zeiss and Nikon exports)
+    arr = np.arange(2 * 3 * 8 * 10, dtype=np.uint16).reshape(2, 3, 8, 10)
+    tifffile.imwrite(tmp_path / "s.ome.tif", arr, ome=True, metadata={
+        "axes": "TZYX", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": unit,
+        "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": unit, "PhysicalSizeZ": 2.0,
+        "PhysicalSizeZUnit": unit, "TimeIncrement": 30.0, "TimeIncrementUnit": "s"})
+    convert([tmp_path / "s.ome.tif"], tmp_path / "o.zarr")
+    scale, units = ex.physical_size(st.open_image(tmp_path / "o.zarr"))
+    assert units == {"t": "second", "z": want[0], "y": want[0], "x": want[0]}
+    assert [scale[a] for a in "tzyx"] == pytest.approx([30.0, 2.0, want[1], want[1]])
+    np.testing.assert_array_equal(read_back(tmp_path / "o.zarr"), arr)
+
+
 def test_frame_names_pad_beyond_three_digits():
     assert frame_file_name(7, 3, timepoints=10, depth=5) == "t007_z003.tif"
     assert frame_file_name(7, 3, timepoints=1001, depth=5) == "t0007_z003.tif"

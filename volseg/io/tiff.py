@@ -235,7 +235,44 @@ def _check_one_series(path: Path, series) -> None:
                          "convert those")
 
 
+#: OME-XML unit symbols as NGFF unit names (OME's defaults: micrometre and second).
+OME_UNITS = {"µm": "micrometer", "um": "micrometer", "\u00b5m": "micrometer",
+             "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
+             "Å": "angstrom", "pm": "picometer", "s": "second", "ms": "millisecond",
+             "µs": "microsecond", "ns": "nanosecond", "min": "minute", "h": "hour"}
+
+
 def _physical(tif) -> tuple[dict, dict]:
+    """Pixel sizes and units from OME-XML or ImageJ metadata, where present."""
+    if tif.is_ome:
+        found = _ome_physical(tif)
+        if found[1]:
+            return found
+    return _imagej_physical(tif)
+
+
+def _ome_physical(tif) -> tuple[dict, dict]:
+    """``PhysicalSize{X,Y,Z}`` and ``TimeIncrement`` (with their units) of the first
+    image's ``Pixels`` in the OME-XML; a size in a unit NGFF does not name is left out."""
+    import tifffile
+
+    units, scale = {}, {}
+    try:
+        ome = tifffile.xml2dict(tif.ome_metadata).get("OME", {})
+        image = ome.get("Image")
+        image = image[0] if isinstance(image, list) else image
+        pixels = (image or {}).get("Pixels") or {}
+        for axis, key, default in (("x", "PhysicalSizeX", "µm"), ("y", "PhysicalSizeY", "µm"),
+                                   ("z", "PhysicalSizeZ", "µm"), ("t", "TimeIncrement", "s")):
+            value, unit = pixels.get(key), OME_UNITS.get(str(pixels.get(key + "Unit", default)))
+            if value is not None and unit is not None and float(value) > 0:
+                scale[axis], units[axis] = float(value), unit
+    except Exception:  # metadata is a nicety; never fail a conversion over it
+        return {}, {}
+    return units, scale
+
+
+def _imagej_physical(tif) -> tuple[dict, dict]:
     """Pixel sizes and units from ImageJ metadata, where present."""
     units, scale = {}, {}
     ij = tif.imagej_metadata or {}
