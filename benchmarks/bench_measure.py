@@ -17,7 +17,12 @@ process that runs only it. Printed:
   the large stack, at z resampling k = 3 (spacing 3,1,1) and k = 1 (spacing 1,1,1):
   bytes a task needs per voxel of its z-stack, ``MEMORY_BASE + MEMORY_PER_PLANE * k``.
 
+With ``--flat``: only flat stacks of large frames (2 x 3000 x 3000, 2 and 8 x 1500 x 1500,
+2 x 2000 x 2000 at k = 3), each one time point on one thread, their peak RSS above the
+tiny stack's against ``task_bytes``' estimate (what ``--max-bytes`` is compared with).
+
     python benchmarks/bench_measure.py [--threads 2] [--large 64,1024,1024] [--out bench-output/measure]
+    python benchmarks/bench_measure.py --flat
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line  # noqa: E402
 
 _WRAP = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
@@ -69,18 +77,39 @@ def run(store: Path, spacing: str, threads: int, out: Path) -> tuple[dict, float
     return json.loads(report.read_text()), int(done.stdout.split()[-1]) / 1024
 
 
+def flat(out: Path, rss_tiny: float) -> None:
+    """Peak RSS of flat stacks against ``task_bytes`` (issue 29: it was 3x low there)."""
+    from volseg.stages.measure import task_bytes
+
+    print(machine_line())
+    print(f"{'stack':28}{'spacing':>9}{'estimate MiB':>14}{'peak - tiny MiB':>17}{'ratio':>7}")
+    for shape, spacing in (((2, 3000, 3000), "1,1,1"), ((2, 1500, 1500), "1,1,1"),
+                           ((8, 1500, 1500), "1,1,1"), ((2, 2000, 2000), "3,1,1")):
+        store = make_store(out / "flat.zarr", labels(*shape), 1)
+        _, rss = run(store, spacing, 1, out)
+        estimate = task_bytes(shape, tuple(float(v) for v in spacing.split(","))) / 2**20
+        name = " x ".join(str(n) for n in shape)
+        print(f"{name:28}{spacing:>9}{estimate:>14.0f}{rss - rss_tiny:>17.0f}"
+              f"{estimate / (rss - rss_tiny):>7.2f}")
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--large", default="64,1024,1024", help="Z,Y,X of the larger stack")
     ap.add_argument("--out", type=Path, default=Path("bench-output/measure"))
+    ap.add_argument("--flat", action="store_true", help="flat stacks against the estimate")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     n = args.threads
 
-    frames = labels(8, 523, 821)
     tiny = make_store(args.out / "tiny.zarr", labels(4, 32, 32), 1)
     _, rss_tiny = run(tiny, "3,1,1", 1, args.out)
+    if args.flat:
+        flat(args.out, rss_tiny)
+        return
+    frames = labels(8, 523, 821)
     rows = []
     one, rss_1 = run(make_store(args.out / "x1.zarr", frames, n), "3,1,1", n, args.out)
     eight, rss_8 = run(make_store(args.out / "x8.zarr", frames, 8 * n), "3,1,1", n, args.out)
@@ -95,6 +124,7 @@ def main() -> None:
         rows.append((f"{z}x{y}x{x}, 1 time point, k={k}", report["seconds_per_timepoint"], rss))
         factors[k] = (rss - rss_tiny) * 2**20 / (z * y * x)
 
+    print(machine_line())
     print(f"{'stack':44}{'s / time point':>16}{'peak RSS MiB':>14}")
     for name, sec, rss in rows:
         print(f"{name:44}{sec:>16.2f}{rss:>14.0f}")

@@ -330,3 +330,14 @@ def test_edge_cases_are_finite_or_refused(tmp_path, cli):
     group.attrs["ome"] = ome
     for command in ("info", "measure"):
         assert_refused(cli(command, tmp_path / "full.zarr"), "NGFF scale", "not a positive number")
+
+
+def test_memory_estimate_covers_flat_stacks_of_large_frames():
+    # measured peaks above the interpreter's (benchmarks/bench_measure.py --flat): the
+    # per-voxel term alone said 0.54 GiB for 2 x 3000 x 3000, which peaked at 1.95 GiB
+    from volseg.stages.measure import task_bytes
+
+    for shape, spacing, peak_mib in (((2, 3000, 3000), (1, 1, 1), 1993),
+                                     ((8, 1500, 1500), (1, 1, 1), 767),
+                                     ((2, 2000, 2000), (3, 1, 1), 984)):
+        assert peak_mib * 2**20 <= task_bytes(shape, spacing) <= 1.6 * peak_mib * 2**20

@@ -56,8 +56,11 @@ Memory and how larger volumes would be cut
 ------------------------------------------
 A time point's z-stack is measured whole, in one task (a skeleton is not local). A task
 needs about ``task_bytes(shape, spacing)`` = ``(MEMORY_BASE + MEMORY_PER_PLANE * k) *
-z * y * x`` bytes (measured: 4 + 23 k on a 64 x 1024 x 1024 stack; the resampled
-mask, its float32 distance map and the thinning's working copies), and :func:`measure`
+z * y * x + MEMORY_PER_FRAME_PIXEL * y * x`` bytes (measured: 4 + 23 k per voxel on a
+64 x 1024 x 1024 stack: the resampled mask, its float32 distance map and the thinning's
+working copies; and up to 168 bytes per pixel of one frame, the in-plane distance
+transforms of the z resampling and the skeleton graph, which dominate a flat stack: 2 x
+3000 x 3000 peaked at 1.95 GiB where the per-voxel term alone said 0.54), and :func:`measure`
 refuses a stack whose estimate exceeds ``max_bytes`` before any work starts. With
 threads of one process, ``threads`` tasks run at once. Volumes beyond one
 worker would be cut into overlapping slabs in y and x (a halo of a few diameters), each
@@ -92,6 +95,9 @@ PRUNE_DIAMETERS = 1.0
 #: with ``k`` the planes per slice of the z resampling (measured, docs/decisions.md).
 MEMORY_BASE = 8
 MEMORY_PER_PLANE = 24
+#: And bytes per pixel of one frame, whatever the depth (measured on flat stacks, 98 to
+#: 168; docs/decisions.md): what a 2-slice stack of large frames needs beyond the above.
+MEMORY_PER_FRAME_PIXEL = 176
 #: Default memory a task may use: a typical worker's share of a cluster node.
 DEFAULT_MAX_BYTES = 8 * 2**30
 #: How far a structure reaches towards an empty slice in the z resampling: 1 / (1 + this)
@@ -149,7 +155,8 @@ def z_factor(spacing) -> int:
 def task_bytes(shape, spacing) -> int:
     """Estimated peak memory (bytes) of measuring one (z, y, x) stack of ``shape``."""
     z, y, x = (int(n) for n in shape)
-    return int((MEMORY_BASE + MEMORY_PER_PLANE * z_factor(spacing)) * z * y * x)
+    return int((MEMORY_BASE + MEMORY_PER_PLANE * z_factor(spacing)) * z * y * x
+               + MEMORY_PER_FRAME_PIXEL * y * x)
 
 
 # --------------------------------------------------------------------------- one volume
