@@ -101,5 +101,6 @@ def _format_model(info, indent=""):
         lines.append(f"{indent}  training {key}: {value}")
     for key, value in (info.get("provenance") or {}).items():
         lines.append(f"{indent}  {key}: {value}")
-    lines.append(f"{indent}  volseg version: {info.get('volseg_version')}")
+    if info.get("volseg_version"):
+        lines.append(f"{indent}  volseg version: {info['volseg_version']}")
     return lines

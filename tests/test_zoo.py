@@ -308,3 +308,12 @@ def test_a_depth_context_model_exports_its_slices_and_predicts_alike(tmp_path, c
     a = zarr.open_array(tmp_path / "keras.zarr" / "probability" / "0")[:].astype(int)
     b = zarr.open_array(tmp_path / "zoo.zarr" / "probability" / "0")[:]
     assert np.abs(a - b).max() <= 1
+
+
+def test_info_describes_a_package_or_says_why_predict_cannot_run_it(tmp_path, cli, exported):
+    _, _, package = exported
+    code, out, err = cli("info", package)
+    assert code == 0, err
+    assert "zoo package model" in out and "margin: 32" in out and "scale_linear" in out
+    foreign, _ = make_foreign_package(tmp_path / "z.zip", z_axis=True)
+    assert_refused(cli("info", foreign), str(foreign), "z axis")

@@ -57,6 +57,32 @@ def describe_model(path) -> dict:
             "volseg_version": info.get("volseg_version")}
 
 
+def describe_package(path) -> dict:
+    """What predict would run of a BioImage Model Zoo package (:mod:`volseg.models.zoo`):
+    its name, tensors' axes, halo and steps; refused in one line if predict cannot run it."""
+    from pathlib import Path
+
+    from volseg.models import zoo
+
+    package = zoo.read_package(path)
+    path = Path(path)
+    size = path.stat().st_size if path.is_file() else sum(
+        p.stat().st_size for p in path.rglob("*") if p.is_file())
+    steps = lambda s: ", ".join(step["id"] for step in s) or "none"  # noqa: E731
+    sizes = (f"exactly {package.fixed_size} px" if package.fixed_size else
+             f"at least {package.min_size} px in steps of {package.multiple}")
+    return {"path": str(path), "kind": "zoo package model", "bytes": size,
+            "threshold": package.threshold, "input_dtype": "float32 (ONNX Runtime)",
+            "normalization": f"preprocessing {steps(package.preprocessing)}; postprocessing "
+                             f"{steps(package.postprocessing)}",
+            "architecture": f"{package.name!r}, input axes {','.join(package.input_axes)}, "
+                            f"output axes {','.join(package.output_axes)}, tiles {sizes}",
+            "margin": package.halo if package.halo is not None else
+            "not declared (predict measures one)",
+            "context": package.channels, "training": None, "provenance": None,
+            "volseg_version": None}
+
+
 def describe_annotation(store: st.ImageStore) -> dict | None:
     """For a truth store with not-annotated voxels: the value, and the annotated share in
     all and per time point, with the annotated frames counted (reads the whole store,
@@ -81,8 +107,13 @@ def describe(path, *, channel=None, series=None) -> dict:
 
     from volseg.io.location import is_url
 
-    if not is_url(path) and Path(path).is_file():
-        return describe_model(path)
+    if not is_url(path):
+        from volseg.models.zoo import is_package
+
+        if is_package(path):
+            return describe_package(path)
+        if Path(path).is_file():
+            return describe_model(path)
     obj = st.open_any(path, channel=channel, series=series)
     if isinstance(obj, st.Prediction):
         arrays = [_describe_array("mask", obj.mask)]
