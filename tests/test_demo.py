@@ -28,7 +28,10 @@ def test_small_demo_end_to_end(tmp_path, cli):
     # test-time augmentation on the held-out time point only, with its Dice and cost
     tta = summary["tta"]
     assert tta["held_out_t"] == 1 and tta["dice_plain"] == pytest.approx(summary["dice_held_out"])
-    assert tta["time_ratio"] > 1 and tta["dice_tta"] is not None
+    # a measured time, printed for the user: the small demo's plain run also pays the
+    # model's first load, so on a loaded machine TTA (8x the model work) can come out
+    # below 1x; only that it was measured is asserted
+    assert tta["time_ratio"] > 0 and tta["dice_tta"] is not None
     assert f"Dice {tta['dice_plain']:.3f} -> {tta['dice_tta']:.3f}" in stdout
     assert st.open_prediction(out / "pred-tta.zarr").volseg["tta"] is True
     # every stage left a complete, readable result
