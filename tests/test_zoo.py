@@ -98,14 +98,15 @@ def test_package_predicts_the_same_store_as_the_keras_model(exported, tmp_path, 
 
 # --------------------------------------------------------------------------- foreign packages
 
-def _conv_onnx(channels_out: int = 1):
-    """An ONNX network of another architecture, NCHW: a 3x3 convolution (zero padding)."""
+def _conv_onnx(channels_out: int = 1, pad: int = 1):
+    """An ONNX network of another architecture, NCHW: a 3x3 convolution (zero padding,
+    or none: an output 2 px smaller)."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.array([[0.1, 0.2, 0.1], [0.2, -1.0, 0.2], [0.1, 0.2, 0.1]], np.float32)
     w = np.broadcast_to(w, (channels_out, 1, 3, 3)).copy()
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[pad] * 4)], "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, "h", "w"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", channels_out, "h", "w"])],
         [numpy_helper.from_array(w, "w")])
@@ -126,14 +127,14 @@ def _expected(frame: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis: bool = False,
                          channels_out: int = 1, weights: str = "onnx",
-                         post: str = "sigmoid"):
+                         post: str = "sigmoid", crop: int = 0):
     """A hand-built zoo package (spec 0.5) of a network volseg did not make."""
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as spec
 
     folder = path.parent / (path.stem + "-files")
     folder.mkdir()
-    onnx_bytes, w = _conv_onnx(channels_out)
+    onnx_bytes, w = _conv_onnx(channels_out, pad=0 if crop else 1)
     (folder / "w.onnx").write_bytes(onnx_bytes)
     (folder / "w.pt").write_bytes(b"not really torchscript")
     (folder / "README.md").write_text("# conv\n")
@@ -146,6 +147,8 @@ def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis:
     y = _expected(x.reshape(16, 24), w)[None, None]
     y = np.broadcast_to(y.reshape((1, 1) + (1,) * z_axis + (16, 24)),
                         (1, channels_out) + (1,) * z_axis + (16, 24)).astype(np.float32)
+    if crop:
+        y = np.ascontiguousarray(y[..., crop:-crop, crop:-crop])
     np.save(folder / "out.npy", y)
 
     def tensor_in(name):
@@ -159,7 +162,8 @@ def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis:
                 kwargs=spec.ZeroMeanUnitVarianceKwargs(axes=[spec.AxisId(a) for a in space]))])
 
     def out_axis(a):
-        ref = spec.SizeReference(tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a))
+        ref = spec.SizeReference(tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a),
+                                 offset=-2 * crop if a != "z" else 0)
         if halo and a != "z":
             return spec.SpaceOutputAxisWithHalo(id=spec.AxisId(a), size=ref, halo=halo)
         return spec.SpaceOutputAxis(id=spec.AxisId(a), size=ref)
@@ -235,6 +239,7 @@ def test_a_package_without_a_halo_gets_a_measured_one_and_a_warning(tmp_path, cl
     (dict(channels_out=2), "2 channels"),
     (dict(weights="torchscript"), "weights as torchscript"),
     (dict(post="softmax"), "'softmax'"),
+    (dict(crop=1, halo=None), "not the input's size"),
 ])
 def test_packages_volseg_cannot_run_are_refused_in_one_line(tmp_path, cli, kind, needle):
     package, _ = make_foreign_package(tmp_path / "p.zip", **kind)

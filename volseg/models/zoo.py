@@ -119,6 +119,7 @@ def read_package(path) -> ZooModel:
                                    "(instance or multi-class segmentation?); volseg runs "
                                    "models with one foreground-probability channel")
     fixed, lo, step = _space_size(path, inp)
+    _check_same_size(path, inp, out)
     halo = _declared_halo(out)
     weights = descr.weights
     if weights.onnx is None:
@@ -225,6 +226,26 @@ def _space_size(path, tensor) -> tuple[int | None, int, int]:
                                    "tiles with square rules only")
     fixed, lo, step = found.pop()
     return fixed, lo, step
+
+
+def _check_same_size(path, inp, out) -> None:
+    """The output's y and x are the input's, pixel for pixel: a tile's probabilities are
+    blended back where its pixels came from (a network of unpadded convolutions, whose
+    output is smaller, or one that changes the scale, is refused)."""
+    sizes = {str(a.id): a.size for a in inp.axes if a.type == "space"}
+    for axis in out.axes:
+        if axis.type != "space":
+            continue
+        size, scale = axis.size, float(getattr(axis, "scale", 1.0) or 1.0)
+        same = (getattr(size, "axis_id", None) is not None
+                and str(size.axis_id) == str(axis.id) and int(size.offset or 0) == 0) \
+            or (isinstance(size, int) and size == sizes.get(str(axis.id)))
+        input_scale = next((float(a.scale or 1.0) for a in inp.axes
+                            if a.type == "space" and str(a.id) == str(axis.id)), 1.0)
+        if not same or scale != input_scale:
+            raise _package_error(path, f"its output's {axis.id} axis is not the input's size "
+                                       "and scale (a network that crops or resamples); "
+                                       "volseg needs an output pixel for every input pixel")
 
 
 def _declared_halo(tensor) -> int | None:
