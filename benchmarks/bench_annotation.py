@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3, help="random-choice runs averaged")
     ap.add_argument("--plots", default="bench-output/annotation")
+    ap.add_argument("--strategies", default="suggest,even,random,scribbles",
+                    help="which curves to run (the first annotated frames are the same)")
     args = ap.parse_args(argv)
     print(machine_line())
     print(f"model: {args.method}" + (f", {args.steps} steps per round (--init from the last)"
@@ -230,14 +232,18 @@ def main(argv=None) -> int:
                 shutil.rmtree(work)
                 return out
 
-            curves["suggest"] = run("suggest")
-            curves["even"] = run("even")
-            runs = [run("random", seed) for seed in range(args.seeds)]
-            curves["random"] = [(runs[0][i][0], float(np.mean([r[i][1] for r in runs])))
-                                for i in range(len(runs[0]))]
+            chosen = args.strategies.split(",")
+            for strategy in ("suggest", "even"):
+                if strategy in chosen:
+                    curves[strategy] = run(strategy)
+            if "random" in chosen:
+                runs = [run("random", seed) for seed in range(args.seeds)]
+                curves["random"] = [(runs[0][i][0], float(np.mean([r[i][1] for r in runs])))
+                                    for i in range(len(runs[0]))]
             scribble_pixels = sum(int((scribbles_of(data[1][t, z], seed=t * 1000 + z) > 0).sum())
                                   for t, z in even_frames(data[2].shape, args.k0, data[2]))
-            curves["even, scribbles"] = run("even", scribbles=True)
+            if "scribbles" in chosen:
+                curves["even, scribbles"] = run("even", scribbles=True)
         report(name, curves, data, args, scribble_pixels, time.monotonic() - started, plots)
     return 0
 
@@ -252,21 +258,25 @@ def report(name, curves, data, args, scribble_pixels, seconds, plots) -> None:
     frame_px = shape[2] * shape[3]
     print(f"\n{name}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, test frames "
           f"{int(data[2].sum())} (never annotated); {seconds / 60:.1f} min")
-    ns = [n for n, _ in curves["suggest"]]
+    ns = [n for n, _ in next(iter(curves.values()))]
     print(f"  {'annotated frames':<22}" + "".join(f"{n:>8}" for n in ns))
     for key, curve in curves.items():
         print(f"  {key:<22}" + "".join(f"{d:>8.4f}" for _, d in curve))
-    target = curves["random"][-1][1]
-    need = {k: frames_to_reach(c, target) for k, c in curves.items() if "scribbles" not in k}
-    print(f"  frames to reach random's final Dice {target:.4f}: "
-          + ", ".join(f"{k} {'-' if v is None else v}" for k, v in need.items()))
-    if need["suggest"] is not None:
-        saved = 1 - need["suggest"] / curves["random"][-1][0]
-        print(f"  suggest: {100 * saved:.0f} % fewer annotated frames than random for that Dice")
-    print(f"  scribbles on the first {args.k0} frames: {scribble_pixels} pixels "
-          f"({100 * scribble_pixels / (args.k0 * frame_px):.1f} % of those frames), Dice "
-          f"{curves['even, scribbles'][0][1]:.4f} against {curves['even'][0][1]:.4f} from the "
-          "same frames fully annotated")
+    if "random" in curves:
+        target = curves["random"][-1][1]
+        need = {k: frames_to_reach(c, target) for k, c in curves.items()
+                if "scribbles" not in k}
+        print(f"  frames to reach random's final Dice {target:.4f}: "
+              + ", ".join(f"{k} {'-' if v is None else v}" for k, v in need.items()))
+        if need.get("suggest") is not None:
+            saved = 1 - need["suggest"] / curves["random"][-1][0]
+            print(f"  suggest: {100 * saved:.0f} % fewer annotated frames than random for "
+                  "that Dice")
+    if "even, scribbles" in curves and "even" in curves:
+        print(f"  scribbles on the first {args.k0} frames: {scribble_pixels} pixels "
+              f"({100 * scribble_pixels / (args.k0 * frame_px):.1f} % of those frames), Dice "
+              f"{curves['even, scribbles'][0][1]:.4f} against {curves['even'][0][1]:.4f} from "
+              "the same frames fully annotated")
     from volseg.viz.figures import pyplot
 
     plt = pyplot()

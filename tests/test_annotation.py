@@ -379,3 +379,43 @@ def test_unet_trains_on_sparse_frames_and_records_them(partial, tmp_path):
     split = read_model_info(tmp_path / "m.keras")["training"]["split"]
     assert split["train_frames"] == 2 and split["val_frames"] == 1
     assert split["annotated_frames"] == 3
+
+
+def test_forest_on_scribbles_chooses_its_threshold_for_the_frames_share(tmp_path):
+    """Scribbles hold 17 % structure; the frames 5 %. The threshold is chosen for the frames' estimated share, so the stored threshold's Dice
+    on the whole validation frame is not worse than the scribbles' own best threshold's
+    (which was lower: more false positives where 95 % is background)."""
+    from volseg.models.forest import FeatureSpec, load_forest, probability_levels
+    from volseg.ops.thresholds import best_level, class_histograms, dice_at
+    from volseg.training.forest import train_forest
+
+    rng = np.random.default_rng(5)
+    shape = (1, 4, 64, 64)
+    full = (rng.random(shape) < 0.05).astype(np.uint8)
+    image = (full * 90 + rng.normal(80, 30, shape)).clip(0, 255).astype(np.uint8)
+    images = make_image_store(tmp_path / "images.zarr", image).path
+    scribbles = np.zeros(shape, np.uint8)
+    for z in range(4):
+        for cls, value in ((1, 1), (0, 2)):
+            where = np.flatnonzero(full[0, z].ravel() == cls)
+            n = 60 if value == 1 else 300  # background strokes are the longer ones
+            scribbles[0, z].ravel()[rng.choice(where, n, replace=False)] = value
+        write(tmp_path / "s", f"t000_z{z:03d}.tif", scribbles[0, z])
+    convert([tmp_path / "s"], tmp_path / "truth.zarr", scribbles=True, like=images)
+    lines = []
+    train_forest(images, tmp_path / "truth.zarr", tmp_path / "f.model", trees=10,
+                  max_samples=2000, spec=FeatureSpec(sigma_min=0.7, sigma_max=1.6),
+                  log=lines.append)
+    forest, info = load_forest(tmp_path / "f.model")
+    share = info["training"]["val_structure_share"]
+    assert 0.025 < share < 0.1, share
+    assert any("estimated structure share" in line for line in lines)
+    assert info["training"]["val_split"] == "frames"  # one time point: z held out
+    (z,) = info["training"]["val_indices"]
+    levels = probability_levels(forest, st.open_image(images), 0, z,
+                                FeatureSpec.from_dict(info["features"]))
+    whole = class_histograms(levels, full[0, z])
+    scribbled = scribbles[0, z] != 0
+    naive = best_level(class_histograms(levels[scribbled], full[0, z][scribbled]))[0]
+    assert info["threshold"] > naive / 255
+    assert dice_at(whole, info["threshold"]) >= dice_at(whole, naive / 255)

@@ -21,7 +21,7 @@ import numpy as np
 from volseg.io.store import MASK_COLOURS, NGFF_VERSION, ImageStore, roi_index
 from volseg.ops.annotation import NOT_ANNOTATED, annotated, known_labels
 
-__all__ = ["AnnotatedRegion", "KnownLabels", "annotation_counts", "not_annotated",
+__all__ = ["AnnotatedRegion", "KnownLabels", "annotation_counts", "counted_pixels", "not_annotated",
            "truth_label"]
 
 #: napari and other viewers draw not-annotated voxels in a dim grey, apart from both classes.
@@ -111,6 +111,19 @@ class AnnotatedRegion(_View):
             where = roi_index(self.roi.shape, key[0], key[1]) + tuple(key[2:])
             inside &= np.asarray(self.roi[where]) != 0
         return inside.astype(np.uint8)
+
+
+def counted_pixels(region, t: int, z: int, shape) -> np.ndarray | None:
+    """Where frame (t, z)'s pixels count, annotated or not, when ``region`` (what a
+    trainer reads as its region, :func:`learning_views`) is a partial truth's
+    :class:`AnnotatedRegion`: inside its ROI, or every pixel of a frame of ``shape``
+    (y, x). None for a complete truth's region (a plain ROI, or None): its pixels count
+    exactly where they are annotated."""
+    if not isinstance(region, AnnotatedRegion):
+        return None
+    if region.roi is None:
+        return np.ones(tuple(shape), bool)
+    return np.asarray(region.roi[roi_index(region.roi.shape, t, z)]) != 0
 
 
 def annotation_counts(store: ImageStore, *, progress=None) -> np.ndarray:

@@ -176,15 +176,12 @@ def _first_error(summary) -> str:
     return "the spec library rejects it"
 
 
-_KNOWN_AXES = {"batch": "batch", "channel": "channel"}
-
-
 def _axes(path, tensor, what) -> tuple[tuple, dict]:
     """The tensor's axes as volseg names them, in order, and the sizes volseg needs."""
     names, sizes = [], {}
     for axis in tensor.axes:
         kind = axis.type
-        if kind in _KNOWN_AXES:
+        if kind in ("batch", "channel"):
             names.append(kind)
             if kind == "channel":
                 sizes["channel"] = len(axis.channel_names)

@@ -51,8 +51,9 @@ def export_model(model, out, *, images=None, authors=None, license: str = DEFAUL
         ``path``, ``name``, ``weights`` (formats), ``test_shape``, ``threshold``, ``halo``.
     """
     from volseg.models import zoo
-    from volseg.models.unet import load_model, model_context, model_normalization, \
-        read_model_info
+    from volseg.models.unet import (file_sha256, load_model, model_context,
+                                    model_normalization, read_model_info)
+    from volseg.version import __version__
 
     model = Path(model)
     info = read_model_info(model)
@@ -89,7 +90,7 @@ def export_model(model, out, *, images=None, authors=None, license: str = DEFAUL
     config = {"threshold": threshold, "context": context, "margin": int(info.get("margin", 32)),
               "multiple": int(info.get("multiple", 16)),
               "normalization": info.get("normalization"),
-              "source_model_sha256": _sha(model), "volseg_version": _version()}
+              "source_model_sha256": file_sha256(model), "volseg_version": __version__}
     zoo.write_package(
         out, network=zoo.bare_network(network), name=name,
         description=f"2D U-Net (volseg) segmenting a tubular structure; probability output, "
@@ -217,14 +218,3 @@ def _documentation(name, model, info, images, threshold, context) -> str:
     ]
     return "\n".join(lines)
 
-
-def _sha(path) -> str:
-    from volseg.models.unet import file_sha256
-
-    return file_sha256(path)
-
-
-def _version() -> str:
-    from volseg.version import __version__
-
-    return __version__

@@ -162,6 +162,8 @@ def run(config: TrainConfig, *, progress=None, log=None, stop: StopSignal | None
     final = with_precision(model, "float32", info={"architecture": arch})
     val = validator.run(final)
     threshold = val["best_threshold"]
+    if val["note"]:
+        say(val["note"])
     training = training_record(config, inputs, split, val_list, loop, val,
                                fg_fraction=index.foreground_fraction,
                                seconds=time.monotonic() - t_start)

@@ -158,8 +158,8 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     from volseg.version import __version__
     from volseg.models.unet import FORMAT, FORMAT_VERSION
     from volseg.training.sampler import split_frames, where_learned
-    from volseg.ops.thresholds import best_threshold, class_histograms
-    from volseg.io.truth import learning_views
+    from volseg.ops.thresholds import ValidationHistogram, best_threshold
+    from volseg.io.truth import counted_pixels, learning_views
     from volseg.training.config import open_stores
 
     if trees < 1:
@@ -198,16 +198,19 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     forest.fit(X, y)
     forest.n_jobs = 1
     fit_seconds = time.monotonic() - start
-    hist = np.zeros((2, 256), np.int64)
+    frames = ValidationHistogram()
+    region = None if roi is None else roi.array
     for t, z in split.val:
         levels = probability_levels(forest, image, t, z, spec)
         labels = np.asarray(truth.array[t, z])
         check_truth(labels, f"validation frame t={t} z={z}")
-        labels = labels != 0
-        if roi is not None:
-            inside = np.asarray(roi.array[roi_index(roi.shape, t, z)]) != 0
-            levels, labels = levels[inside], labels[inside]
-        hist += class_histograms(levels, labels)
+        inside = (np.ones(labels.shape, bool) if region is None
+                  else np.asarray(region[roi_index(region.shape, t, z)]) != 0)
+        frames.add(levels, labels, annotated=inside,
+                   counted=counted_pixels(region, t, z, labels.shape))
+    hist = frames.histogram()
+    if log and frames.note():
+        log(f"forest: {frames.note()}")
     best = best_threshold(hist)
     threshold, val_dice = (0.5, None) if best is None else best
     info = {
@@ -222,7 +225,10 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
                      "train_frames": len(split.train), "val_frames": len(split.val),
                      "val_split": split.by, "val_indices": split.val_indices,
                      **({"annotated_frames": split.annotated} if split.annotated else {}),
-                     "val_dice": val_dice, "seconds": round(time.monotonic() - start, 3),
+                     "val_dice": val_dice,
+                     **({"val_structure_share": round(frames.share, 6)}
+                        if frames.share is not None else {}),
+                     "seconds": round(time.monotonic() - start, 3),
                      "fit_seconds": round(fit_seconds, 3), "command": command},
         "provenance": {"images": location_text(images_path),
                        "truth": location_text(truth_path),

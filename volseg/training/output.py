@@ -91,6 +91,8 @@ def training_record(config, inputs, split, val_list, loop, val, *, fg_fraction: 
         "train_seconds": round(loop.train_seconds, 1), "seconds": round(seconds, 1),
         "samples_per_s": samples_per_s,
         "val_dice_at_0.5": rounded(val["dice"]), "val_dice": rounded(val["best_dice"]),
+        **({"val_structure_share": rounded(val["structure_share"])}
+           if val.get("structure_share") is not None else {}),
         "foreground_fraction": round(fg_fraction, 6),
         "compile": c.compile, "cpu": machine(),
         **({"warning": loop.warning} if loop.warning else {}),

@@ -15,7 +15,7 @@ from volseg.errors import InputError
 
 from volseg.io.store import roi_index
 from volseg.training.sampler import check_truth
-from volseg.ops.thresholds import LEVELS, best_threshold, class_histograms, dice_at, quantise
+from volseg.ops.thresholds import ValidationHistogram, best_threshold, dice_at, quantise
 
 
 def choose_val_frames(frames, frame_pixels: int, max_pixels: int | None):
@@ -67,7 +67,9 @@ class Validator:
         so the best threshold selects on the stored probabilities exactly the mask it
         was chosen for (:mod:`volseg.ops.thresholds`).
         """
-        hist = np.zeros((2, LEVELS), np.int64)
+        from volseg.io.truth import counted_pixels
+
+        frames = ValidationHistogram()
         start = time.monotonic()
         for t, z in self.frames:
             prob = self.probabilities(model, t, z)
@@ -78,14 +80,16 @@ class Validator:
                                  param="learning_rate")
             lab = np.asarray(self.truth[t, z])
             check_truth(lab, f"validation frame t={t} z={z}")
-            lab = lab.astype(bool)
             if self.roi is not None:
                 inside = np.asarray(self.roi[roi_index(self.roi.shape, t, z)]) > 0
             else:
                 inside = np.ones(lab.shape, bool)
-            hist += class_histograms(quantise(prob)[inside], lab[inside])
+            frames.add(quantise(prob), lab, annotated=inside,
+                       counted=counted_pixels(self.roi, t, z, lab.shape))
+        hist = frames.histogram()
         # Without foreground in the validation frames no threshold is better than 0.5.
         threshold, dice_best = best_threshold(hist) or (0.5, float("nan"))
         return {"dice": dice_at(hist, 0.5), "best_threshold": threshold,
-                "best_dice": dice_best, "histogram": hist,
+                "best_dice": dice_best, "histogram": hist, "structure_share": frames.share,
+                "note": frames.note(),
                 "seconds": time.monotonic() - start}
