@@ -46,6 +46,23 @@ def test_scribbles_map_to_stored_values_and_others_are_refused():
         from_scribbles(np.array([0, 3, 7, 1]), name="s.tif")
 
 
+def test_one_rule_for_truth_values_and_one_for_roi_inside():
+    from volseg.ops.annotation import check_mask, check_mask_dtype, inside_roi
+
+    check_mask(np.array([0, 1, 1], np.uint8), name="t.zarr")
+    check_mask(np.array([True, False]), name="t.zarr")
+    for values, found in ((np.array([0, 1, 255], np.uint8), "values 0, 1, 255, not 0/1"),
+                          (np.array([-1, 0, 1], np.int16), "values -1, 0, 1, not 0/1"),
+                          (np.array([0.0, 1.0]), "float64, not an integer mask")):
+        with pytest.raises(InputError, match=f"^t.zarr: {found}; the truth must be a 0/1 mask"):
+            check_mask(values, name="t.zarr")
+    with pytest.raises(InputError, match="float32, not an integer mask"):
+        check_mask_dtype(np.float32, name="t.zarr")
+    # nonzero is inside, whatever the dtype: a label image, -1, a float mask
+    np.testing.assert_array_equal(inside_roi(np.array([0, 3, -1, 0.5])),
+                                  [False, True, True, True])
+
+
 def test_mask_frames_accept_0_1_and_0_255_only():
     np.testing.assert_array_equal(labels_from_mask(np.array([0, 255], np.uint8), name="m"), [0, 1])
     with pytest.raises(InputError, match=r"m.tif: mask has values \{0, 1, 2\}.*--scribbles"):

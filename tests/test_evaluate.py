@@ -250,7 +250,7 @@ def test_bad_inputs(tmp_path, stores):
         evaluate(tmp_path / "missing.zarr", tru)
     bad = truth.copy()
     bad[2, 3, 0, 0] = 255
-    with pytest.raises(InputError, match=r"bad\.zarr: block t=2.*not binary"):
+    with pytest.raises(InputError, match=r"bad\.zarr: block t=2.*values 0, 1, 255, not 0/1"):
         evaluate(pred, write_image(tmp_path / "bad.zarr", bad))
     with pytest.raises(InputError, match="incomplete"):
         evaluate(write_prediction(tmp_path / "inc.zarr", prob, complete=False), tru)

@@ -232,7 +232,7 @@ def test_every_trainer_refuses_a_truth_that_is_not_0_1(tmp_path, cli, truth):
                            "--truth", tmp_path / "t.zarr", "-o", tmp_path / "m.keras",
                            "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16",
                            "--depth", "2", "--filters", "2"),
-                       "--truth", "labels must be 0 or 1, found value")
+                       "--truth", "not 0/1; the truth must be a 0/1 mask")
         assert not (tmp_path / "m.keras").exists()
 
 

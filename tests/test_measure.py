@@ -290,7 +290,7 @@ def test_cli_bad_stores_exit_2_with_one_line(stores, cli, tmp_path):
                            job=st.make_job("test", parameters={}))  # never finished
     part.array[...] = 0
     for args, needle in [
-        ((d / "grey.zarr",), "not binary"),
+        ((d / "grey.zarr",), "not 0/1; measure needs a 0/1 mask"),
         ((d / "pred.zarr", "--truth", d / "small.zarr"), "differs from the mask's"),
         ((d / "pred.zarr", "--roi", d / "small.zarr"), "ROI shape"),
         ((d / "part.zarr",), "part.zarr"),

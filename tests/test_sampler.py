@@ -128,7 +128,7 @@ def test_float_images_percentiles(tmp_path):
 def test_truth_must_be_binary(tmp_path):
     images, labels = synthetic((1, 2, 32, 32))
     labels[0, 0, 3, 3] = 255
-    with pytest.raises(InputError, match="0 or 1"):
+    with pytest.raises(InputError, match="values 0, 1, 255, not 0/1"):
         scan_training_data(images, labels, [(0, 0), (0, 1)])
 
 

@@ -589,15 +589,17 @@ def create_prediction(path, *, shape, chunks, shards, job: dict, probability: bo
     return Prediction(locate(path), root)
 
 
-def _is_prediction(group: zarr.Group, path: Path) -> bool:
-    return read_node(path / "mask") is not None
+def is_prediction(path) -> bool:
+    """Whether ``path`` is a prediction store (it holds a ``mask`` node), the one test
+    every stage uses to tell a prediction from an image store."""
+    return read_node(locate(path) / "mask") is not None
 
 
 def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> Prediction:
     """Open a prediction store; :class:`InputError` if missing, not one, or unfinished."""
     path = locate(path)
     g = open_group(path, mode=mode, what="prediction store", made_by="volseg predict")
-    if not _is_prediction(g, path):
+    if not is_prediction(path):
         raise InputError(f"{path}: not a volseg prediction store (no 'mask' group)")
     pred = Prediction(path, g)
     for part in ("probability", "mask"):
@@ -613,8 +615,8 @@ def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> 
 def open_any(path, *, channel: int | None = None, series: int | None = None):
     """Open an image or prediction store for `volseg info` (complete or not)."""
     path = locate(path)
-    g = open_group(path)
-    if _is_prediction(g, path):
+    open_group(path)  # not a store at all: its one line
+    if is_prediction(path):
         return open_prediction(path, require_complete=False)
     return open_image(path, require_complete=False, channel=channel, series=series)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from volseg.io.store import MASK_COLOURS, NGFF_VERSION, ImageStore, roi_index
-from volseg.ops.annotation import NOT_ANNOTATED, annotated, known_labels
+from volseg.ops.annotation import NOT_ANNOTATED, annotated, inside_roi, known_labels
 
 __all__ = ["AnnotatedRegion", "KnownLabels", "annotation_counts", "counted_pixels", "not_annotated",
            "truth_label"]
@@ -109,7 +109,7 @@ class AnnotatedRegion(_View):
         inside = annotated(np.asarray(self._array[key]), self.value)
         if self.roi is not None:
             where = roi_index(self.roi.shape, key[0], key[1]) + tuple(key[2:])
-            inside &= np.asarray(self.roi[where]) != 0
+            inside &= inside_roi(self.roi[where])
         return inside.astype(np.uint8)
 
 
@@ -123,7 +123,7 @@ def counted_pixels(region, t: int, z: int, shape) -> np.ndarray | None:
         return None
     if region.roi is None:
         return np.ones(tuple(shape), bool)
-    return np.asarray(region.roi[roi_index(region.roi.shape, t, z)]) != 0
+    return inside_roi(region.roi[roi_index(region.roi.shape, t, z)])
 
 
 def annotation_counts(store: ImageStore, *, progress=None) -> np.ndarray:

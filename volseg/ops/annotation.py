@@ -17,13 +17,56 @@ import numpy as np
 
 from volseg.errors import InputError
 
-__all__ = ["NOT_ANNOTATED", "SCRIBBLE_VALUES", "annotated", "from_scribbles", "known_labels",
+__all__ = ["NOT_ANNOTATED", "SCRIBBLE_VALUES", "TRUTH_HINT", "annotated", "check_mask",
+           "check_mask_dtype", "from_scribbles", "inside_roi", "known_labels",
            "labels_from_mask"]
 
 #: The stored value of a voxel nobody annotated.
 NOT_ANNOTATED = 255
 #: Scribble value -> stored value (0 not annotated, 1 structure, 2 background).
 SCRIBBLE_VALUES = {0: NOT_ANNOTATED, 1: 1, 2: 0}
+
+
+#: What a refused truth should be, said after the problem.
+TRUTH_HINT = "the truth must be a 0/1 mask (make it with `volseg convert --mask`)"
+
+
+def inside_roi(values) -> np.ndarray:
+    """The one ROI rule, for every stage: a voxel is inside where the ROI is nonzero.
+
+    ROI values of any dtype are read the same way (uint8 0/1 or 0/255 from volseg, a
+    label image, a float mask from another tool), so an ROI means the same region to
+    train, predict, evaluate and measure.
+    """
+    return np.asarray(values) != 0
+
+
+def check_mask_dtype(dtype, *, name: str, hint: str = TRUTH_HINT, param=None) -> None:
+    """Refuse a truth or mask whose dtype cannot hold 0/1 labels (float, for instance), in
+    :func:`check_mask`'s words, before anything is read."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biu":
+        raise InputError(f"{name}: {dtype}, not an integer mask; {hint}", param=param)
+
+
+def check_mask(values, *, name: str, hint: str = TRUTH_HINT, param=None) -> None:
+    """The one 0/1 rule of truth read by train, evaluate, preview and measure (and of
+    the masks measure reads): integer (or bool) values 0 and 1 only.
+
+    Raises
+    ------
+    InputError
+        ``"{name}: {problem}; {hint}"``: a float dtype, or the values found (an intensity
+        image, 0/255 from another tool, -1 for "unlabelled").
+    """
+    values = np.asarray(values)
+    check_mask_dtype(values.dtype, name=name, hint=hint, param=param)
+    if values.size == 0 or values.dtype == bool:
+        return
+    if values.max() > 1 or values.min() < 0:
+        found = np.unique(values)
+        shown = ", ".join(str(v) for v in found[:6].tolist()) + (", ..." if found.size > 6 else "")
+        raise InputError(f"{name}: values {shown}, not 0/1; {hint}", param=param)
 
 
 def annotated(labels: np.ndarray, not_annotated: int | None) -> np.ndarray:

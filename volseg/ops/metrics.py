@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from volseg.ops.annotation import inside_roi
 from volseg.ops.thresholds import (LEVELS, best_level, class_histograms, default_scale, level_threshold,
                          quantise, scratch, threshold_bin)
 
@@ -219,13 +220,13 @@ def count_block(truth, *, mask=None, probability=None, roi=None, threshold=None,
     t = _as_bool(truth)
     p = _as_bool(pred)
     q = None if probability is None else np.ascontiguousarray(quantise(probability, scale=scale))
-    skeleton = _skeleton_counts(p, t, None if roi is None else np.asarray(roi) != 0) \
+    skeleton = _skeleton_counts(p, t, None if roi is None else inside_roi(roi)) \
         if cldice else None
 
     if roi is None:
         counts = _count_flat(t.ravel(), p.ravel(), None if q is None else q.ravel())
     else:
-        inside = np.ascontiguousarray(np.asarray(roi) != 0).ravel()
+        inside = np.ascontiguousarray(inside_roi(roi)).ravel()
         n_in = int(np.count_nonzero(inside))
         if n_in == inside.size:
             counts = _count_flat(t.ravel(), p.ravel(), None if q is None else q.ravel())

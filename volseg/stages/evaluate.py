@@ -23,8 +23,8 @@ from volseg.engine.blocks import BlockGrid, client_threads, describe, run_blocks
 from volseg.errors import InputError
 from volseg.engine.outputs import write_text_atomic
 from volseg.io.truth import not_annotated
-from volseg.ops.annotation import annotated, known_labels
-from volseg.ops.metrics import ConfusionHistogram, check_binary, count_block, default_scale, metrics
+from volseg.ops.annotation import annotated, check_mask, check_mask_dtype, inside_roi, known_labels
+from volseg.ops.metrics import ConfusionHistogram, count_block, default_scale, metrics
 from volseg.ops.thresholds import best_level, level_threshold
 
 #: Aim for blocks of about this many voxels (a few tens of MB per task with temporaries).
@@ -112,19 +112,15 @@ def count_region(i: int, *, job: _Job, grid: BlockGrid) -> tuple[dict, dict]:
     if job.not_annotated is not None:  # counted: annotated voxels (inside the ROI) only
         inside = annotated(truth, job.not_annotated)
         truth = known_labels(truth, job.not_annotated)
-    try:
-        check_binary(truth)
-    except ValueError as exc:
-        raise InputError(f"{job.truth_name}: block {describe(region)}: {exc}; the truth must "
-                         "be a binary mask (make it with `volseg convert --mask`)") from None
+    check_mask(truth, name=f"{job.truth_name}: block {describe(region)}")
     prob = None if job.probability is None else np.asarray(job.probability[region])
     mask = None if job.mask is None else np.asarray(job.mask[region])
     roi = None
     if job.roi is not None:  # an ROI of one time point or slice applies to all of them
         where = _store.roi_index(job.roi.shape, region[0], region[1]) + tuple(region[2:])
-        roi = np.broadcast_to(np.asarray(job.roi[where]), truth.shape)
+        roi = np.broadcast_to(inside_roi(job.roi[where]), truth.shape)
     if inside is not None:
-        roi = inside if roi is None else inside & (roi != 0)
+        roi = inside if roi is None else inside & roi
     t0, z0 = region[0].start, region[1].start
     kw = dict(threshold=job.threshold, scale=job.scale, cldice=job.cldice, check=False)
 
@@ -195,9 +191,7 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
         raise InputError(f"{roi_path}: ROI shape {_shape(roi.shape)} does not fit the prediction's "
                          f"{_shape(shape)} ({pred_path}): the same y, x, and t and z each "
                          "equal or 1 (one ROI for every time point or slice)")
-    if truth.dtype.kind not in "biu":
-        raise InputError(f"{truth_path}: truth dtype {truth.dtype} is not an integer mask; "
-                         "make it with `volseg convert --mask`")
+    check_mask_dtype(truth.dtype, name=str(truth_path))
 
     stored = _stored_threshold(pred)
     use_mask = threshold is None or (stored is not None and same_threshold(threshold, stored))

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import zarr
 
 from volseg.io import store as st
 from volseg.engine.blocks import frame_runs, run_blocks
 from volseg.errors import InputError
-from volseg.io.location import is_url, locate, zarr_store
+from volseg.io.location import is_url, locate
 from volseg.engine.outputs import writer_lock, write_text_atomic
 from volseg.io.store import read_node
 from volseg.io.tiff import EXPORT_MANIFEST, frame_file_name
@@ -111,11 +110,9 @@ def _is_zarr(path: Path) -> bool:
 
 
 def _is_prediction(path: Path) -> bool:
-    if not _is_zarr(path):
-        return False
     try:
-        return "mask" in zarr.open_group(zarr_store(path), mode="r")
-    except Exception:  # unreadable metadata: let open_image report it
+        return _is_zarr(path) and st.is_prediction(path)
+    except InputError:  # unreadable metadata: not a prediction here; open_image reports it
         return False
 
 

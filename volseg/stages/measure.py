@@ -89,6 +89,7 @@ from skimage.morphology import skeletonize as thin
 from volseg.io import store as _store
 from volseg.engine.blocks import BlockGrid, run_blocks, usable_cores
 from volseg.errors import InputError
+from volseg.ops.annotation import check_mask, inside_roi
 from volseg.engine.outputs import write_text_atomic
 
 #: The measures of one volume, in the order of tables and CSV columns.
@@ -566,14 +567,10 @@ class _Job:
 
 def read_binary(array, t: int) -> np.ndarray:
     """Time point ``t`` of a 0/1 array as a bool (z, y, x) volume (checked read)."""
-    from volseg.ops.metrics import check_binary
-
     volume = np.asarray(array[t])
-    try:
-        check_binary(volume, name=f"{array.label} at t={t}")
-    except ValueError as exc:
-        raise InputError(f"{exc}; measure needs a 0/1 mask (a prediction store or a store "
-                         "made with `volseg convert --mask`)") from None
+    check_mask(volume, name=f"{array.label} at t={t}",
+               hint="measure needs a 0/1 mask (a prediction store or a store made with "
+               "`volseg convert --mask`)")
     return volume.astype(bool, copy=False)
 
 
@@ -591,7 +588,7 @@ def measure_timepoint(i: int, *, job: _Job, grid: BlockGrid) -> dict:
     if job.roi is not None:  # nonzero is inside, as for evaluate and predict; an ROI of
         # one time point or slice applies to all of them
         ti, zi = _store.roi_index(job.roi.shape, t, slice(None))
-        roi = np.asarray(job.roi[ti, zi]) != 0
+        roi = inside_roi(job.roi[ti, zi])
     row: dict = {"t": int(t)}
     truth = job.truth if job.truth_timepoints is None or t in job.truth_timepoints else None
     for name, array in (("mask", job.mask), ("truth", truth)):

@@ -36,6 +36,7 @@ from volseg.models.forest import FeatureSpec, forest_probabilities, load_forest,
 from volseg.io.integrity import nonfinite_counts
 from volseg.io.location import RemotePath, is_remote, locate
 from volseg.io.location import text as location_text
+from volseg.ops.annotation import inside_roi
 from volseg.ops.metrics import quantise, threshold_bin
 from volseg.models.unet import (check_precision, check_record, file_sha256, read_model_info,
                                 resolve_precision)
@@ -299,7 +300,7 @@ def roi_inside(roi: str | None, grid: BlockGrid, i: int) -> np.ndarray | None:
         return None
     array = st.open_image(roi, what="ROI store").array if isinstance(roi, str) else roi
     t, zs, ys, xs = grid.region(i)
-    inside = np.asarray(array[(*st.roi_index(array.shape, t, zs), ys, xs)])[0] != 0
+    inside = inside_roi(array[(*st.roi_index(array.shape, t, zs), ys, xs)])[0]
     return np.broadcast_to(inside, (zs.stop - zs.start,) + inside.shape[1:])
 
 

@@ -135,23 +135,17 @@ def read_frame(pred: st.Prediction, images: st.ImageStore, t: int, z: int, *,
         prob = np.asarray(pred.probability.array[t, z], np.float32) / pred.probability_scale()
     gt = None
     if truth is not None:
-        from volseg.ops.metrics import check_binary
 
         from volseg.io.truth import not_annotated
-        from volseg.ops.annotation import annotated, known_labels
+        from volseg.ops.annotation import annotated, check_mask, known_labels
 
         gt = np.asarray(truth.array[t, z])
         value = not_annotated(truth)
         if value is not None:
             where = annotated(gt, value)
             gt = known_labels(gt, value)
-        try:  # evaluate's rule, so a preview never shows a Dice evaluate would refuse
-            if gt.dtype.kind not in "biu":
-                raise ValueError(f"frame t={t} z={z} is {gt.dtype}, not an integer mask")
-            check_binary(gt, name=f"frame t={t} z={z}")
-        except ValueError as exc:
-            raise InputError(f"{truth.path}: {exc}; the truth must be a 0/1 mask (make it "
-                             "with `volseg convert --mask`)") from None
+        # evaluate's rule, so a preview never shows a Dice evaluate would refuse
+        check_mask(gt, name=f"{truth.path}: frame t={t} z={z}")
     return Frame(t=t, z=z, image=np.asarray(images.array[t, z]), mask=np.asarray(pred.mask.array[t, z]),
                  probability=prob, truth=gt, threshold=pred.threshold,
                  annotated=where if truth is not None and value is not None else None)

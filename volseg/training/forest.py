@@ -16,6 +16,7 @@ import numpy as np
 from volseg.errors import InputError
 from volseg.io.location import text as location_text
 from volseg.io.store import roi_index
+from volseg.ops.annotation import inside_roi
 from volseg.training.sampler import check_truth
 from volseg.models.forest import (FeatureSpec, check_frame_size, probability_levels,
                                   save_forest, tile_features)
@@ -33,7 +34,7 @@ def sample_pixels(feats: np.ndarray, labels: np.ndarray, roi, *, quota: int, rng
     -------
     (X, y) : (n, F) float32 and (n,) uint8
     """
-    inside = np.ones(labels.shape, bool) if roi is None else np.asarray(roi) != 0
+    inside = np.ones(labels.shape, bool) if roi is None else inside_roi(roi)
     take = []
     for cls in (0, 1):
         idx = np.flatnonzero(((labels != 0) == cls) & inside)
@@ -205,7 +206,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
         labels = np.asarray(truth.array[t, z])
         check_truth(labels, f"validation frame t={t} z={z}")
         inside = (np.ones(labels.shape, bool) if region is None
-                  else np.asarray(region[roi_index(region.shape, t, z)]) != 0)
+                  else inside_roi(region[roi_index(region.shape, t, z)]))
         frames.add(levels, labels, annotated=inside,
                    counted=counted_pixels(region, t, z, labels.shape))
     hist = frames.histogram()

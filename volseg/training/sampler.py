@@ -37,6 +37,7 @@ import numpy as np
 
 from volseg.engine.blocks import BlockGrid, read_unit
 from volseg.errors import InputError
+from volseg.ops.annotation import check_mask, inside_roi
 from volseg.ops.indices import parse_indices
 from volseg.io.store import roi_index
 
@@ -298,15 +299,7 @@ def check_truth(labels: np.ndarray, where: str = "") -> None:
     """The one truth rule of every trainer (U-Net and forest, training and validation
     frames): integers 0 or 1. :class:`InputError` naming the truth and the first value
     that breaks it (an intensity image, 0/255, or -1 for "unlabelled" are refused)."""
-    where = f" ({where})" if where else ""
-    if labels.dtype.kind not in "biu":
-        raise InputError(f"labels must be integers 0/1, found dtype {labels.dtype}{where}; "
-                         "convert annotations with `volseg convert --mask`",
-                         param="truth_path")
-    if labels.size and (labels.max() > 1 or labels.min() < 0):  # -1 is not "unlabelled"
-        bad = int(labels.max()) if labels.max() > 1 else int(labels.min())
-        raise InputError(f"labels must be 0 or 1, found value {bad}{where}; convert "
-                         "annotations with `volseg convert --mask`", param="truth_path")
+    check_mask(labels, name=f"truth ({where})" if where else "truth", param="truth_path")
 
 
 def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
@@ -361,7 +354,7 @@ def scan_training_data(image, truth, frames, *, roi=None, seed: int = 0,
             frame_img = img[i, j]
             frame_lab = lab[i, j].astype(bool)
             if mask is not None:
-                inside = mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)] > 0
+                inside = inside_roi(mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)])
                 frame_lab &= inside
                 ry, rx = np.nonzero(inside)
                 roi_table.add(frame_pos[(t, z)], ry, rx, ys.start, xs.start, cap, rng)
@@ -520,7 +513,7 @@ class PatchSampler:
         lab = _read(self.truth, (t, z, slice(y0, y1), slice(x0, x1))).astype(np.float32)
         if self.roi is not None:
             rt, rz = roi_index(self.roi.shape, t, z)
-            weight = (_read(self.roi, (rt, rz, slice(y0, y1), slice(x0, x1))) > 0)
+            weight = inside_roi(_read(self.roi, (rt, rz, slice(y0, y1), slice(x0, x1))))
             weight = weight.astype(np.float32)
         else:
             weight = np.ones_like(lab)

@@ -14,6 +14,7 @@ import numpy as np
 from volseg.errors import InputError
 
 from volseg.io.store import roi_index
+from volseg.ops.annotation import inside_roi
 from volseg.training.sampler import check_truth
 from volseg.ops.thresholds import ValidationHistogram, best_threshold, dice_at, quantise
 
@@ -81,7 +82,7 @@ class Validator:
             lab = np.asarray(self.truth[t, z])
             check_truth(lab, f"validation frame t={t} z={z}")
             if self.roi is not None:
-                inside = np.asarray(self.roi[roi_index(self.roi.shape, t, z)]) > 0
+                inside = inside_roi(self.roi[roi_index(self.roi.shape, t, z)])
             else:
                 inside = np.ones(lab.shape, bool)
             frames.add(quantise(prob), lab, annotated=inside,
