@@ -21,12 +21,12 @@ import numpy as np
 import zarr
 
 from volseg.io import store as st
-from volseg.engine.blocks import BlockGrid, BlockLedger, run_blocks
+from volseg.engine.blocks import BlockGrid, BlockLedger
 from volseg.errors import InputError
 from volseg.io.location import zarr_store
 from volseg.engine.outputs import decide_output, open_output
 from volseg.io.store import read_node
-from volseg.engine.pyramid import write_levels
+from volseg.engine.stage import StageRun
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -147,15 +147,9 @@ def write_label(mask_path, image: st.ImageStore, name: str, *, job: dict,
         label = dest.open_or_create(
             lambda where: st.open_image(where, require_complete=False, mode="r+"), create)
         grid = BlockGrid(array.shape, array.block_shape)
-        ledger = BlockLedger(label.group, len(grid))
-        todo = ledger.todo()
         task = functools.partial(_copy_block, source=str(mask_path),
                                  out=str(dest.write_path), grid=grid)
-        with zarr.config.set({"threading.max_workers": 1}):
-            run_blocks(task, todo, client=client, total=len(grid), progress=progress,
-                       done_before=len(grid) - len(todo), grid=grid)
-        level_ledgers = write_levels(dest.write_path, client=client)
-        st.finish(label.group, ledger, *level_ledgers)
+        StageRun(label, grid).run(task, client=client, progress=progress)
         dest.commit()
     _list(labels, path.name)  # listed last: viewers see only complete label images
     return path

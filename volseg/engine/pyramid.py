@@ -170,17 +170,3 @@ def write_levels(path, *, client=None, progress=None) -> list[BlockLedger]:
 
 def _shifted(progress, offset: int, total: int, done: int, _level_total: int) -> None:
     progress(offset + done, total)
-
-
-def write_and_finish(task, path, image, ledger, grid, todo, *, client, progress) -> None:
-    """The end of a conversion: ``task`` over the blocks ``todo`` of ``grid``, then the
-    pyramid levels (each from the level above it, so after the whole full resolution),
-    then the store marked complete (:func:`volseg.io.store.finish`)."""
-    # Blocks are the parallelism: zarr's own codec threads on top oversubscribe the
-    # cores (docs/decisions.md, "convert").
-    with zarr.config.set({"threading.max_workers": 1}):
-        run_blocks(task, todo, client=client, progress=progress,
-                   done_before=len(grid) - len(todo), total=len(grid), grid=grid)
-    level_ledgers = write_levels(path, client=client, progress=progress and (
-        lambda d, t: progress(len(grid) + d, len(grid) + t)))
-    st.finish(image.group, ledger, *level_ledgers)

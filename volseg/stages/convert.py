@@ -12,7 +12,8 @@ from volseg.errors import InputError
 from volseg.io.integrity import nonfinite_counts
 from volseg.io.location import locate
 from volseg.engine.outputs import open_output
-from volseg.engine.pyramid import choose_levels, write_and_finish
+from volseg.engine.pyramid import choose_levels
+from volseg.engine.stage import StageRun
 from volseg.io.tiff import DEFAULT_PATTERN, TiffStack, discover
 from volseg.io.truth import truth_label
 from volseg.ops.annotation import from_scribbles, labels_from_mask
@@ -189,18 +190,17 @@ def convert(inputs, out, *, mask: bool = False, pattern: str = DEFAULT_PATTERN,
                                          ome=truth_label() if scribbles else None,
                                          levels=levels, downsampling="max" if mask else "mean"))
         grid = frame_runs(stack.shape, image.block_shape[1])
-        ledger = BlockLedger(image.group, len(grid))
-        todo = ledger.todo()
+        stage = StageRun(image, grid)
+        todo = stage.todo
         if log:
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {stack.shape} {dtype} from {len(stack.files)} file(s) "
                 f"({stack.layout}); {len(todo)} of {len(grid)} blocks to write"
                 + (f", then {levels} pyramid level(s)" if levels else ""))
         task = functools.partial(_convert_block, stack=stack, array=image.array,
-                                 ledger=ledger, grid=grid, mask=mask, dtype=dtype, nonfinite=nonfinite,
-                                 scribbles=scribbles)
-        write_and_finish(task, dest.write_path, image, ledger, grid, todo, client=client,
-                         progress=progress)
+                                 ledger=stage.ledger, grid=grid, mask=mask, dtype=dtype,
+                                 nonfinite=nonfinite, scribbles=scribbles)
+        stage.run(task, client=client, progress=progress)
         shards = image.shards
         dest.commit()
     return {"path": str(out), "shape": stack.shape, "dtype": dtype, "chunks": chunks,

@@ -29,7 +29,7 @@ import numpy as np
 
 from volseg.engine import labels as lb
 from volseg.io import store as st
-from volseg.engine.blocks import MODEL_THREADS, BlockGrid, BlockLedger, run_blocks, usable_cores
+from volseg.engine.blocks import MODEL_THREADS, BlockGrid, BlockLedger, usable_cores
 from volseg.errors import DamagedDataError, InputError
 from volseg.models import zoo
 from volseg.models.forest import FeatureSpec, forest_probabilities, load_forest, tile_features
@@ -41,7 +41,8 @@ from volseg.ops.metrics import quantise, threshold_bin
 from volseg.models.unet import (check_precision, check_record, file_sha256, read_model_info,
                                 resolve_precision)
 from volseg.engine.outputs import open_output
-from volseg.engine.pyramid import choose_levels, level_blocks, write_levels
+from volseg.engine.pyramid import choose_levels
+from volseg.engine.stage import StageRun
 from volseg.ops.tiling import default_tile, predict_frames, tile_plan
 
 
@@ -449,8 +450,8 @@ def _write(plan, out, *, probability, labels_into, overwrite, client, resources,
             return st.open_prediction(path, require_complete=False, mode="r+")
 
         pred = dest.open_or_create(open_pred, create)
-        ledger = BlockLedger(pred.group, len(grid))
-        todo = ledger.todo()
+        stage = StageRun(pred, grid)
+        ledger, todo = stage.ledger, stage.todo
         if log:
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {shape[0]} x {shape[1]} frames of {shape[2]} x {shape[3]}, "
@@ -478,24 +479,18 @@ def _write(plan, out, *, probability, labels_into, overwrite, client, resources,
                 numerics_used.add(result["numerics"])
             skipped["blocks"] += result.get("roi_skipped", 0)
 
-        run_blocks(task, todo, client=client, threads=method["threads"] if client is None else None,
-                   progress=progress, resources=resources, done_before=len(grid) - len(todo),
-                   total=len(grid), grid=grid, on_result=note)
-        # pyramids after the whole full resolution: each level is made from the one above
-        extra_blocks = sum(level_blocks(part) for part in pred.parts)
-        offset = len(grid)
-        for part in pred.parts:
-            level_ledgers = write_levels(part.path, client=client, progress=progress and (
-                lambda d, t, offset=offset: progress(offset + d, len(grid) + extra_blocks)))
-            offset += level_blocks(part)
-            st.finish(part.group, *level_ledgers)
-        if labels_into is not None:
-            # before the prediction's own `complete`: an interrupted copy resumes with it
-            lb.write_label(locate(dest.write_path) / "mask", image, label_path.name,
-                           job=label_job, overwrite=overwrite, client=client,
-                           command=command)
-        st.finish(pred.group, ledger, precision_used=sorted(used),
-                  numerics_used=sorted(numerics_used))
+        def copy_labels():
+            if labels_into is not None:
+                lb.write_label(locate(dest.write_path) / "mask", image, label_path.name,
+                               job=label_job, overwrite=overwrite, client=client,
+                               command=command)
+
+        stage.run(task, client=client, progress=progress, parts=pred.parts,
+                  codec_threads=True, before_finish=copy_labels,
+                  threads=method["threads"] if client is None else None,
+                  resources=resources, on_result=note,
+                  finish_items=lambda: {"precision_used": sorted(used),
+                                        "numerics_used": sorted(numerics_used)})
         dest.commit()
     return {"path": str(out), "shape": shape, "blocks": len(grid), "computed": len(todo),
             "skipped": len(grid) - len(todo), "threshold": threshold,

@@ -19,7 +19,8 @@ import zarr
 
 from volseg.engine.blocks import BlockLedger, frame_runs, run_blocks
 from volseg.engine.outputs import check_not_an_input, open_output, writer_lock
-from volseg.engine.pyramid import choose_levels, write_and_finish, write_levels
+from volseg.engine.pyramid import choose_levels, write_levels
+from volseg.engine.stage import StageRun
 from volseg.errors import InputError
 from volseg.io import store as st
 from volseg.io.location import locate, text as location_text
@@ -109,18 +110,17 @@ def convert_sparse(inputs, out, *, like, scribbles: bool = False,
                                          ome=truth_label(), levels=levels,
                                          downsampling="max"))
         grid = frame_runs(shape, image.block_shape[1])
-        ledger = BlockLedger(image.group, len(grid))
-        todo = ledger.todo()
+        stage = StageRun(image, grid)
+        todo = stage.todo
         if log:
             verb = "resuming" if dest.state == "resume" else "writing"
             log(f"{verb} {out}: {len(frames.positions)} annotated frame(s) of {shape[0]} x "
                 f"{shape[1]} (from {len(frames.stack.files)} file(s)); every other frame "
                 f"not annotated; {len(todo)} of {len(grid)} blocks to write")
         task = functools.partial(_sparse_block, frames=frames, out=str(dest.write_path),
-                                 grid=grid, scribbles=scribbles, ledger_name=ledger.name,
+                                 grid=grid, scribbles=scribbles, ledger_name=stage.ledger.name,
                                  update=False)
-        write_and_finish(task, dest.write_path, image, ledger, grid, todo, client=client,
-                         progress=progress)
+        stage.run(task, client=client, progress=progress)
         dest.commit()
     return {"path": str(out), "shape": shape, "dtype": "uint8", "chunks": chunks,
             "shards": shards, "blocks": len(grid), "written": len(todo),
