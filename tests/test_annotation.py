@@ -211,6 +211,77 @@ def test_update_refusals(tmp_path, images, cli):
                        truth), "--overwrite")
 
 
+def test_a_refused_update_leaves_the_store_complete_and_unchanged(tmp_path, images, cli):
+    write(tmp_path / "first", "t000_z000.tif", frame(1))
+    truth = tmp_path / "truth.zarr"
+    convert([tmp_path / "first"], truth, mask=True, like=images)
+    before = st.open_image(truth).array[:]
+    write(tmp_path / "bad", "t001_z000.tif", frame(2))
+    write(tmp_path / "bad", "t002_z000.tif", frame(3, values=(0, 1, 3)))  # the second is bad
+    assert_refused(cli("convert", tmp_path / "bad", "--scribbles", "--update", "-o", truth),
+                   "t002_z000.tif", "scribble value(s) 3")
+    store = st.open_image(truth)  # complete: no pending update for that file to finish
+    assert "update" not in store.volseg
+    np.testing.assert_array_equal(store.array[:], before)
+    write(tmp_path / "good", "t001_z000.tif", frame(2))
+    convert([tmp_path / "good"], truth, mask=True, update=True)
+    np.testing.assert_array_equal(st.open_image(truth).array[1, 0], frame(2))
+
+
+def test_an_exported_partial_truth_goes_back_unchanged(partial, tmp_path, cli):
+    """export writes 255 for "not annotated"; convert --like / --update read it as that,
+    never as structure (an all-255 frame is a frame nobody annotated)."""
+    images, truth_path, _ = partial
+    stored = st.open_image(truth_path).array[:]
+    code, out, err = cli("export", truth_path, "-o", tmp_path / "exported")
+    assert code == 0, err
+    assert "255 marks pixels nobody annotated" in out + err
+    code, _, err = cli("convert", tmp_path / "exported", "--mask", "--like", images,
+                       "-o", tmp_path / "again.zarr")
+    assert code == 0, err
+    np.testing.assert_array_equal(st.open_image(tmp_path / "again.zarr").array[:], stored)
+    code, out, err = cli("convert", tmp_path / "exported", "--mask", "--update",
+                         "-o", truth_path)
+    assert code == 0, err
+    assert "9 of 12 frame(s) annotate nothing" in out + err
+    np.testing.assert_array_equal(st.open_image(truth_path).array[:], stored)
+    # a 0/1/255 frame corrects its annotated pixels and keeps the store's elsewhere
+    edited = np.full(SHAPE[2:], NOT_ANNOTATED, np.uint8)
+    edited[:2] = 1
+    write(tmp_path / "edit", "t002_z003.tif", edited)
+    convert([tmp_path / "edit"], truth_path, mask=True, update=True)
+    expected = stored[2, 3].copy()
+    expected[:2] = 1
+    np.testing.assert_array_equal(st.open_image(truth_path).array[2, 3], expected)
+    # without --like, frames of 255 only (or 0/1/255) are refused, pointing at the way back
+    assert_refused(cli("convert", tmp_path / "exported", "--mask", "-o", tmp_path / "d.zarr"),
+                   ".tif: every pixel is 255", "--like IMAGES.zarr")
+    assert_refused(cli("convert", tmp_path / "edit", "--mask", "-o", tmp_path / "d.zarr"),
+                   "mask has values {0, 1, 255}", "--like IMAGES.zarr or --update")
+
+
+def test_update_refuses_images_other_than_the_truths(tmp_path, images, cli):
+    write(tmp_path / "f", "t000_z000.tif", frame(1))
+    truth = tmp_path / "truth.zarr"
+    convert([tmp_path / "f"], truth, mask=True, like=images)
+    rng = np.random.default_rng(9)
+    write_frames(tmp_path / "other", rng.integers(0, 200, size=SHAPE, dtype=np.uint8))
+    convert([tmp_path / "other"], tmp_path / "other.zarr")  # same shape, other conversion
+    write(tmp_path / "g", "t001_z000.tif", frame(2))
+    assert_refused(cli("convert", tmp_path / "g", "--mask", "--update", "--like",
+                       tmp_path / "other.zarr", "-o", truth),
+                   "--like", "not the image store")
+    assert st.open_image(truth).complete
+
+
+def test_a_pattern_without_an_axis_the_images_have_is_refused(tmp_path, images, cli):
+    write(tmp_path / "f", "t001_z002.tif", frame(1))
+    assert_refused(cli("convert", tmp_path / "f", "--mask", "--like", images, "-o",
+                       tmp_path / "t.zarr", "--pattern", "z{z}"),
+                   "--pattern", "no {t}", "3 time points")
+    assert not (tmp_path / "t.zarr").exists()
+
+
 def test_interrupted_update_reads_incomplete_and_a_rerun_finishes_it(tmp_path, images):
     from volseg.stages import truth as truth_stage
 

@@ -106,3 +106,38 @@ def test_a_mask_only_prediction_is_refused(tmp_path):
         suggest(tmp_path / "p.zarr")
     with pytest.raises(InputError, match=">= 1"):
         suggest(tmp_path / "p.zarr", n=0)
+
+
+def test_truths_that_leave_nothing_to_suggest_are_refused(tmp_path, cli):
+    make_prediction(tmp_path / "p.zarr", _probability([(1, 2)]))
+    images = make_image_store(tmp_path / "i.zarr", np.zeros(SHAPE, np.uint8)).path
+    # an image store, or a complete truth: every frame counts as annotated
+    assert_refused(cli("suggest", tmp_path / "p.zarr", "--truth", images),
+                   "--truth", "records no not-annotated voxels", "nothing to suggest")
+    import tifffile
+
+    (tmp_path / "all").mkdir()
+    for t in range(SHAPE[0]):
+        for z in range(SHAPE[1]):
+            tifffile.imwrite(tmp_path / "all" / f"t{t:03d}_z{z:03d}.tif",
+                             np.zeros(SHAPE[2:], np.uint8))
+    convert([tmp_path / "all"], tmp_path / "truth.zarr", mask=True, like=images)
+    assert_refused(cli("suggest", tmp_path / "p.zarr", "--truth", tmp_path / "truth.zarr"),
+                   "all 24 frames hold annotations", "nothing left to suggest")
+
+
+def test_plots_are_checked_before_anything_is_written(tmp_path, cli):
+    make_prediction(tmp_path / "p.zarr", _probability([(1, 2)]))
+    images = make_image_store(tmp_path / "i.zarr", np.zeros(SHAPE, np.uint8)).path
+    (tmp_path / "afile").write_text("")
+    common = ("suggest", tmp_path / "p.zarr", "-q", "-n", "1", "--csv", tmp_path / "picks.csv",
+              "--templates", tmp_path / "todo", "--images", images)
+    assert_refused(cli(*common, "--plots", tmp_path / "afile"), "afile", "not a folder")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "suggest_t001_z002.png").write_bytes(b"a user's figure")
+    assert_refused(cli(*common, "--plots", tmp_path / "plots"), "suggest_t001_z002.png exists")
+    other = make_image_store(tmp_path / "o.zarr", np.zeros((1,) + SHAPE[1:], np.uint8)).path
+    assert_refused(cli(*common[:-2], "--images", other, "--plots", tmp_path / "p2"),
+                   "--images", "differs from the prediction's")
+    assert not (tmp_path / "picks.csv").exists() and not (tmp_path / "todo").exists()
+    assert not (tmp_path / "p2").exists()

@@ -643,6 +643,11 @@ def discover_sparse(inputs, *, shape, pattern: str = DEFAULT_PATTERN,
     rx = pattern_regex(pattern)
     entries: list[tuple[int, tuple[int, ...], int, int]] = []  # file, index, t, z
     if all(_frames_in(h) == 1 for h in headers):
+        for axis, size, what in (("t", T, "time points"), ("z", Z, "slices")):
+            if axis not in rx.groupindex and size > 1:
+                raise InputError(f"{pattern!r} has no {{{axis}}}, and the images have {size} "
+                                 f"{what}: a file's {axis} would be unknown (say where "
+                                 f"{{{axis}}} is in the names)", param="pattern")
         for i, h in enumerate(headers):
             m = rx.search(h.path.stem)
             t_ax, z_ax, c_ax = _plan_axes(h, channel)

@@ -113,6 +113,25 @@ def from_scribbles(frame: np.ndarray, *, name: str) -> np.ndarray:
     return lut[frame.astype(np.intp)]
 
 
+def labels_from_annotation(frame: np.ndarray, *, name: str) -> np.ndarray:
+    """A mask frame given for a truth that holds not-annotated voxels (``convert --like``
+    or ``--update``) as stored values, uint8.
+
+    Besides the masks :func:`labels_from_mask` reads, it takes a truth store's own
+    values as ``volseg export`` writes them: 0, 1 and :data:`NOT_ANNOTATED`, and a frame
+    that is :data:`NOT_ANNOTATED` everywhere (a frame nobody annotated; a mask of
+    structure only would be an odd thing to annotate). A 0/255 mask without 1s stays a
+    0/255 mask: its 255 is structure.
+    """
+    frame = np.asarray(frame)
+    if frame.dtype.kind in "iu" and frame.size:
+        values = np.unique(frame)
+        if values[-1] == NOT_ANNOTATED and set(values.tolist()) <= {0, 1, NOT_ANNOTATED} \
+                and (1 in values or values.size == 1):
+            return frame.astype(np.uint8)
+    return labels_from_mask(frame, name=name)
+
+
 def labels_from_mask(frame: np.ndarray, *, name: str) -> np.ndarray:
     """A fully annotated mask frame (0/1 or 0/255, or bool) as stored truth 0/1, uint8.
 
@@ -124,10 +143,18 @@ def labels_from_mask(frame: np.ndarray, *, name: str) -> np.ndarray:
     frame = np.asarray(frame)
     if frame.dtype == np.bool_:
         return frame.astype(np.uint8)
+    if frame.size and frame.dtype.kind in "iu" and np.all(frame == NOT_ANNOTATED):
+        # what `volseg export` writes for a frame nobody annotated; never all structure
+        raise InputError(f"{name}: every pixel is {NOT_ANNOTATED}: a frame exported as not "
+                         "annotated, or a mask of structure only? Give annotations with "
+                         "frames not annotated through --like IMAGES.zarr (or --update); "
+                         "a frame of structure only as 1s")
     nonzero = np.unique(frame[frame != 0])
     if nonzero.size == 0 or (nonzero.size == 1 and nonzero[0] in (1, 255)):
         return (frame != 0).astype(np.uint8)
     shown = ", ".join(str(v) for v in nonzero[:6].tolist()) + (" ..." if nonzero.size > 6 else "")
+    hint = ("; a truth exported with not-annotated voxels (255) goes back with --like "
+            "IMAGES.zarr or --update" if set(nonzero.tolist()) == {1, NOT_ANNOTATED} else "")
     raise InputError(f"{name}: mask has values {{0, {shown}}}; masks must be 0/1 or 0/255 "
                      "(threshold or relabel it first, use --scribbles for 0/1/2 labels, or "
-                     "drop --mask for an image)")
+                     f"drop --mask for an image){hint}")

@@ -334,6 +334,12 @@ def export_tiff(store, out, *, array: str | None = None, hyperstack: bool = Fals
     first frame of such a file: export per-frame files for them.
     """
     image, source, notes = open_source(store, array=array, channel=channel, series=series)
+    from volseg.io.truth import not_annotated
+
+    if not_annotated(image) is not None:
+        notes.append(f"{not_annotated(image)} marks pixels nobody annotated (0 background, "
+                     "1 structure): `volseg convert --mask --like IMAGES.zarr` (or --update) "
+                     "reads these files back so")
     out = Path(out)
     with writer_lock(out, command=command):  # two exports to one place would mix
         return _export(image, source, notes, out, hyperstack=hyperstack, overwrite=overwrite,

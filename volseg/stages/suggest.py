@@ -123,14 +123,32 @@ def pick_frames(score: np.ndarray, n: int, *, exclude=None) -> list[tuple[int, i
 
 
 def _annotated(truth_path, shape, select) -> np.ndarray:
-    """Boolean (t, z): frames of the truth store that hold any annotation."""
-    from volseg.io.truth import annotation_counts
+    """Boolean (t, z): frames of the truth store that hold any annotation.
+
+    Raises
+    ------
+    InputError
+        Not a truth store of the prediction's shape, or every frame annotated (a
+        complete truth, or a store that is not a truth at all): nothing to suggest.
+    """
+    from volseg.io.truth import annotation_counts, not_annotated
+    from volseg.ops.annotation import check_mask_dtype
 
     truth = st.open_image(truth_path, what="truth store", **select)
     if tuple(truth.shape) != tuple(shape):
         raise InputError(f"shape {tuple(truth.shape)} differs from the prediction's "
                          f"{tuple(shape)}", param="truth")
-    return annotation_counts(truth) > 0
+    check_mask_dtype(truth.dtype, name=str(truth_path), param="truth")
+    if not_annotated(truth) is None:
+        raise InputError(f"{truth_path} records no not-annotated voxels, so every frame counts "
+                         "as annotated (a complete truth, or not a truth store): nothing to "
+                         "suggest; give the partial truth of `volseg convert --mask --like`",
+                         param="truth")
+    annotated = annotation_counts(truth) > 0
+    if annotated.all():
+        raise InputError(f"{truth_path}: all {annotated.size} frames hold annotations: "
+                         "nothing left to suggest", param="truth")
+    return annotated
 
 
 def _images_of(prediction: st.Prediction):
@@ -218,12 +236,16 @@ def suggest(prediction, *, truth=None, n: int = 10, images=None, csv=None, plots
     select = {"channel": channel, "series": series}
     pred = st.open_prediction(prediction)
     shape = tuple(int(s) for s in pred.mask.shape)
-    check_report_files(csv=csv, overwrite=overwrite)
+    check_report_files(csv=csv, plots=plots, overwrite=overwrite)
     if templates is not None:
         check_templates(templates, overwrite=overwrite)
+    image = None if plots is None else _plot_images(pred, images, select)
     annotated = None if truth is None else _annotated(truth, shape, select)
     scores = frame_scores(pred, client=client, progress=progress)
     picks = pick_frames(scores[..., 0], int(n), exclude=annotated)
+    figures = [] if plots is None else _figure_paths(picks, plots, image.shape,
+                                                     overwrite=overwrite)
+    # every refusal above, before anything is written
     rows = [{"rank": k + 1, "t": t, "z": z, "score": float(scores[t, z, 0]),
              "uncertain": float(scores[t, z, 1]), "structure": float(scores[t, z, 2])}
             for k, (t, z) in enumerate(picks)]
@@ -241,8 +263,12 @@ def suggest(prediction, *, truth=None, n: int = 10, images=None, csv=None, plots
                                                             overwrite=overwrite)]
         report["templates"] = str(templates)
     if plots is not None:
-        report["files"] += [str(p) for p in _plots(pred, picks, plots, images=images,
-                                                    overwrite=overwrite, select=select)]
+        from volseg.stages.preview import preview_figure, read_frame, save_figure
+
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        for (t, z), path in zip(picks, figures):
+            save_figure(preview_figure([read_frame(pred, image, t, z)]), path)
+        report["files"] += [str(p) for p in figures]
     return report
 
 
@@ -259,9 +285,8 @@ def _write_csv(rows, path) -> None:
     write_text_atomic(path, text.getvalue())
 
 
-def _plots(pred, picks, folder, *, images, overwrite, select) -> list[Path]:
-    from volseg.stages.preview import frame_path, preview_figure, read_frame, save_figure
-
+def _plot_images(pred, images, select):
+    """The image store the figures show (``images``, or the prediction's own)."""
     images = images or _images_of(pred)
     if images is None:
         raise InputError("the prediction does not record its images; give them", param="images")
@@ -269,13 +294,15 @@ def _plots(pred, picks, folder, *, images, overwrite, select) -> list[Path]:
     if tuple(image.shape) != tuple(pred.mask.shape):
         raise InputError(f"shape {tuple(image.shape)} differs from the prediction's "
                          f"{tuple(pred.mask.shape)}", param="images")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for t, z in picks:
-        path = frame_path(folder / "suggest.png", t, z, image.shape)
+    return image
+
+
+def _figure_paths(picks, folder, shape, *, overwrite: bool) -> list[Path]:
+    """The figure of each pick; one that exists is refused unless ``overwrite``."""
+    from volseg.stages.preview import frame_path
+
+    paths = [frame_path(Path(folder) / "suggest.png", t, z, shape) for t, z in picks]
+    for path in paths:
         if path.exists() and not overwrite:
             raise InputError(f"{path} exists; give --overwrite to replace it", param="plots")
-        save_figure(preview_figure([read_frame(pred, image, t, z)]), path)
-        out.append(path)
-    return out
+    return paths

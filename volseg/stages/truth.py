@@ -26,7 +26,7 @@ from volseg.io import store as st
 from volseg.io.location import locate, text as location_text
 from volseg.io.tiff import DEFAULT_PATTERN, SparseFrames, discover_sparse
 from volseg.io.truth import not_annotated, truth_label
-from volseg.ops.annotation import NOT_ANNOTATED, from_scribbles, labels_from_mask
+from volseg.ops.annotation import NOT_ANNOTATED, from_scribbles, labels_from_annotation
 
 __all__ = ["convert_sparse", "open_like", "update_truth"]
 
@@ -50,7 +50,8 @@ def open_like(path) -> st.ImageStore:
 def _frame_values(frames: SparseFrames, k: int, scribbles: bool) -> np.ndarray:
     raw = frames.read(k)
     name = frames.name(k)
-    return from_scribbles(raw, name=name) if scribbles else labels_from_mask(raw, name=name)
+    return (from_scribbles(raw, name=name) if scribbles
+            else labels_from_annotation(raw, name=name))
 
 
 def _sparse_block(i: int, *, frames: SparseFrames, out: str, grid, scribbles: bool,
@@ -67,7 +68,7 @@ def _sparse_block(i: int, *, frames: SparseFrames, out: str, grid, scribbles: bo
         if k is None:
             continue
         values = _frame_values(frames, k, scribbles)
-        if scribbles and update:  # a stroke corrects its pixels; the rest stays
+        if update:  # annotated pixels replace theirs; a not-annotated one keeps the store's
             block[j] = np.where(values == NOT_ANNOTATED, block[j], values)
         else:
             block[j] = values
@@ -149,9 +150,11 @@ def update_truth(inputs, out, *, like=None, scribbles: bool = False,
                  pattern: str = DEFAULT_PATTERN, channel: int | None = None, client=None,
                  progress=None, command: str | None = None, log=None) -> dict:
     """Add annotation frames to the truth store ``out`` in place, leaving every other
-    frame byte-identical. A mask frame replaces its frame; a scribble frame (with
-    ``scribbles``) overwrites only the pixels it annotates. Resumable (rerun the same
-    command); one writer at a time."""
+    frame byte-identical. A frame's annotated pixels replace theirs: all of a 0/1 mask
+    frame; of a scribble frame (with ``scribbles``) or a frame in the store's own values
+    (255 not annotated, as ``volseg export`` writes them) only the pixels it annotates.
+    Every frame is read and checked before the store is touched, so a bad file leaves
+    it as it was; resumable (rerun the same command); one writer at a time."""
     store = _open_truth_for_update(out)
     shape = tuple(int(s) for s in store.shape)
     if like is not None:
@@ -159,11 +162,25 @@ def update_truth(inputs, out, *, like=None, scribbles: bool = False,
         if tuple(images.shape) != shape:
             raise InputError(f"{like} has shape {tuple(images.shape)}, the truth store {out} "
                              f"{shape}; give the images the truth belongs to", param="like")
+        made_for = ((store.volseg.get("job") or {}).get("parameters") or {}).get("like") or {}
+        theirs = (images.volseg.get("job") or {}).get("fingerprint")
+        if made_for.get("fingerprint") and theirs and made_for["fingerprint"] != theirs:
+            raise InputError(f"{like} is not the image store {out} was made for "
+                             f"({made_for.get('path')}; another conversion); give that one, "
+                             "or leave --like out (an update needs only the truth store)",
+                             param="like")
     frames = discover_sparse(inputs, shape=shape, pattern=pattern, channel=channel)
     job = st.make_job("update", command=command, sources=st.source_record(frames.stack.files),
                       parameters={"scribbles": bool(scribbles), "pattern": pattern,
                                   "channel": channel})
     check_not_an_input(locate(out), job, what="truth store")
+    # every frame's values before the store is marked incomplete: a refused file must not
+    # leave a pending update that only that file could finish
+    empty = sum(not np.any(_frame_values(frames, k, scribbles) != NOT_ANNOTATED)
+                for k in range(len(frames.positions)))
+    if log and empty:
+        log(f"{empty} of {len(frames.positions)} frame(s) annotate nothing (every pixel not "
+            "annotated): the store keeps what it has there")
     with writer_lock(locate(out), command=command):
         attrs = store.volseg
         # a complete store's update record is from a run that stopped after finishing
