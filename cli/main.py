@@ -32,6 +32,7 @@ FLAGS = {
     "jobqueue_config": "--jobqueue-config",
     "labels_into": "--labels-into-images",
     "authors": "--author",
+    "n": "-n",
 }
 
 

@@ -52,5 +52,5 @@ def run(args) -> int:
               f"{100 * r['uncertain']:>8.1f}% {100 * r['structure']:>8.1f}%")
     if report.get("templates"):
         say(args, f"templates in {report['templates']}: correct them, then `volseg convert "
-                  f"{report['templates']} --mask --update -o TRUTH.zarr`")
+                  f"{report['templates']} --mask --update -o {args.truth or 'TRUTH.zarr'}`")
     return 0

@@ -430,6 +430,8 @@ def test_measure_compares_fully_annotated_time_points_only(tmp_path, images):
     assert ["truth" in r for r in rows] == [False, True, False]
     assert rows[1]["relative_error"]["volume"] == 0.0
     assert report["truth_timepoints"] == [1] and "not compared: 0,2" in report["note"]
+    with pytest.raises(InputError, match="partly annotated truth.*as --truth"):
+        measure(truth)  # the partial truth as the mask: not a mask of every voxel
 
 
 def test_preview_draws_not_annotated_apart_and_scores_annotated_pixels(partial, tmp_path):

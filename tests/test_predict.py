@@ -156,7 +156,7 @@ def test_bad_inputs(cli, tmp_path, tiny_model):
     bad(tmp_path / "none.zarr", "--model", tiny_model, "-o", out, match="no such image store")
     bad(images.path, "--model", tmp_path / "none.keras", "-o", out, match="model file not found")
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
-    bad(images.path, "--model", tmp_path / "junk.keras", "-o", out, match="not a Keras")
+    bad(images.path, "--model", tmp_path / "junk.keras", "-o", out, match="junk.keras: not a model")
     bad(images.path, "--model", tiny_model, "-o", out, "--threshold", "1.5", match="--threshold")
     bad(images.path, "--model", tiny_model, "-o", out, "--tile", "8,8", "--halo", "8",
         match="--tile: tile 8 is too small for halo 8")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,6 +263,23 @@ def test_damaged_and_unversioned_packages_are_refused(tmp_path, cli, exported):
                    str(broken))
     assert_refused(cli("predict", images, "--model", package, "-o", tmp_path / "p.zarr",
                        "--precision", "bfloat16"), "--precision", "float32")
+    # a file the description lists, left out of the zip
+    lacking = tmp_path / "lacking.zip"
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(lacking, "w") as dst:
+        for item in src.namelist():
+            if item != "weights.onnx":
+                dst.writestr(item, src.read(item))
+    for command in (("info", lacking),
+                    ("predict", images, "--model", lacking, "-o", tmp_path / "p.zarr")):
+        assert_refused(cli(*command), "lists 'weights.onnx', which the package does not hold")
+    # not a zip at all, whatever its name; a package named like a volseg model
+    (tmp_path / "garbage.zip").write_bytes(b"PK\x03\x04 cut short")
+    assert_refused(cli("predict", images, "--model", tmp_path / "garbage.zip", "-o",
+                       tmp_path / "p.zarr"), "garbage.zip", "not a model", "not one")
+    renamed = tmp_path / "renamed.keras"
+    renamed.write_bytes(Path(package).read_bytes())
+    assert_refused(cli("predict", images, "--model", renamed, "-o", tmp_path / "p.zarr"),
+                   "a model zoo package named like a volseg model")
 
 
 def test_export_refusals(tmp_path, cli, exported):

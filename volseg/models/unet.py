@@ -265,16 +265,23 @@ def read_model_info(path) -> dict:
         ``volseg.json`` ("not a volseg model").
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a Keras .keras archive (not a zip file)")
+        raise InputError(f"{path}: not a model: volseg models (.keras, forests) and model "
+                         "zoo packages (.zip) are zip archives, and this file is not one "
+                         "(damaged, cut short, or another kind of file)")
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if INFO_MEMBER not in names:
-                raise InputError(f"{path}: not a volseg model (a Keras archive without "
-                                 f"{INFO_MEMBER}; train one with `volseg train`)")
+                zoo = any(n.endswith(("rdf.yaml", "bioimageio.yaml")) for n in names)
+                raise InputError(f"{path}: " + (
+                    "a model zoo package named like a volseg model; give it a .zip name"
+                    if zoo else f"not a volseg model (an archive without {INFO_MEMBER}; "
+                    "train one with `volseg train`)"))
             info = json.loads(zf.read(INFO_MEMBER).decode("utf-8"))
     except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: unreadable model archive ({exc})") from None

@@ -152,6 +152,10 @@ def _load_description(path):
     path = Path(path)
     if not path.exists():
         raise _package_error(path, "model package not found")
+    missing = _missing_files(path)
+    if missing:
+        raise _package_error(path, f"its description lists {missing[0]!r}, which the package "
+                                   "does not hold (a file left out when it was zipped?)")
     try:
         descr = load_description(path, perform_io_checks=True)
     except Exception as exc:  # the spec library raises ValueError, OSError, zip errors...
@@ -166,6 +170,46 @@ def _load_description(path):
         raise _package_error(path, f"uses model spec {descr.format_version}; volseg reads "
                                    "0.5 packages (update it with `bioimageio update-format`)")
     return descr
+
+
+def _missing_files(path: Path) -> list[str]:
+    """The files a package's YAML names as a ``source`` (weights, test tensors,
+    documentation...) that it does not hold; URLs are the spec library's to check."""
+    import yaml
+
+    names = ("rdf.yaml", "bioimageio.yaml")
+    try:
+        if path.is_dir():
+            found = [path / n for n in names if (path / n).is_file()]
+            text, held = found[0].read_text(), None
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            text, held = path.read_text(), None
+        else:
+            with zipfile.ZipFile(path) as zf:
+                members = zf.namelist()
+                yml = next(n for n in members if n.endswith(names))
+                text, held = zf.read(yml).decode("utf-8"), set(members)
+        description = yaml.safe_load(text)
+    except Exception:  # unreadable: the spec library says what is wrong with it
+        return []
+    base = path if path.is_dir() else path.parent
+    sources = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "source" and isinstance(value, str) and "://" not in value:
+                    sources.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(description)
+    if held is not None:
+        return [s for s in sources if s.lstrip("./") not in held]
+    return [s for s in sources if not (base / s).exists()]
 
 
 def _first_error(summary) -> str:

@@ -89,7 +89,7 @@ from skimage.morphology import skeletonize as thin
 from volseg.io import store as _store
 from volseg.engine.blocks import BlockGrid, run_blocks, usable_cores
 from volseg.errors import InputError
-from volseg.ops.annotation import check_mask, inside_roi
+from volseg.ops.annotation import check_mask, check_mask_dtype, inside_roi
 from volseg.engine.outputs import write_text_atomic
 
 #: The measures of one volume, in the order of tables and CSV columns.
@@ -495,10 +495,9 @@ def open_binary(path, *, what: str = "mask store", channel=None, series=None) ->
     """A prediction store's mask (``PRED`` or ``PRED/mask``), or any image store of 0/1
     (``channel`` and ``series`` as :func:`volseg.io.store.open_image` takes them)."""
     from volseg.io.location import locate
-    from volseg.io.store import read_node
 
     path = locate(path)
-    if read_node(path / "mask") is not None:
+    if _store.is_prediction(path):
         return _store.open_prediction(path).mask
     return _store.open_image(path, what=what, channel=channel, series=series)
 
@@ -565,12 +564,14 @@ class _Job:
     truth_timepoints: frozenset | None = None  # compared time points (None: every one)
 
 
+_MASK_HINT = ("measure needs a 0/1 mask (a prediction store or a store made with "
+              "`volseg convert --mask`)")
+
+
 def read_binary(array, t: int) -> np.ndarray:
     """Time point ``t`` of a 0/1 array as a bool (z, y, x) volume (checked read)."""
     volume = np.asarray(array[t])
-    check_mask(volume, name=f"{array.label} at t={t}",
-               hint="measure needs a 0/1 mask (a prediction store or a store made with "
-               "`volseg convert --mask`)")
+    check_mask(volume, name=f"{array.label} at t={t}", hint=_MASK_HINT)
     return volume.astype(bool, copy=False)
 
 
@@ -656,9 +657,14 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
                          f"{shape}: the same y, x, and t and z each equal or 1 (one ROI for "
                          "every time point or slice)")
     for image, path in ((mask, mask_path), (truth, truth_path), (roi, roi_path)):
-        if image is not None and image.dtype.kind not in "biu":
-            raise InputError(f"{path}: dtype {image.dtype} is not a 0/1 mask; measure a "
-                             "prediction store or a store made with `volseg convert --mask`")
+        if image is not None:
+            check_mask_dtype(image.dtype, name=str(path), hint=_MASK_HINT)
+    from volseg.io.truth import not_annotated
+
+    if isinstance(mask, _store.ImageStore) and not_annotated(mask) is not None:
+        raise InputError(f"{mask_path} is a partly annotated truth ({not_annotated(mask)} = "
+                         "not annotated): measure needs a mask of every voxel; measure a "
+                         "prediction, with this store as --truth")
     sp, unit, source = resolve_spacing(spacing, (mask, truth, roi))
     need = task_bytes(shape[1:], sp)
     if need > max_bytes:

@@ -67,8 +67,7 @@ def frame_scores(prediction: st.Prediction, *, client=None, progress=None) -> np
     prob = prediction.probability
     if prob is None:
         raise InputError(f"{prediction.path} holds only a mask, no probabilities; predict "
-                         "again keeping them (the default) to rank frames by uncertainty",
-                         param="prediction")
+                         "again keeping them (the default) to rank frames by uncertainty")
     scale = float(prediction.probability_scale() or 1.0)
     threshold = float(prediction.threshold if prediction.threshold is not None else 0.5)
     shape = tuple(int(s) for s in prob.shape)
