@@ -221,6 +221,22 @@ def test_a_foreign_onnx_package_predicts_with_its_declared_halo(tmp_path, cli):
     assert np.array_equal(zarr.open_array(tmp_path / "y.zarr" / "probability" / "0")[:], got)
 
 
+def test_frames_smaller_than_the_packages_smallest_input_are_padded_up_to_it(tmp_path, cli):
+    package, w = make_foreign_package(tmp_path / "conv.zip", halo=2)  # inputs of 16 px at least
+    rng = np.random.default_rng(3)
+    frames = rng.uniform(0, 1000, (1, 2, 10, 12)).astype(np.uint16)
+    make_image_store(tmp_path / "i.zarr", frames)
+    code, _, err = cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
+                       tmp_path / "p.zarr", "-q")
+    assert code == 0, err
+    got = zarr.open_array(tmp_path / "p.zarr" / "probability" / "0")[:]
+    assert got.shape == frames.shape
+    want = np.stack([_expected(f, w) for f in frames[0]])
+    # inside the frame as the convolution of the frame itself; its last row and column
+    # see the reflect padding (the reference pads with zeros)
+    assert np.abs(got[0, :, :-1, :-1].astype(int) - np.rint(want[:, :-1, :-1] * 255)).max() <= 1
+
+
 def test_a_package_without_a_halo_gets_a_measured_one_and_a_warning(tmp_path, cli):
     package, w = make_foreign_package(tmp_path / "conv.zip", halo=None)
     frames = np.random.default_rng(3).uniform(0, 255, (1, 1, 64, 64)).astype(np.uint8)

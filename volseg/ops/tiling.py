@@ -231,9 +231,10 @@ def _ramp_weights(start: int, size: int, bounds: tuple[int, ...], k: int, blend:
     return w
 
 
-def _axis_layout(length: int, max_tile: int, halo: int, multiple: int) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+def _axis_layout(length: int, max_tile: int, halo: int, multiple: int,
+                 smallest: int = 1) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Tile size, window starts and owned-region borders along one axis."""
-    whole = _ceil_to(length, multiple)
+    whole = max(_ceil_to(length, multiple), smallest)
     if whole <= max_tile:
         return whole, (0,), (0, length)
     overlap = _ceil_to(2 * halo, multiple)
@@ -294,6 +295,7 @@ def tile_plan(
     halo: int = 32,
     blend: int | None = None,
     multiple: int = 16,
+    min_tile: int = 1,
 ) -> TilePlan:
     """Plan the tiles of ``height x width`` frames.
 
@@ -316,6 +318,10 @@ def tile_plan(
         part (hard borders).
     multiple : int
         The model needs input sizes that are multiples of this (16 for 4 poolings).
+    min_tile : int
+        The model's smallest input side (a model zoo package may declare one): a frame
+        smaller than that is reflect-padded up to it, as a frame is padded to
+        ``multiple``.
 
     Returns
     -------
@@ -330,9 +336,10 @@ def tile_plan(
         raise ValueError(f"blend must be within 0..2*halo = {2 * halo}, got {blend}")
     if tile is None:
         tile = default_tile(height, width, multiple=multiple)
-    th, tw = (max(_floor_to(int(t), multiple), multiple) for t in tile)
-    size_y, y_starts, y_bounds = _axis_layout(height, th, halo, multiple)
-    size_x, x_starts, x_bounds = _axis_layout(width, tw, halo, multiple)
+    smallest = _ceil_to(max(int(min_tile), 1), multiple)
+    th, tw = (max(_floor_to(int(t), multiple), smallest) for t in tile)
+    size_y, y_starts, y_bounds = _axis_layout(height, th, halo, multiple, smallest)
+    size_x, x_starts, x_bounds = _axis_layout(width, tw, halo, multiple, smallest)
     tiles = tuple(
         Tile(
             index=r * len(x_starts) + c,

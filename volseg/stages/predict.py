@@ -196,7 +196,8 @@ def read_block(images: str, grid: BlockGrid, i: int, select: dict | None = None)
 
 
 def block_probabilities(frames: np.ndarray, run_model, *, grid: BlockGrid, i: int, tile,
-                        blend: int | None, multiple: int, batch_size: int) -> np.ndarray:
+                        blend: int | None, multiple: int, batch_size: int,
+                        min_tile: int = 1) -> np.ndarray:
     """The uint8 probabilities (value / 255) of block ``i``'s region from its read box.
 
     ``frames`` are (n, H, W), or (n, H, W, K) context stacks (:func:`block_channels`);
@@ -205,7 +206,7 @@ def block_probabilities(frames: np.ndarray, run_model, *, grid: BlockGrid, i: in
     """
     region, box = grid.region(i), grid.read_box(i)
     plan = tile_plan(box[2].stop - box[2].start, box[3].stop - box[3].start, tile=tile,
-                     halo=grid.halo[2], blend=blend, multiple=multiple)
+                     halo=grid.halo[2], blend=blend, multiple=multiple, min_tile=min_tile)
     prob = predict_frames(frames, run_model, plan, batch_size=batch_size)
     ys, xs = region[2], region[3]
     prob = prob[:, ys.start - box[2].start: ys.stop - box[2].start,
@@ -661,16 +662,19 @@ def _unet_method(info, shape, block_shape, *, precision, tile, halo, blend, batc
             "describe": describe + (", TTA: 8 transforms per tile" if tta else "")}
 
 
-def _tiles(shape, block_shape, *, tile, halo, blend, multiple) -> tuple[tuple, dict]:
+def _tiles(shape, block_shape, *, tile, halo, blend, multiple,
+           min_tile: int = 1) -> tuple[tuple, dict]:
     """The tile shape (``tile``, or the default for the block and its halo) and the tile
-    plan of a block's frames, as a dict; an impossible tiling is a ``--tile`` error."""
+    plan of a block's frames, as a dict; an impossible tiling is a ``--tile`` error.
+    Frames smaller than ``min_tile`` (a package's smallest input) are padded up to it."""
     by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
     if tile is None:
         tile = default_tile(min(shape[2], by + 2 * halo), min(shape[3], bx + 2 * halo),
                             multiple=multiple)
     tile = tuple(int(v) for v in tile)
     try:
-        plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple).as_dict()
+        plan = tile_plan(by, bx, tile=tile, halo=halo, blend=blend, multiple=multiple,
+                         min_tile=min_tile).as_dict()
     except ValueError as exc:
         raise InputError(f"{exc}; give a larger --tile (or a smaller --halo)",
                          param="tile") from None
@@ -750,7 +754,7 @@ def _zoo_method(package, shape, block_shape, *, precision, tile, halo, blend, ba
                              "leave --tile out", param="tile")
         tile = (package.fixed_size, package.fixed_size)
     tile, plan = _tiles(shape, block_shape, tile=tile, halo=halo, blend=blend,
-                        multiple=multiple)
+                        multiple=multiple, min_tile=package.min_size)
     if min(plan["tile_shape"]) < package.min_size:
         raise InputError(f"tiles of {plan['tile_shape']} px are smaller than the package's "
                          f"smallest input ({package.min_size} px); give a larger --tile",
@@ -768,7 +772,7 @@ def _zoo_method(package, shape, block_shape, *, precision, tile, halo, blend, ba
         parameters["context"] = context
     return {"halo": halo, "z_halo": radius(context), "compute": zoo_block, "threads": 1,
             "kwargs": dict(tile=tile, blend=blend, multiple=multiple, batch_size=batch_size,
-                           context=context, tta=tta),
+                           context=context, tta=tta, min_tile=package.min_size),
             "parameters": parameters,
             "extra": {"tiling": plan, "precision": "float32", "runtime": "onnxruntime"},
             "describe": f"model zoo package {package.name!r} with ONNX Runtime, tiles "
@@ -791,7 +795,8 @@ def cached_package(model_path: str, sha: str):
 
 def zoo_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str, tile,
               blend: int | None, multiple: int, batch_size: int, context: int = 1,
-              select: dict | None = None, tta: bool = False) -> tuple[np.ndarray, dict]:
+              select: dict | None = None, tta: bool = False,
+              min_tile: int = 1) -> tuple[np.ndarray, dict]:
     """A model zoo package's uint8 probabilities of block ``i``."""
     package, sess = cached_package(model_path, sha)
     frames = block_channels(read_block(images, grid, i, select), grid, i, context)
@@ -807,7 +812,7 @@ def zoo_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str
 
     run_model = functools.partial(tta_average, run, batch_size=batch_size) if tta else run
     p8 = block_probabilities(frames, run_model, grid=grid, i=i, tile=tile, blend=blend,
-                             multiple=multiple, batch_size=batch_size)
+                             multiple=multiple, batch_size=batch_size, min_tile=min_tile)
     return p8, {"precision": "float32", "numerics": _zoo_numerics()}
 
 
