@@ -99,6 +99,15 @@ def test_like_places_frames_by_their_numbers_and_the_rest_is_not_annotated(tmp_p
     assert counts[0, 1] == counts[2, 3] == SHAPE[2] * SHAPE[3] and counts.sum() == 2 * counts[0, 1]
 
 
+def test_label_files_of_different_pixel_types_are_read_together(tmp_path, images):
+    write(tmp_path / "l", "t000_z001.tif", frame(1))
+    write(tmp_path / "l", "t001_z002.tif", frame(2).astype(np.uint16))  # re-saved by Fiji
+    convert([tmp_path / "l"], tmp_path / "truth.zarr", mask=True, like=images)
+    data = st.open_image(tmp_path / "truth.zarr").array[:]
+    np.testing.assert_array_equal(data[0, 1], frame(1))
+    np.testing.assert_array_equal(data[1, 2], frame(2))
+
+
 def test_like_reads_a_multipage_file_per_time_point_and_a_single_frame(tmp_path, images):
     stack = np.stack([frame(k) for k in range(SHAPE[1])])
     write(tmp_path / "tp", "t002.tif", stack)

@@ -690,8 +690,10 @@ def discover_sparse(inputs, *, shape, pattern: str = DEFAULT_PATTERN,
                              f"frames are {Y}x{X}")
     h0 = headers[0]
     _, _, c_ax = _plan_axes(h0, channel)
+    # label values are checked frame by frame, so files of different pixel types (a
+    # template re-saved as 16-bit by Fiji) read into one type that holds them all
     stack = TiffStack(files=tuple(str(h.path) for h in headers), shape=(1, len(entries), Y, X),
-                      dtype=_stack_dtype(headers),
+                      dtype=str(np.result_type(*{np.dtype(h.dtype) for h in headers})),
                       frames=(tuple((i, idx) for i, idx, _, _ in entries),),
                       channel=_sample_channel(h0, c_ax, channel), layout="sparse",
                       units=h0.units, scale=_scale_tuple(h0.scale))
