@@ -218,6 +218,8 @@ def test_update_refusals(tmp_path, images, cli):
     convert([tmp_path / "f"], truth, mask=True, like=images)
     assert_refused(cli("convert", tmp_path / "f", "--mask", "--update", "--overwrite", "-o",
                        truth), "--overwrite")
+    assert_refused(cli("convert", tmp_path / "f", "--mask", "--update", "--pyramid", "-o",
+                       truth), "--pyramid", "keeps its pyramid levels")
 
 
 def test_a_refused_update_leaves_the_store_complete_and_unchanged(tmp_path, images, cli):

@@ -230,6 +230,9 @@ def _annotations(inputs, out, *, mask, like, scribbles, update, pattern, channel
         if overwrite:
             raise InputError("--update changes the store in place; --overwrite replaces it: "
                              "give one", param="overwrite")
+        if pyramid is not None:
+            raise InputError("does not apply with --update: the store keeps its pyramid "
+                             "levels (and they are recomputed)", param="pyramid")
         return update_truth(inputs, out, like=like, scribbles=scribbles, pattern=pattern,
                             channel=channel, client=client, progress=progress,
                             command=command, log=log)
