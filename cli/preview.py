@@ -44,7 +44,9 @@ def run(args) -> int:
 
     def on_frame(info):
         line = f"t={info['t']} z={info['z']}"
-        if "dice" in info:
+        if info.get("annotated") is False:
+            line += ": not annotated (no Dice)"
+        elif "dice" in info:
             d = info["dice"]
             line += (f": Dice {'n/a' if d is None else f'{d:.4f}'}, "
                      f"{info['tp']:,} true positive, {info['fp']:,} false positive, "

@@ -446,7 +446,7 @@ def test_measure_compares_fully_annotated_time_points_only(tmp_path, images):
 
 
 def test_preview_draws_not_annotated_apart_and_scores_annotated_pixels(partial, tmp_path):
-    from volseg.stages.preview import read_frame
+    from volseg.stages.preview import preview, read_frame
 
     images, truth_path, full = partial
     make_prediction(tmp_path / "p.zarr", (full * 255).astype(np.uint8))
@@ -456,6 +456,11 @@ def test_preview_draws_not_annotated_apart_and_scores_annotated_pixels(partial, 
     assert annotated_frame.dice == 1.0 and annotated_frame.annotated.all()
     empty = read_frame(pred, image, 0, 0, truth=truth)  # nothing annotated: no Dice at all
     assert not empty.annotated.any() and empty.dice is None
+
+    seen = []
+    preview(tmp_path / "p.zarr", images, truth=truth_path, t=0, z=0,
+            out=tmp_path / "f.png", on_frame=seen.append)
+    assert seen[0]["annotated"] is False and "dice" not in seen[0]
 
 
 def test_info_reports_the_annotated_share(partial, cli):

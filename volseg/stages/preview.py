@@ -199,7 +199,9 @@ def preview_figure(frames: list[Frame], *, panel_width: float = PANEL_WIDTH, dpi
         top -= _HEADER
         bottom = top - ph
         title = f"t={frame.t}  z={frame.z}"
-        if frame.truth is not None:
+        if frame.annotated is not None and not frame.annotated.any():
+            title += "   not annotated: no Dice"
+        elif frame.truth is not None:
             d = frame.dice
             title += "   Dice " + ("n/a (no structure in truth or mask)" if d is None else f"{d:.3f}")
             if frame.annotated is not None:
@@ -374,7 +376,9 @@ def preview(pred, images, *, truth=None, t=0, z=0, out="preview.png", grid: bool
     def report(frame, path):
         if on_frame is not None:
             info = {"t": frame.t, "z": frame.z, "path": path}
-            if frame.truth is not None:
+            if frame.annotated is not None and not frame.annotated.any():
+                info["annotated"] = False
+            elif frame.truth is not None:
                 info.update(frame.counts, dice=frame.dice)
             on_frame(info)
 
