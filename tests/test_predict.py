@@ -243,7 +243,8 @@ def test_roi_skips_blocks_outside_and_zeroes_pixels_outside(tmp_path, cli):
     make_image_store(tmp_path / "bad.zarr", bad, mask=True)
     code, out, err = cli("predict", tmp_path / "i.zarr", "--model", model, "-o",
                          tmp_path / "d.zarr", "--roi", tmp_path / "bad.zarr")
-    assert code == 2 and err.startswith("volseg predict: error: --roi: shape")
+    assert code == 2 and err.startswith("volseg predict: error: --roi: ") and \
+        "bad.zarr: ROI shape (1, 1, 40, 50) does not fit the images'" in err
 
 
 # ----------------------------------------------------------------- test-time augmentation

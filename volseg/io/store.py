@@ -455,10 +455,7 @@ def open_roi(path, image_shape, *, param: str, what: str = "ROI store",
         Naming ``param`` when the shapes do not fit.
     """
     roi = open_image(path, what=what, **select)
-    rs, s = tuple(roi.shape), tuple(image_shape)
-    if not roi_fits(rs, s):
-        raise InputError(f"shape {rs} does not fit the images' {s} (same y, x; t and z "
-                         "equal or 1)", param=param)
+    check_roi_fits(roi.shape, image_shape, name=str(path), param=param)
     return roi
 
 
@@ -467,6 +464,17 @@ def roi_fits(roi_shape, image_shape) -> bool:
     t and z each equal or 1 (one mask for every time point or slice)."""
     rs, s = tuple(roi_shape), tuple(image_shape)
     return rs[2:] == s[2:] and rs[0] in (1, s[0]) and rs[1] in (1, s[1])
+
+
+def check_roi_fits(roi_shape, shape, *, name: str, against: str = "the images'",
+                   param=None) -> None:
+    """The one ROI-fit rule of every stage (:func:`roi_fits`), in one wording:
+    :class:`InputError` naming the ROI ``name`` and both shapes."""
+    if not roi_fits(roi_shape, shape):
+        raise InputError(f"{name}: ROI shape {tuple(int(v) for v in roi_shape)} does not fit "
+                         f"{against} {tuple(int(v) for v in shape)}: the same y, x, and t and "
+                         "z each equal or 1 (one ROI for every time point or slice)",
+                         param=param)
 
 
 def roi_index(roi_shape, t, z) -> tuple:

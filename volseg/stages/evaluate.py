@@ -187,10 +187,8 @@ def prepare(pred_path, truth_path, *, roi_path=None, threshold=None, per_z=False
     if prob is not None and tuple(prob.shape) != shape:
         raise InputError(f"{pred_path}: probability shape {_shape(prob.shape)} differs from "
                          f"its mask's {_shape(shape)}")
-    if roi is not None and not _store.roi_fits(roi.shape, shape):
-        raise InputError(f"{roi_path}: ROI shape {_shape(roi.shape)} does not fit the prediction's "
-                         f"{_shape(shape)} ({pred_path}): the same y, x, and t and z each "
-                         "equal or 1 (one ROI for every time point or slice)")
+    if roi is not None:
+        _store.check_roi_fits(roi.shape, shape, name=str(roi_path), against="the prediction's")
     check_mask_dtype(truth.dtype, name=str(truth_path))
 
     stored = _stored_threshold(pred)

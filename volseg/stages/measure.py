@@ -652,10 +652,8 @@ def prepare(mask_path, *, truth_path=None, roi_path=None, spacing=None, prune=No
     roi = None if roi_path is None else open_binary(roi_path, what="ROI store", **select)
     shape = tuple(mask.shape)
     _check_same_shape(shape, truth, truth_path, "truth")
-    if roi is not None and not _store.roi_fits(roi.shape, shape):
-        raise InputError(f"{roi_path}: ROI shape {tuple(roi.shape)} does not fit the mask's "
-                         f"{shape}: the same y, x, and t and z each equal or 1 (one ROI for "
-                         "every time point or slice)")
+    if roi is not None:
+        _store.check_roi_fits(roi.shape, shape, name=str(roi_path), against="the mask's")
     for image, path in ((mask, mask_path), (truth, truth_path), (roi, roi_path)):
         if image is not None:
             check_mask_dtype(image.dtype, name=str(path), hint=_MASK_HINT)
