@@ -283,6 +283,16 @@ def test_update_refuses_images_other_than_the_truths(tmp_path, images, cli):
                        tmp_path / "other.zarr", "-o", truth),
                    "--like", "not the image store")
     assert st.open_image(truth).complete
+    # training on them is not refused (the same frames converted again are another
+    # conversion too) but said
+    from volseg.training.forest import train_forest
+
+    write(tmp_path / "g2", "t001_z000.tif", frame(2))
+    convert([tmp_path / "g2"], truth, mask=True, update=True)
+    lines = []
+    train_forest(tmp_path / "other.zarr", truth, tmp_path / "f.model", trees=2,
+                 max_samples=500, log=lines.append)
+    assert any("another conversion than" in line for line in lines)
 
 
 def test_a_pattern_without_an_axis_the_images_have_is_refused(tmp_path, images, cli):

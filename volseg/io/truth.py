@@ -22,6 +22,7 @@ from volseg.io.store import MASK_COLOURS, NGFF_VERSION, ImageStore, roi_index
 from volseg.ops.annotation import NOT_ANNOTATED, annotated, inside_roi, known_labels
 
 __all__ = ["AnnotatedRegion", "KnownLabels", "annotation_counts", "counted_pixels", "not_annotated",
+           "other_images",
            "truth_label"]
 
 #: napari and other viewers draw not-annotated voxels in a dim grey, apart from both classes.
@@ -111,6 +112,18 @@ class AnnotatedRegion(_View):
             where = roi_index(self.roi.shape, key[0], key[1]) + tuple(key[2:])
             inside &= inside_roi(self.roi[where])
         return inside.astype(np.uint8)
+
+
+def other_images(truth: ImageStore, images: ImageStore) -> str | None:
+    """Where ``truth`` (made with ``convert --like``) says its images are, when ``images``
+    is another conversion (their job fingerprints differ); None when they match or
+    nothing is recorded. Not a refusal: the same frames converted again (other chunks)
+    are another conversion too."""
+    made_for = ((truth.volseg.get("job") or {}).get("parameters") or {}).get("like") or {}
+    theirs = (images.volseg.get("job") or {}).get("fingerprint")
+    if made_for.get("fingerprint") and theirs and made_for["fingerprint"] != theirs:
+        return str(made_for.get("path"))
+    return None
 
 
 def counted_pixels(region, t: int, z: int, shape) -> np.ndarray | None:

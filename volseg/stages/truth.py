@@ -25,7 +25,7 @@ from volseg.errors import InputError
 from volseg.io import store as st
 from volseg.io.location import locate, text as location_text
 from volseg.io.tiff import DEFAULT_PATTERN, SparseFrames, discover_sparse
-from volseg.io.truth import not_annotated, truth_label
+from volseg.io.truth import not_annotated, other_images, truth_label
 from volseg.ops.annotation import NOT_ANNOTATED, from_scribbles, labels_from_annotation
 
 __all__ = ["convert_sparse", "open_like", "update_truth"]
@@ -162,11 +162,10 @@ def update_truth(inputs, out, *, like=None, scribbles: bool = False,
         if tuple(images.shape) != shape:
             raise InputError(f"{like} has shape {tuple(images.shape)}, the truth store {out} "
                              f"{shape}; give the images the truth belongs to", param="like")
-        made_for = ((store.volseg.get("job") or {}).get("parameters") or {}).get("like") or {}
-        theirs = (images.volseg.get("job") or {}).get("fingerprint")
-        if made_for.get("fingerprint") and theirs and made_for["fingerprint"] != theirs:
+        made_for = other_images(store, images)
+        if made_for:
             raise InputError(f"{like} is not the image store {out} was made for "
-                             f"({made_for.get('path')}; another conversion); give that one, "
+                             f"({made_for}; another conversion); give that one, "
                              "or leave --like out (an update needs only the truth store)",
                              param="like")
     frames = discover_sparse(inputs, shape=shape, pattern=pattern, channel=channel)

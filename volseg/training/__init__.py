@@ -78,10 +78,14 @@ def _learning_split(config: TrainConfig, inputs, say):
     """What training reads of the truth (labels, and the region to learn from: annotated
     and inside the ROI, as an array or None) and the split over the annotated frames:
     ``(truth, roi array, split, annotated frames or None)``."""
-    from volseg.io.truth import learning_views
+    from volseg.io.truth import learning_views, other_images
     from volseg.training.sampler import split_frames
 
     shape = inputs.image.shape
+    made_for = other_images(inputs.truth, inputs.image)
+    if made_for:
+        say(f"warning: {config.truth_path} was annotated on {made_for}, another conversion "
+            f"than {config.images_path}; make sure they hold the same frames")
     truth, region, annotated = learning_views(inputs.truth, inputs.roi)
     split = split_frames(shape, val_fraction=config.val_fraction,
                          val_timepoints=config.val_timepoints, val_frames=config.val_frames,

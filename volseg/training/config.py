@@ -223,6 +223,7 @@ def open_stores(images_path, truth_path, roi_path=None, *, channel=None, series=
     (ImageStore, ImageStore, ImageStore or None)
     """
     from volseg.io.store import open_image, open_roi
+    from volseg.ops.annotation import check_mask_dtype
 
     select = dict(channel=channel, series=series)
     image = open_image(images_path, what="image store (--images)", **select)
@@ -231,9 +232,7 @@ def open_stores(images_path, truth_path, roi_path=None, *, channel=None, series=
         raise InputError(f"shape {tuple(truth.shape)} differs from the images' "
                          f"{tuple(image.shape)}; both must be (t, z, y, x) of one size",
                          param="truth_path")
-    if np.dtype(truth.dtype).kind not in "biu":
-        raise InputError(f"dtype {truth.dtype} is not a label type; convert annotations "
-                         "with `volseg convert --mask`", param="truth_path")
+    check_mask_dtype(truth.dtype, name=str(truth_path), param="truth_path")
     roi = None
     if roi_path is not None:
         roi = open_roi(roi_path, image.shape, param="roi_path", what="ROI store (--roi)",

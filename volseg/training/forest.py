@@ -160,7 +160,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     from volseg.models.unet import FORMAT, FORMAT_VERSION
     from volseg.training.sampler import split_frames, where_learned
     from volseg.ops.thresholds import ValidationHistogram, best_threshold
-    from volseg.io.truth import counted_pixels, learning_views
+    from volseg.io.truth import counted_pixels, learning_views, other_images
     from volseg.training.config import open_stores
 
     if trees < 1:
@@ -175,6 +175,10 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     image, truth, roi = open_stores(images_path, truth_path, roi_path, channel=channel,
                                     series=series)
     check_frame_size(image.shape, images_path)
+    made_for = other_images(truth, image)
+    if log and made_for:
+        log(f"warning: {truth_path} was annotated on {made_for}, another conversion than "
+            f"{images_path}; make sure they hold the same frames")
     truth, roi, annotated = learning_views(truth, roi)
     split = split_frames(image.shape, val_fraction=val_fraction, val_timepoints=val_timepoints,
                          val_frames=val_frames, annotated=annotated)
