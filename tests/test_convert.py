@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from volseg.testing import VOLSEG_COMMAND as VOLSEG, write_frames
+from volseg.testing import VOLSEG_COMMAND as VOLSEG, assert_refused, write_frames
 from volseg.io import store as st
 from volseg.stages.convert import convert, to_binary
 from volseg.errors import InputError
@@ -361,3 +361,9 @@ def test_kill_9_then_rerun_completes(tmp_path):
     summary = convert([folder], out)
     assert summary["skipped"] >= written and summary["written"] == 300 - summary["skipped"]
     np.testing.assert_array_equal(read_store(out), arr)
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, cli):
+    assert_refused(cli("info", ""), "an empty path")
+    assert_refused(cli("convert", "", "-o", tmp_path / "x.zarr"), "an empty path")
+    assert not (tmp_path / "x.zarr").exists()

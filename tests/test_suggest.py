@@ -141,3 +141,9 @@ def test_plots_are_checked_before_anything_is_written(tmp_path, cli):
                    "--images", "differs from the prediction's")
     assert not (tmp_path / "picks.csv").exists() and not (tmp_path / "todo").exists()
     assert not (tmp_path / "p2").exists()
+
+
+def test_an_array_of_a_prediction_is_named_as_such(tmp_path, cli):
+    make_prediction(tmp_path / "p.zarr", _probability([(1, 2)]))
+    assert_refused(cli("suggest", tmp_path / "p.zarr" / "mask"),
+                   "is the mask of the prediction store", "give the store itself")

@@ -304,6 +304,8 @@ def test_export_refusals(tmp_path, cli, exported):
     with zipfile.ZipFile(forest, "w") as zf:
         zf.writestr("volseg.json", json.dumps({"format": "volseg-model", "format_version": 1,
                                                "kind": "forest", "threshold": 0.5}))
+    truth = make_image_store(tmp_path / "t.zarr", np.zeros((1, 1, 64, 64), np.uint8),
+                             mask=True).path
     before = package.read_bytes()
     cases = [
         (("export-model", forest, "-o", tmp_path / "f.zip", "--images", images), "random forest"),
@@ -314,6 +316,9 @@ def test_export_refusals(tmp_path, cli, exported):
           "NOT-A-LICENCE"), "--license"),
         (("export-model", model, "-o", tmp_path / "x.zip", "--images", images, "--name",
           "a/b"), "--name"),
+        (("export-model", model, "-o", tmp_path / "x.zip", "--images", truth),
+         "is a truth (mask) store"),
+        (("export-model", images, "-o", tmp_path / "x.zip"), "is a folder, not a model file"),
     ]
     for args, needle in cases:
         assert_refused(cli(*args), needle)

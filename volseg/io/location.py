@@ -269,6 +269,8 @@ def locate(path) -> Path | RemotePath:
     if isinstance(path, (Path, RemotePath)):
         return path
     text = os.fspath(path) if not isinstance(path, str) else path
+    if not text.strip():
+        raise InputError(f"an empty path ({text!r}): give a file, folder or URL")
     if text.startswith("file://"):
         return Path(urlsplit(text).path)
     if _URL.match(text):

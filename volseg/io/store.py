@@ -608,6 +608,9 @@ def open_prediction(path, *, require_complete: bool = True, mode: str = "r") -> 
     path = locate(path)
     g = open_group(path, mode=mode, what="prediction store", made_by="volseg predict")
     if not is_prediction(path):
+        if path.name in ("mask", "probability") and is_prediction(path.parent):
+            raise InputError(f"{path} is the {path.name} of the prediction store "
+                             f"{path.parent}; give the store itself")
         raise InputError(f"{path}: not a volseg prediction store (no 'mask' group)")
     pred = Prediction(path, g)
     for part in ("probability", "mask"):

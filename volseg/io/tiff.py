@@ -605,6 +605,8 @@ class SparseFrames:
 
 
 def _files_of(inputs) -> list[Path]:
+    if any(not str(p).strip() for p in inputs):
+        raise InputError("INPUT: an empty path (''): give TIFF files or folders")
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InputError("INPUT: give at least one TIFF file or folder")

@@ -122,7 +122,11 @@ def _check_license(license: str) -> None:
 def _test_images(images, info: dict, model: Path):
     """The image store the test tensors come from: ``images``, or the training images."""
     if images is not None:
-        return st.open_image(images)
+        store = st.open_image(images)
+        if store.volseg.get("content") == "mask":
+            raise InputError(f"{images} is a truth (mask) store; the test tensors are cut "
+                             "from images", param="images")
+        return store
     recorded = ((info.get("provenance") or {}).get("images") or {}).get("path")
     if not recorded:
         raise InputError(f"{model}: its record names no training images; give an image store "
