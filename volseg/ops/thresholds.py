@@ -288,14 +288,14 @@ class ValidationHistogram:
     A frame annotated wherever it is counted adds its class histogram as it is. A frame
     only partly annotated (scribbles) adds its annotated pixels' histogram rescaled to
     the frame: structure and background rows scaled to the estimated structure share
-    (:func:`structure_share`) of all its counted pixels. (Taking the background row as
-    the frame's level histogram less the structure row instead counts the tubes' edges,
-    never scribbled, as background: the threshold came out too high, Dice 0.70 against
-    0.82 on the synthetic series.) Without that, scribbles, about
+    (:func:`structure_share`) of all its counted pixels. Without that, scribbles, about
     as much structure as background, would choose the threshold for a 50 % structure
-    share, far too low for frames that hold a few % (tried: more scribbled frames made
-    the Dice worse). Partly annotated frames share one estimate: a frame's scribbles are
-    too few for their own.
+    share, far too low for frames that hold a few % (measured: more scribbled frames
+    made the Dice worse). Partly annotated frames share one estimate: a frame's
+    scribbles are too few for their own. (Taking the background row as the frame's level
+    histogram less the structure row instead counts the tubes' edges, never scribbled,
+    as background: the threshold came out too high, Dice 0.70 against 0.82 on the
+    synthetic series.)
     """
 
     def __init__(self):
