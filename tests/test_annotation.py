@@ -295,6 +295,18 @@ def test_update_refuses_images_other_than_the_truths(tmp_path, images, cli):
     assert any("another conversion than" in line for line in lines)
 
 
+def test_a_name_that_matches_the_pattern_twice_is_refused(tmp_path, images, cli):
+    write(tmp_path / "f", "t001_z001_x_t002_z003.tif", frame(1))
+    assert_refused(cli("convert", tmp_path / "f", "--mask", "--like", images, "-o",
+                       tmp_path / "t.zarr"),
+                   "t001_z001_x_t002_z003.tif: the name matches the pattern", "more than once")
+    write_frames(tmp_path / "dense", np.zeros((1, 2, 8, 8), np.uint8),
+                 name="set001_t{t:03d}_z{z:03d}.tif")  # one match of t{t}_z{z}: fine
+    convert([tmp_path / "dense"], tmp_path / "d.zarr")
+    assert_refused(cli("convert", tmp_path / "dense", "-o", tmp_path / "e.zarr",
+                       "--pattern", "t{t}"), "set001_t000_z000.tif", "more than once")
+
+
 def test_a_pattern_without_an_axis_the_images_have_is_refused(tmp_path, images, cli):
     write(tmp_path / "f", "t001_z002.tif", frame(1))
     assert_refused(cli("convert", tmp_path / "f", "--mask", "--like", images, "-o",

@@ -118,6 +118,23 @@ def pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(rx)
 
 
+def name_match(rx: re.Pattern, path: Path, pattern: str):
+    """The match of ``pattern`` (compiled as ``rx``) in a file's name, None if none.
+
+    Raises
+    ------
+    InputError
+        The name matches it twice with other numbers (``t001_z001_t002``, or ``t{t}`` in
+        ``set001_t002``): which is the file's place cannot be told.
+    """
+    found = list(rx.finditer(path.stem))
+    if len({tuple(sorted(m.groupdict().items())) for m in found}) > 1:
+        raise InputError(f"{path}: the name matches the pattern {pattern!r} more than once "
+                         f"({', '.join(m.group(0) for m in found)}), so its place is "
+                         "ambiguous; rename it, or set --pattern")
+    return found[0] if found else None
+
+
 def _natural_key(path: Path):
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", path.name)]
 
@@ -455,7 +472,7 @@ def _from_frame_files(headers, pattern, channel, allow_gaps) -> TiffStack:
     rx = pattern_regex(pattern)
     found: dict[tuple[int, int], int] = {}
     for i, h in enumerate(headers):
-        m = rx.search(h.path.stem)
+        m = name_match(rx, h.path, pattern)
         if m is None:
             raise InputError(f"{h.path}: file name does not match the pattern {pattern!r} "
                              "(set --pattern, e.g. --pattern 'T{t}-Z{z}')")
@@ -651,7 +668,7 @@ def discover_sparse(inputs, *, shape, pattern: str = DEFAULT_PATTERN,
                                  f"{what}: a file's {axis} would be unknown (say where "
                                  f"{{{axis}}} is in the names)", param="pattern")
         for i, h in enumerate(headers):
-            m = rx.search(h.path.stem)
+            m = name_match(rx, h.path, pattern)
             t_ax, z_ax, c_ax = _plan_axes(h, channel)
             idx = _index(h, t_ax, z_ax, c_ax, 0, 0, channel)
             if m is None:
