@@ -21,7 +21,7 @@ import numpy as np
 from volseg.io.store import MASK_COLOURS, NGFF_VERSION, ImageStore, roi_index
 from volseg.ops.annotation import NOT_ANNOTATED, annotated, inside_roi, known_labels
 
-__all__ = ["AnnotatedRegion", "KnownLabels", "annotation_counts", "counted_pixels", "not_annotated",
+__all__ = ["AnnotatedRegion", "KnownLabels", "annotation_counts", "frame_masks", "not_annotated",
            "other_images",
            "truth_label"]
 
@@ -126,17 +126,20 @@ def other_images(truth: ImageStore, images: ImageStore) -> str | None:
     return None
 
 
-def counted_pixels(region, t: int, z: int, shape) -> np.ndarray | None:
-    """Where frame (t, z)'s pixels count, annotated or not, when ``region`` (what a
-    trainer reads as its region, :func:`learning_views`) is a partial truth's
-    :class:`AnnotatedRegion`: inside its ROI, or every pixel of a frame of ``shape``
-    (y, x). None for a complete truth's region (a plain ROI, or None): its pixels count
-    exactly where they are annotated."""
+def frame_masks(region, t: int, z: int, shape) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(annotated, counted)`` of frame (t, z), from what a trainer reads as its region
+    (:func:`learning_views`: an :class:`AnnotatedRegion`, a plain ROI array, or None),
+    the ROI read once. ``annotated``: where labels are known and inside the ROI;
+    ``counted``: where pixels count, annotated or not (inside the ROI), or None for a
+    complete truth, whose pixels count exactly where they are annotated. ``shape`` is
+    the frame's (y, x)."""
+    if region is None:
+        return np.ones(tuple(shape), bool), None
     if not isinstance(region, AnnotatedRegion):
-        return None
-    if region.roi is None:
-        return np.ones(tuple(shape), bool)
-    return inside_roi(region.roi[roi_index(region.roi.shape, t, z)])
+        return inside_roi(region[roi_index(region.shape, t, z)]), None
+    counted = (np.ones(tuple(shape), bool) if region.roi is None
+               else inside_roi(region.roi[roi_index(region.roi.shape, t, z)]))
+    return annotated(np.asarray(region._array[t, z]), region.value) & counted, counted
 
 
 def annotation_counts(store: ImageStore, *, progress=None) -> np.ndarray:

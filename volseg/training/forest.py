@@ -160,7 +160,7 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
     from volseg.models.unet import FORMAT, FORMAT_VERSION
     from volseg.training.sampler import split_frames, where_learned
     from volseg.ops.thresholds import ValidationHistogram, best_threshold
-    from volseg.io.truth import counted_pixels, learning_views, other_images
+    from volseg.io.truth import frame_masks, learning_views, other_images
     from volseg.training.config import open_stores
 
     if trees < 1:
@@ -209,13 +209,12 @@ def train_forest(images_path, truth_path, out_path, *, roi_path=None, channel=No
         levels = probability_levels(forest, image, t, z, spec)
         labels = np.asarray(truth.array[t, z])
         check_truth(labels, f"validation frame t={t} z={z}")
-        inside = (np.ones(labels.shape, bool) if region is None
-                  else inside_roi(region[roi_index(region.shape, t, z)]))
-        frames.add(levels, labels, annotated=inside,
-                   counted=counted_pixels(region, t, z, labels.shape))
+        inside, counted = frame_masks(region, t, z, labels.shape)
+        frames.add(levels, labels, annotated=inside, counted=counted)
     hist = frames.histogram()
-    if log and frames.note():
-        log(f"forest: {frames.note()}")
+    note = frames.note()
+    if log and note:
+        log(f"forest: {note}")
     best = best_threshold(hist)
     threshold, val_dice = (0.5, None) if best is None else best
     info = {

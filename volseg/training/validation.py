@@ -13,8 +13,6 @@ import numpy as np
 
 from volseg.errors import InputError
 
-from volseg.io.store import roi_index
-from volseg.ops.annotation import inside_roi
 from volseg.training.sampler import check_truth
 from volseg.ops.thresholds import ValidationHistogram, best_threshold, dice_at, quantise
 
@@ -68,7 +66,7 @@ class Validator:
         so the best threshold selects on the stored probabilities exactly the mask it
         was chosen for (:mod:`volseg.ops.thresholds`).
         """
-        from volseg.io.truth import counted_pixels
+        from volseg.io.truth import frame_masks
 
         frames = ValidationHistogram()
         start = time.monotonic()
@@ -81,12 +79,8 @@ class Validator:
                                  param="learning_rate")
             lab = np.asarray(self.truth[t, z])
             check_truth(lab, f"validation frame t={t} z={z}")
-            if self.roi is not None:
-                inside = inside_roi(self.roi[roi_index(self.roi.shape, t, z)])
-            else:
-                inside = np.ones(lab.shape, bool)
-            frames.add(quantise(prob), lab, annotated=inside,
-                       counted=counted_pixels(self.roi, t, z, lab.shape))
+            inside, counted = frame_masks(self.roi, t, z, lab.shape)
+            frames.add(quantise(prob), lab, annotated=inside, counted=counted)
         hist = frames.histogram()
         # Without foreground in the validation frames no threshold is better than 0.5.
         threshold, dice_best = best_threshold(hist) or (0.5, float("nan"))
