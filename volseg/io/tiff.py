@@ -124,8 +124,9 @@ def name_match(rx: re.Pattern, path: Path, pattern: str):
     Raises
     ------
     InputError
-        The name matches it twice with other numbers (``t001_z001_t002``, or ``t{t}`` in
-        ``set001_t002``): which is the file's place cannot be told.
+        The name matches it twice with other numbers (``t{t}_z{z}`` in
+        ``t001_z001_x_t002_z003``, or ``t{t}`` in ``set001_t002``): which is the file's
+        place cannot be told.
     """
     found = list(rx.finditer(path.stem))
     if len({tuple(sorted(m.groupdict().items())) for m in found}) > 1:
