@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 from volseg.ops.tiling import (
+    predict_stack,
+    window_length,
+    z_windows,
     DEFAULT_MAX_PIXELS,
     assemble,
     default_tile,
@@ -316,3 +319,48 @@ def test_predict_frames_memory_does_not_hold_all_tiles():
         tracemalloc.stop()
     assert out.shape == (1, h, w)
     assert peak < 2 * frame_bytes + 1_000_000, peak
+
+
+# --------------------------------------------------------------------------- z windows
+
+
+@pytest.mark.parametrize("fixed, minimum, step, n, want", [
+    (None, 4, 2, 3, 4), (None, 4, 2, 7, 8), (None, 4, 0, 9, 4), (6, 1, 1, 2, 6)])
+def test_window_length_follows_the_networks_z_rule(fixed, minimum, step, n, want):
+    assert window_length(n, fixed=fixed, minimum=minimum, step=step) == want
+
+
+@pytest.mark.parametrize("length, start, stop, size, halo", [
+    (10, 2, 8, 4, 1), (10, 0, 9, 5, 2), (6, 1, 5, 3, 1), (12, 3, 9, 7, 3), (8, 2, 6, 8, 2)])
+def test_z_windows_own_every_wanted_slice_once_with_its_halo(length, start, stop, size, halo):
+    windows = z_windows(length, start, stop, size=size, halo=halo)
+    owned = [z for _, _, o0, o1 in windows for z in range(o0, o1)]
+    assert owned == list(range(start, stop))
+    for w0, w1, o0, o1 in windows:
+        assert w1 - w0 == size
+        # context on both sides, unless the window is clipped by the box (the stack's end)
+        assert o0 - w0 >= halo or w0 == 0
+        assert w1 - o1 >= halo or w1 >= length
+
+
+def test_z_windows_refuse_a_size_that_owns_nothing_inside_its_halo():
+    with pytest.raises(ValueError, match="leave none inside a z halo of 2"):
+        z_windows(10, 2, 8, size=4, halo=2)
+
+
+def test_predict_stack_equals_the_whole_stack_for_a_network_within_its_halo():
+    """A 'network' that averages 3 slices (zero beyond its window): tiled in y/x and cut
+    into fixed z windows it gives the whole stack's result wherever the window had the
+    real neighbours, i.e. everywhere inside the stack's two end slices."""
+    rng = np.random.default_rng(0)
+    stack = rng.random((9, 20, 30)).astype(np.float32)
+
+    def net(batch):  # (b, H, W, Z) -> (b, H, W, Z)
+        padded = np.pad(batch, ((0, 0), (0, 0), (0, 0), (1, 1)))
+        return (padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]) / 3
+
+    whole = net(np.moveaxis(stack, 0, -1)[None])[0]
+    plan = tile_plan(20, 30, tile=(16, 16), halo=4, multiple=8)
+    got = predict_stack(stack, net, plan, start=0, stop=9, size=4, halo=1, batch_size=3)
+    assert got.shape == (9, 20, 30)
+    np.testing.assert_allclose(got[1:-1], np.moveaxis(whole, -1, 0)[1:-1], atol=1e-6)

@@ -126,7 +126,7 @@ def _expected(frame: np.ndarray, w: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-y))
 
 
-def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis: bool = False,
+def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, time_axis: bool = False,
                          channels_out: int = 1, weights: str = "onnx",
                          post: str = "sigmoid", crop: int = 0):
     """A hand-built zoo package (spec 0.5) of a network volseg did not make."""
@@ -140,14 +140,14 @@ def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis:
     (folder / "w.pt").write_bytes(b"not really torchscript")
     (folder / "README.md").write_text("# conv\n")
     size = spec.ParameterizedSize(min=16, step=8)
-    space = ["z", "y", "x"] if z_axis else ["y", "x"]
-    shape = (1, 1) + (1,) * z_axis + (16, 24)
+    space = ["y", "x"]
+    shape = (1, 1) + (1,) * time_axis + (16, 24)
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 100, shape).astype(np.float32)
     np.save(folder / "in.npy", x)
     y = _expected(x.reshape(16, 24), w)[None, None]
-    y = np.broadcast_to(y.reshape((1, 1) + (1,) * z_axis + (16, 24)),
-                        (1, channels_out) + (1,) * z_axis + (16, 24)).astype(np.float32)
+    y = np.broadcast_to(y.reshape((1, 1) + (1,) * time_axis + (16, 24)),
+                        (1, channels_out) + (1,) * time_axis + (16, 24)).astype(np.float32)
     if crop:
         y = np.ascontiguousarray(y[..., crop:-crop, crop:-crop])
     np.save(folder / "out.npy", y)
@@ -156,16 +156,18 @@ def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis:
         return spec.InputTensorDescr(
             id=spec.TensorId(name),
             axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("c")])]
-            + [spec.SpaceInputAxis(id=spec.AxisId(a), size=1 if a == "z" else size)
-               for a in space],
+            + [spec.TimeInputAxis(size=1)] * time_axis
+            + [spec.SpaceInputAxis(id=spec.AxisId(a), size=size) for a in space],
             test_tensor=spec.FileDescr(source=folder / "in.npy"),
             preprocessing=[spec.ZeroMeanUnitVarianceDescr(
                 kwargs=spec.ZeroMeanUnitVarianceKwargs(axes=[spec.AxisId(a) for a in space]))])
 
     def out_axis(a):
         ref = spec.SizeReference(tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a),
-                                 offset=-2 * crop if a != "z" else 0)
-        if halo and a != "z":
+                                 offset=-2 * crop if a != "t" else 0)
+        if a == "t":
+            return spec.TimeOutputAxis(size=ref)
+        if halo:
             return spec.SpaceOutputAxisWithHalo(id=spec.AxisId(a), size=ref, halo=halo)
         return spec.SpaceOutputAxis(id=spec.AxisId(a), size=ref)
 
@@ -187,7 +189,7 @@ def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, z_axis:
             id=spec.TensorId("prob"),
             axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[
                 spec.Identifier(f"c{k}") for k in range(channels_out)])]
-            + [out_axis(a) for a in space],
+            + [out_axis("t")] * time_axis + [out_axis(a) for a in space],
             test_tensor=spec.FileDescr(source=folder / "out.npy"),
             postprocessing=post_steps)],
         weights=descr_weights)
@@ -250,9 +252,121 @@ def test_a_package_without_a_halo_gets_a_measured_one_and_a_warning(tmp_path, cl
     assert np.abs(got[:-1, :-1].astype(int) - want[:-1, :-1]).max() <= 1
 
 
+def _conv3d_onnx():
+    """A 3D ONNX network, NCDHW: a 3x3x3 convolution with zero padding, then a sigmoid."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(5).normal(0, 0.3, (1, 1, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 6),
+         helper.make_node("Sigmoid", ["c"], ["y"])], "conv3d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, "d", "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, "d", "h", "w"])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString(), w[0, 0]
+
+
+def _expected_3d(stack: np.ndarray, w: np.ndarray, gain: float) -> np.ndarray:
+    from scipy.ndimage import correlate
+
+    y = correlate(stack.astype(np.float64) * gain, w.astype(np.float64), mode="constant")
+    return 1 / (1 + np.exp(-y))
+
+
+def make_3d_package(path, *, z_size, z_halo: int | None, halo: int = 2, per_volume=False):
+    """A hand-built 3D zoo package (spec 0.5): axes batch, channel, z, y, x."""
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as spec
+
+    folder = path.parent / (path.stem + "-files")
+    folder.mkdir()
+    onnx_bytes, w = _conv3d_onnx()
+    (folder / "w.onnx").write_bytes(onnx_bytes)
+    (folder / "README.md").write_text("# conv3d\n")
+    gain = 0.01
+    depth = z_size if isinstance(z_size, int) else z_size.min
+    x = np.random.default_rng(1).uniform(0, 100, (1, 1, depth, 16, 24)).astype(np.float32)
+    np.save(folder / "in.npy", x)
+    np.save(folder / "out.npy", _expected_3d(x[0, 0], w, gain)[None, None].astype(np.float32))
+    size = spec.ParameterizedSize(min=16, step=8)
+    pre = (spec.ZeroMeanUnitVarianceDescr(kwargs=spec.ZeroMeanUnitVarianceKwargs(
+        axes=[spec.AxisId(a) for a in "zyx"])) if per_volume else
+        spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain, offset=0.0)))
+
+    def out_axis(a, h):
+        ref = spec.SizeReference(tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a))
+        if h:
+            return spec.SpaceOutputAxisWithHalo(id=spec.AxisId(a), size=ref, halo=h)
+        return spec.SpaceOutputAxis(id=spec.AxisId(a), size=ref)
+
+    descr = spec.ModelDescr(
+        name="hand-built conv3d", description="a 3x3x3 filter", authors=[spec.Author(name="T")],
+        cite=[spec.CiteEntry(text="none", url="https://example.org")],
+        license=spec.LicenseId("MIT"), documentation=spec.FileDescr(source=folder / "README.md"),
+        inputs=[spec.InputTensorDescr(
+            id=spec.TensorId("raw"),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("c")]),
+                  spec.SpaceInputAxis(id=spec.AxisId("z"), size=z_size),
+                  spec.SpaceInputAxis(id=spec.AxisId("y"), size=size),
+                  spec.SpaceInputAxis(id=spec.AxisId("x"), size=size)],
+            test_tensor=spec.FileDescr(source=folder / "in.npy"), preprocessing=[pre])],
+        outputs=[spec.OutputTensorDescr(
+            id=spec.TensorId("prob"),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("p")]),
+                  out_axis("z", z_halo), out_axis("y", halo), out_axis("x", halo)],
+            test_tensor=spec.FileDescr(source=folder / "out.npy"))],
+        weights=spec.WeightsDescr(onnx=spec.OnnxWeightsDescr(source=folder / "w.onnx",
+                                                             opset_version=17)))
+    save_bioimageio_package(descr, output_path=path)
+    return path, w, gain
+
+
+@pytest.mark.parametrize("rule", ["parameterized", "fixed", "undeclared z halo"])
+def test_a_3d_package_predicts_across_z_blocks_with_its_z_halo(tmp_path, cli, rule):
+    """Blocks of 4 slices of a 10-slice stack: every slice but the stack's first and last
+    sees its real neighbours, in the next block too (the z halo), whatever the package's
+    z rule: windows as deep as the block and its halo, or fixed windows of 4 (2 owned)."""
+    from bioimageio.spec.model import v0_5 as spec
+
+    z_size, z_halo = {"parameterized": (spec.ParameterizedSize(min=4, step=2), 1),
+                      "fixed": (4, 1), "undeclared z halo": (spec.ParameterizedSize(min=4, step=1),
+                                                             None)}[rule]
+    package, w, gain = make_3d_package(tmp_path / "c3.zip", z_size=z_size, z_halo=z_halo)
+    stack = np.random.default_rng(4).uniform(0, 300, (2, 10, 40, 56)).astype(np.uint16)
+    make_image_store(tmp_path / "i.zarr", stack, shards=(1, 4, 40, 56))
+    code, out, err = cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
+                         tmp_path / "p.zarr", "--tile", "32,32")
+    assert code == 0, err
+    assert "3D: z windows with a z halo of " + ("2" if z_halo is None else "1") in out + err
+    assert ("declares no z halo; using 2 slice(s)" in out + err) == (z_halo is None)
+    got = zarr.open_array(tmp_path / "p.zarr" / "probability" / "0")[:].astype(int)
+    for t in range(2):
+        want = np.rint(_expected_3d(stack[t], w, gain) * 255)
+        # the stack's and frames' first and last slices, rows and columns meet padding
+        assert np.abs(got[t, 1:-1, 1:-1, 1:-1] - want[1:-1, 1:-1, 1:-1]).max() <= 1
+
+
+def test_3d_package_refusals(tmp_path, cli):
+    # statistics over a volume that blocks split
+    package, _, _ = make_3d_package(tmp_path / "v.zip", z_size=4, z_halo=1, per_volume=True)
+    make_image_store(tmp_path / "i.zarr", np.ones((1, 8, 32, 32), np.uint8),
+                     shards=(1, 4, 32, 32))
+    assert_refused(cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
+                       tmp_path / "p.zarr"), str(package), "whole volume")
+    narrow, _, _ = make_3d_package(tmp_path / "n.zip", z_size=3, z_halo=None)
+    assert_refused(cli("predict", tmp_path / "i.zarr", "--model", narrow, "-o",
+                       tmp_path / "p.zarr", "--tta"), "--tta", "3D model")
+    assert not (tmp_path / "p.zarr").exists()
+    code, out, err = cli("info", narrow)
+    assert code == 0, err
+    assert "3D, z windows of 3 slices, z halo not declared" in out
+
+
 @pytest.mark.parametrize("kind, needle", [
     (dict(inputs=2), "2 input(s)"),
-    (dict(z_axis=True), "z axis (a 3D model)"),
+    (dict(time_axis=True), "time axis"),
     (dict(channels_out=2), "2 channels"),
     (dict(weights="torchscript"), "weights as torchscript"),
     (dict(post="softmax"), "'softmax'"),
@@ -359,5 +473,5 @@ def test_info_describes_a_package_or_says_why_predict_cannot_run_it(tmp_path, cl
     code, out, err = cli("info", package)
     assert code == 0, err
     assert "zoo package model" in out and "margin: 32" in out and "scale_linear" in out
-    foreign, _ = make_foreign_package(tmp_path / "z.zip", z_axis=True)
-    assert_refused(cli("info", foreign), str(foreign), "z axis")
+    foreign, _ = make_foreign_package(tmp_path / "t.zip", time_axis=True)
+    assert_refused(cli("info", foreign), str(foreign), "time axis")

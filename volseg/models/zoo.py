@@ -13,10 +13,13 @@ description: volseg only decides what goes into it. What a volseg package holds:
 - in ``config.volseg``: the validation-chosen threshold, the depth context K and the
   source model's SHA-256.
 
-Reading: :func:`read_package` accepts 2D models with one input of one channel (or a
-volseg package's K context slices) and one output of one channel, ONNX weights, and the
-pointwise or per-frame pre/postprocessing steps listed in :data:`PREPROCESSING`;
-anything else is refused with one line saying what the package has.
+Reading: :func:`read_package` accepts 2D (y, x) and 3D (z, y, x) models with one input of
+one channel (or a volseg package's K context slices) and one output of one channel, ONNX
+weights, and the pointwise or per-frame pre/postprocessing steps listed in
+:data:`PREPROCESSING`; anything else is refused with one line saying what the package
+has. A 3D model sees a block's z-slices (with its z halo) as one window, or as several
+overlapping windows when its z size is fixed and smaller (:func:`volseg.ops.tiling.
+predict_stack`).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class ZooModel:
     path: str
     name: str
     onnx: bytes = field(repr=False)
-    input_axes: tuple  # axis types in the input tensor's order: "batch", "channel", "y", "x"
+    input_axes: tuple  # in the input tensor's order: "batch", "channel", "z", "y", "x"
     output_axes: tuple
     channels: int  # input channels: 1, or K context slices for a volseg package
     multiple: int  # tile sides are multiples of this (the input's size step)
@@ -80,11 +83,17 @@ class ZooModel:
     preprocessing: list
     postprocessing: list
     weights_sha256: str
+    z_size: tuple | None = None  # a 3D model's z rule (fixed or None, minimum, step)
+    z_halo: int | None = None  # declared on the output's z axis (None: says nothing)
 
     def info(self) -> dict:
         """The record predict uses, in the words of a volseg model's ``volseg.json``."""
         return {"kind": "zoo", "threshold": self.threshold, "context": self.channels,
                 "multiple": self.multiple, "margin": self.halo, "name": self.name}
+
+    @property
+    def is_3d(self) -> bool:
+        return self.z_size is not None
 
 
 def _package_error(path, what: str) -> InputError:
@@ -98,7 +107,7 @@ def read_package(path) -> ZooModel:
     ------
     InputError
         Not a valid package (the spec library's first complaint), or a kind volseg
-        cannot run: several inputs or outputs, a 3D (z) or time axis, several input or
+        cannot run: several inputs or outputs, a time or other axis, several input or
         output channels, no ONNX weights, an unsupported processing step.
     """
     descr = _load_description(path)
@@ -111,16 +120,17 @@ def read_package(path) -> ZooModel:
     output_axes, _ = _axes(path, out, "output")
     config = _volseg_config(descr)
     channels = in_sizes.get("channel", 1)
-    if channels != 1 and channels != config.get("context"):
+    if channels != 1 and (channels != config.get("context") or "z" in input_axes):
         raise _package_error(path, f"its input has {channels} channels; volseg runs models "
                                    "of one greyscale channel")
     if _output_sizes(out).get("channel", 1) != 1:
         raise _package_error(path, f"its output has {_output_sizes(out)['channel']} channels "
                                    "(instance or multi-class segmentation?); volseg runs "
                                    "models with one foreground-probability channel")
-    fixed, lo, step = _space_size(path, inp)
+    fixed, lo, step = _space_size(path, inp, ("y", "x"))
+    z_size = _space_size(path, inp, ("z",)) if "z" in input_axes else None
     _check_same_size(path, inp, out)
-    halo = _declared_halo(out)
+    halo = _declared_halo(out, ("y", "x"))
     weights = descr.weights
     if weights.onnx is None:
         formats = [k for k in type(weights).model_fields if getattr(weights, k) is not None]
@@ -135,7 +145,8 @@ def read_package(path) -> ZooModel:
         threshold=threshold,
         preprocessing=_steps(path, inp.preprocessing, "preprocessing"),
         postprocessing=_steps(path, out.postprocessing, "postprocessing"),
-        weights_sha256=hashlib.sha256(onnx).hexdigest())
+        weights_sha256=hashlib.sha256(onnx).hexdigest(), z_size=z_size,
+        z_halo=_declared_halo(out, ("z",)) if z_size is not None else None)
 
 
 def _volseg_config(descr) -> dict:
@@ -230,12 +241,9 @@ def _axes(path, tensor, what) -> tuple[tuple, dict]:
             if kind == "channel":
                 sizes["channel"] = len(axis.channel_names)
             continue
-        if kind == "space" and str(axis.id) in ("y", "x"):
+        if kind == "space" and str(axis.id) in ("z", "y", "x"):
             names.append(str(axis.id))
             continue
-        if kind == "space" and str(axis.id) == "z":
-            raise _package_error(path, f"its {what} has a z axis (a 3D model); volseg runs 2D "
-                                       "models tile by tile over each frame")
         raise _package_error(path, f"its {what} has a {kind} axis {str(axis.id)!r}; volseg "
                                    "runs models over y and x (with batch and channel)")
     if "y" not in names or "x" not in names:
@@ -247,11 +255,12 @@ def _output_sizes(tensor) -> dict:
     return {"channel": len(a.channel_names) for a in tensor.axes if a.type == "channel"}
 
 
-def _space_size(path, tensor) -> tuple[int | None, int, int]:
-    """(fixed size or None, minimum, step) of the input's y and x axes (they must agree)."""
+def _space_size(path, tensor, names) -> tuple[int | None, int, int]:
+    """(fixed size or None, minimum, step) of the input's axes ``names`` (y and x must
+    agree)."""
     found = set()
     for axis in tensor.axes:
-        if axis.type != "space":
+        if axis.type != "space" or str(axis.id) not in names:
             continue
         size = axis.size
         if isinstance(size, int):
@@ -289,8 +298,9 @@ def _check_same_size(path, inp, out) -> None:
                                        "volseg needs an output pixel for every input pixel")
 
 
-def _declared_halo(tensor) -> int | None:
-    halos = {int(getattr(a, "halo", 0) or 0) for a in tensor.axes if a.type == "space"}
+def _declared_halo(tensor, names) -> int | None:
+    halos = {int(getattr(a, "halo", 0) or 0) for a in tensor.axes
+             if a.type == "space" and str(a.id) in names}
     halo = max(halos) if halos else 0
     return halo or None
 
@@ -375,7 +385,8 @@ def session(onnx: bytes, threads: int):
 
 def run_tiles(sess, model: ZooModel, batch: np.ndarray) -> np.ndarray:
     """The network's output for a (b, H, W, K) batch of preprocessed tiles, one tile per
-    call, postprocessed, as (b, H, W) float32."""
+    call, postprocessed, as (b, H, W) float32; for a 3D model K is the window's z-slices
+    and the output (b, H, W, K), one probability per slice."""
     name = sess.get_inputs()[0].name
     outs = []
     for k in range(len(batch)):
@@ -386,22 +397,23 @@ def run_tiles(sess, model: ZooModel, batch: np.ndarray) -> np.ndarray:
 
 
 def _to_axes(tile: np.ndarray, axes: tuple) -> np.ndarray:
-    """A (1, H, W, K) tile in the order of the model's input ``axes`` (dropping a batch or
-    channel axis the model does not have)."""
-    order = {"batch": 0, "y": 1, "x": 2, "channel": 3}
+    """A (1, H, W, K) tile in the order of the model's input ``axes``: K is the channels of
+    a 2D model, the z-slices of a 3D one (whose one channel is added); a batch or channel
+    axis the model does not have is dropped."""
+    have = ["batch", "y", "x", "z" if "z" in axes else "channel"]
     x = tile
-    if "channel" not in axes:
-        x = x[..., 0]
-        order.pop("channel")
-    if "batch" not in axes:
-        x = x[0]
-        order = {k: v - 1 for k, v in order.items() if k != "batch"}
-    return np.ascontiguousarray(np.transpose(x, [order[a] for a in axes]))
+    if "z" in axes and "channel" in axes:
+        x, have = x[..., None], have + ["channel"]
+    for name in ("channel", "batch"):
+        if name in have and name not in axes:
+            x = np.take(x, 0, axis=have.index(name))
+            have.remove(name)
+    return np.ascontiguousarray(np.transpose(x, [have.index(a) for a in axes]))
 
 
 def _from_axes(y: np.ndarray, axes: tuple) -> np.ndarray:
-    """The model's output in ``axes`` order as (1, H, W)."""
-    want = [a for a in ("batch", "y", "x", "channel") if a in axes]
+    """The model's output in ``axes`` order as (1, H, W), or (1, H, W, Z) for a 3D model."""
+    want = [a for a in ("batch", "y", "x", "z", "channel") if a in axes]
     y = np.transpose(y, [axes.index(a) for a in want])
     if "channel" in axes:
         y = y[..., 0]
@@ -410,21 +422,23 @@ def _from_axes(y: np.ndarray, axes: tuple) -> np.ndarray:
     return y
 
 
-def measure_halo(run, *, multiple: int, min_size: int, seed: int = 0) -> int:
+def measure_halo(run, *, multiple: int, min_size: int, depth: int = 1, seed: int = 0) -> int:
     """The smallest halo (a multiple of ``multiple``) at which a tile's centre matches the
     same pixels predicted with all their context, to half a uint8 step, on noise.
 
-    ``run`` maps a (1, H, W, 1) float32 batch of preprocessed values to (1, H, W).
-    A package that declares no halo gets this, with a warning: noise is not the user's
-    images, so it is an estimate.
+    ``run`` maps a (1, H, W, depth) float32 batch of preprocessed values to (1, H, W), or
+    to (1, H, W, depth) for a 3D model (whose middle slice is compared; ``depth`` is a z
+    size it takes). A package that declares no halo gets this, with a warning: noise is
+    not the user's images, so it is an estimate.
     """
     step = max(multiple, 1)
     centre = max(step, -(-16 // step) * step)
     big = centre + 2 * MAX_MEASURED_HALO
     big = max(big, -(-min_size // step) * step)
     rng = np.random.default_rng(seed)
-    frame = rng.normal(size=(1, big, big, 1)).astype(np.float32)
-    whole = run(frame)[0]
+    frame = rng.normal(size=(1, big, big, depth)).astype(np.float32)
+    middle = run if depth == 1 else (lambda b: run(b)[..., depth // 2])
+    whole = middle(frame)[0]
     c0 = (big - centre) // 2
     want = whole[c0:c0 + centre, c0:c0 + centre]
     halo = 0
@@ -432,7 +446,7 @@ def measure_halo(run, *, multiple: int, min_size: int, seed: int = 0) -> int:
         side = centre + 2 * halo
         if side >= min_size:
             a = c0 - halo
-            got = run(frame[:, a:a + side, a:a + side])[0][halo:halo + centre,
+            got = middle(frame[:, a:a + side, a:a + side])[0][halo:halo + centre,
                                                            halo:halo + centre]
             if float(np.abs(got - want).max()) < 0.5 / 255:
                 return halo

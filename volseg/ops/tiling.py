@@ -63,6 +63,9 @@ __all__ = [
     "extract_tiles",
     "assemble",
     "predict_frames",
+    "predict_stack",
+    "window_length",
+    "z_windows",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_TILE_SIDE",
 ]
@@ -428,9 +431,10 @@ class _Blender:
     kept (holding a 2D weight array per tile would cost as much as all tiles).
     """
 
-    def __init__(self, plan: TilePlan, n_frames: int):
+    def __init__(self, plan: TilePlan, n_frames: int, channels: int = 1):
         self.plan = plan
-        self.out = np.zeros((n_frames, plan.height, plan.width), np.float32)
+        extra = () if channels == 1 else (channels,)
+        self.out = np.zeros((n_frames, plan.height, plan.width) + extra, np.float32)
         self.single = plan.n_tiles == 1  # one tile per frame: weights are all 1
         self.wy = [plan.axis_weights(0, k).astype(np.float32) for k in range(plan.grid[0])]
         self.wx = [plan.axis_weights(1, k).astype(np.float32) for k in range(plan.grid[1])]
@@ -442,22 +446,26 @@ class _Blender:
         if self.single:
             self.out[f] = v
             return
-        wy = self.wy[tile.row][ry0 - y0 : ry1 - y0, None]
-        wx = self.wx[tile.col][None, rx0 - x0 : rx1 - x0]
+        extra = (None,) * (v.ndim - 2)  # output channels share the tile's weights
+        wy = self.wy[tile.row][(slice(ry0 - y0, ry1 - y0), None) + extra]
+        wx = self.wx[tile.col][(None, slice(rx0 - x0, rx1 - x0)) + extra]
         self.out[f, ry0:ry1, rx0:rx1] += v * wy * wx
 
     def result(self) -> np.ndarray:
         if not self.single:
-            self.out /= self.plan.weight_sum()
+            weight = self.plan.weight_sum()
+            self.out /= weight.reshape(weight.shape + (1,) * (self.out.ndim - 3))
         return self.out
 
 
-def _tile_values(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _tile_values(a: np.ndarray, shape: tuple[int, int], channels: int = 1) -> np.ndarray:
     a = np.asarray(a)
-    if a.ndim == 4 and a.shape[-1] == 1:
+    if channels == 1 and a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
-    if a.ndim != 3 or a.shape[1:] != shape:
-        raise ValueError(f"tile outputs of shape {a.shape} do not match tiles of shape {shape} (x1 channel)")
+    want = shape if channels == 1 else shape + (channels,)
+    if a.ndim != len(want) + 1 or a.shape[1:] != want:
+        raise ValueError(f"tile outputs of shape {a.shape} do not match tiles of shape {shape} "
+                         f"(x{channels} channel)")
     return a
 
 
@@ -491,6 +499,7 @@ def predict_frames(
     plan: TilePlan,
     *,
     batch_size: int = 4,
+    channels_out: int = 1,
 ) -> np.ndarray:
     """Run ``predict_batch`` over all tiles of a block of frames, blending as it goes.
 
@@ -510,21 +519,24 @@ def predict_frames(
         callable if a compiled model must see one batch shape).
     plan : TilePlan
     batch_size : int
+    channels_out : int
+        Channels of each tile's output, ``(b, Hp, Wp, C)``, blended alike (a 3D network's
+        z-slices, :func:`predict_stack`).
 
     Returns
     -------
-    ndarray, shape (n, H, W), float32
+    ndarray, shape (n, H, W), or (n, H, W, C) for ``channels_out`` C > 1, float32
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     frames = _as_stack(frames, plan)
-    blender = _Blender(plan, len(frames))
+    blender = _Blender(plan, len(frames), channels_out)
     buf = np.empty((batch_size, *plan.tile_shape, _channels(frames)), np.float32)
     pending: list[tuple[int, Tile]] = []
 
     def flush() -> None:
         b = len(pending)
-        values = _tile_values(predict_batch(buf[:b]), plan.tile_shape)
+        values = _tile_values(predict_batch(buf[:b]), plan.tile_shape, channels_out)
         if len(values) != b:
             raise ValueError(f"predict_batch returned {len(values)} tiles for {b}")
         for (f, t), v in zip(pending, values):
@@ -539,3 +551,75 @@ def predict_frames(
     if pending:
         flush()
     return blender.result()
+
+
+# --------------------------------------------------------------------------- z windows
+
+
+def window_length(n: int, *, fixed: int | None, minimum: int = 1, step: int = 1) -> int:
+    """The z size a 3D network takes for ``n`` slices: ``fixed``, or the smallest
+    ``minimum + k * step`` that holds ``n`` (``step`` 0: exactly ``minimum``)."""
+    if fixed is not None:
+        return int(fixed)
+    if step <= 0 or n <= minimum:
+        return int(minimum)
+    return int(minimum + -(-(n - minimum) // step) * step)
+
+
+def z_windows(length: int, start: int, stop: int, *, size: int,
+              halo: int) -> list[tuple[int, int, int, int]]:
+    """The z windows of a 3D network over a read box of ``length`` slices whose slices
+    ``start:stop`` are wanted (the rest is the z halo), as ``(w0, w1, o0, o1)``: the
+    window (``size`` slices, reflect-padded where it reaches past the box) and the output
+    slices it owns. One window when ``size`` holds the box; else windows whose owned
+    slices each have ``halo`` slices of context on both sides, like y/x tiles.
+
+    Raises
+    ------
+    ValueError
+        ``size`` too small to own a slice inside a ``halo`` on each side.
+    """
+    if size >= length:
+        return [(0, size, start, stop)]
+    owned = size - 2 * halo
+    if owned < 1:
+        raise ValueError(f"z windows of {size} slices leave none inside a z halo of {halo}")
+    windows, o0 = [], start
+    while o0 < stop:
+        o1 = min(stop, o0 + owned)
+        w0 = min(max(o0 - halo, 0), max(length - size, 0))
+        windows.append((w0, w0 + size, o0, o1))
+        o0 = o1
+    return windows
+
+
+def _z_window(stack: np.ndarray, w0: int, w1: int) -> np.ndarray:
+    """Slices ``w0:w1`` of ``stack`` (z, H, W), reflect-padded past its ends."""
+    z = len(stack)
+    part = stack[max(w0, 0):min(w1, z)]
+    pad = (max(-w0, 0), max(w1 - z, 0))
+    if pad == (0, 0):
+        return part
+    return np.pad(part, (pad, (0, 0), (0, 0)), mode="reflect" if len(part) > 1 else "edge")
+
+
+def predict_stack(stack: np.ndarray, predict_batch: Callable[[np.ndarray], np.ndarray],
+                  plan: TilePlan, *, start: int, stop: int, size: int, halo: int,
+                  batch_size: int = 4) -> np.ndarray:
+    """A 3D network's output for slices ``start:stop`` of ``stack`` (z, H, W).
+
+    The network sees z windows (:func:`z_windows`) of y/x tiles (``plan``), a window's
+    slices as the tile's last axis: ``predict_batch`` maps (b, Hp, Wp, size) to
+    (b, Hp, Wp, size). Tiles are blended in y and x as for 2D frames.
+
+    Returns
+    -------
+    ndarray, shape (stop - start, H, W), float32
+    """
+    out = np.empty((stop - start, *plan.shape), np.float32)
+    for w0, w1, o0, o1 in z_windows(len(stack), start, stop, size=size, halo=halo):
+        window = np.moveaxis(_z_window(stack, w0, w1), 0, -1)[None]
+        prob = predict_frames(window, predict_batch, plan, batch_size=batch_size,
+                              channels_out=w1 - w0)[0]
+        out[o0 - start:o1 - start] = np.moveaxis(prob[..., o0 - w0:o1 - w0], -1, 0)
+    return out

@@ -71,6 +71,13 @@ def describe_package(path) -> dict:
     steps = lambda s: ", ".join(step["id"] for step in s) or "none"  # noqa: E731
     sizes = (f"exactly {package.fixed_size} px" if package.fixed_size else
              f"at least {package.min_size} px in steps of {package.multiple}")
+    if package.is_3d:
+        fixed, minimum, step = package.z_size
+        sizes += (f"; 3D, z windows of {fixed} slices" if fixed else
+                  f"; 3D, z windows of at least {minimum} slices" +
+                  (f" in steps of {step}" if step else ""))
+        sizes += (f", z halo {package.z_halo}" if package.z_halo is not None else
+                  ", z halo not declared (predict uses the y/x halo)")
     return {"path": str(path), "kind": "zoo package model", "bytes": size,
             "threshold": package.threshold, "input_dtype": "float32 (ONNX Runtime)",
             "normalization": f"preprocessing {steps(package.preprocessing)}; postprocessing "

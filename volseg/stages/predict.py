@@ -43,7 +43,8 @@ from volseg.models.unet import (check_precision, check_record, file_sha256, read
 from volseg.engine.outputs import open_output
 from volseg.engine.pyramid import choose_levels
 from volseg.engine.stage import StageRun
-from volseg.ops.tiling import default_tile, predict_frames, tile_plan
+from volseg.ops.tiling import (default_tile, predict_frames, predict_stack, tile_plan,
+                               window_length)
 
 
 #: Dask threads per local worker process: one block at a time, because TensorFlow (or
@@ -197,17 +198,27 @@ def read_block(images: str, grid: BlockGrid, i: int, select: dict | None = None)
 
 def block_probabilities(frames: np.ndarray, run_model, *, grid: BlockGrid, i: int, tile,
                         blend: int | None, multiple: int, batch_size: int,
-                        min_tile: int = 1) -> np.ndarray:
+                        min_tile: int = 1, z_size: tuple | None = None) -> np.ndarray:
     """The uint8 probabilities (value / 255) of block ``i``'s region from its read box.
 
     ``frames`` are (n, H, W), or (n, H, W, K) context stacks (:func:`block_channels`);
     ``run_model`` maps a ``(b, H, W, K)`` float32 batch to probabilities
-    (:func:`predict_batch_fn`).
+    (:func:`predict_batch_fn`). For a 3D network ``z_size`` is its z rule (fixed or None,
+    minimum, step): ``frames`` are the read box's slices, seen in z windows with the
+    grid's z halo (:func:`volseg.ops.tiling.predict_stack`).
     """
     region, box = grid.region(i), grid.read_box(i)
     plan = tile_plan(box[2].stop - box[2].start, box[3].stop - box[3].start, tile=tile,
                      halo=grid.halo[2], blend=blend, multiple=multiple, min_tile=min_tile)
-    prob = predict_frames(frames, run_model, plan, batch_size=batch_size)
+    if z_size is None:
+        prob = predict_frames(frames, run_model, plan, batch_size=batch_size)
+    else:
+        fixed, minimum, step = z_size
+        start = region[1].start - box[1].start
+        stop = region[1].stop - box[1].start
+        size = window_length(len(frames), fixed=fixed, minimum=minimum, step=step)
+        prob = predict_stack(frames, run_model, plan, start=start, stop=stop, size=size,
+                             halo=grid.halo[1], batch_size=batch_size)
     ys, xs = region[2], region[3]
     prob = prob[:, ys.start - box[2].start: ys.stop - box[2].start,
                 xs.start - box[3].start: xs.stop - box[3].start]
@@ -730,23 +741,38 @@ def _zoo_method(package, shape, block_shape, *, precision, tile, halo, blend, ba
                 tta, log) -> dict:
     """How a model zoo package predicts: like a U-Net, tiles through ONNX Runtime, with
     the package's pre/postprocessing and its declared halo (measured when it declares
-    none)."""
+    none). A 3D package sees each block's slices with its z halo (the declared one, else
+    the y/x halo) in z windows."""
     from volseg.ops.context import radius
 
     if precision not in ("auto", "float32"):
         raise InputError(f"a model zoo package runs in float32 (ONNX Runtime), not {precision}",
                          param="precision")
+    if tta and package.is_3d:
+        raise InputError(f"{package.path} is a 3D model; TTA (flips and rotations of 2D "
+                         "tiles) is for 2D models: leave --tta out", param="tta")
     multiple = package.multiple
     if halo is None:
         halo = package.halo
     if halo is None:
         sess = zoo.session(package.onnx, MODEL_THREADS)
+        depth = 1 if not package.is_3d else window_length(1, fixed=package.z_size[0],
+                                                          minimum=package.z_size[1],
+                                                          step=package.z_size[2])
         halo = zoo.measure_halo(lambda b: zoo.run_tiles(sess, package, b),
-                                multiple=multiple, min_size=package.min_size)
+                                multiple=multiple, min_size=package.min_size, depth=depth)
         if log:
             log(f"warning: {package.path} declares no halo; using {halo} px, where its output "
                 "on noise stops changing with more context (give --halo to choose)")
     halo = int(halo)
+    z_halo = radius(package.channels)
+    if package.is_3d:
+        z_halo = package.z_halo
+        if z_halo is None:  # the y/x halo, within what fixed windows can own a slice inside
+            fixed = package.z_size[0]
+            z_halo = min(halo, shape[1] - 1, (fixed - 1) // 2 if fixed else halo)
+            if log:
+                log(f"warning: {package.path} declares no z halo; using {z_halo} slice(s)")
     by, bx = min(shape[2], block_shape[2]), min(shape[3], block_shape[3])
     if package.fixed_size is not None:
         if tile is not None and tuple(int(v) for v in tile) != (package.fixed_size,) * 2:
@@ -765,19 +791,27 @@ def _zoo_method(package, shape, block_shape, *, precision, tile, halo, blend, ba
         raise InputError(f"{package.path}: its preprocessing ({', '.join(sorted(per_frame))}) "
                          f"takes statistics over a whole frame, and frames of {shape[2]} x "
                          f"{shape[3]} are split into blocks; volseg cannot run it on them")
+    if per_frame and package.is_3d and block_shape[1] < shape[1]:
+        raise InputError(f"{package.path}: its preprocessing ({', '.join(sorted(per_frame))}) "
+                         f"takes statistics over a whole volume, and stacks of {shape[1]} "
+                         f"slices are split into blocks of {block_shape[1]}; volseg cannot "
+                         "run it on them (convert with `--chunks -1,Y,X`: blocks of whole stacks)")
     context = package.channels
     parameters = {"runtime": "onnxruntime", "tile": list(tile), "halo": halo, "blend": blend,
                   "batch_size": batch_size}
     if context > 1:
         parameters["context"] = context
-    return {"halo": halo, "z_halo": radius(context), "compute": zoo_block, "threads": 1,
+    describe = (f"model zoo package {package.name!r} with ONNX Runtime, tiles "
+                f"{plan['tile_shape']} per frame grid {plan['grid']}")
+    if package.is_3d:  # absent for 2D packages, so those jobs keep their fingerprint
+        parameters["z_halo"] = z_halo
+        describe += f", 3D: z windows with a z halo of {z_halo}"
+    return {"halo": halo, "z_halo": z_halo, "compute": zoo_block, "threads": 1,
             "kwargs": dict(tile=tile, blend=blend, multiple=multiple, batch_size=batch_size,
                            context=context, tta=tta, min_tile=package.min_size),
             "parameters": parameters,
             "extra": {"tiling": plan, "precision": "float32", "runtime": "onnxruntime"},
-            "describe": f"model zoo package {package.name!r} with ONNX Runtime, tiles "
-                        f"{plan['tile_shape']} per frame grid {plan['grid']}"
-                        + (", TTA: 8 transforms per tile" if tta else "")}
+            "describe": describe + (", TTA: 8 transforms per tile" if tta else "")}
 
 
 _PACKAGES: dict = {}
@@ -800,7 +834,11 @@ def zoo_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str
     """A model zoo package's uint8 probabilities of block ``i``."""
     package, sess = cached_package(model_path, sha)
     frames = block_channels(read_block(images, grid, i, select), grid, i, context)
-    frames = zoo.apply_steps(frames, package.preprocessing)
+    if package.is_3d:  # the read box is one sample: its statistics over all its slices
+        frames = np.moveaxis(zoo.apply_steps(np.moveaxis(frames, 0, -1)[None],
+                                             package.preprocessing)[0], -1, 0)
+    else:
+        frames = zoo.apply_steps(frames, package.preprocessing)
 
     def run(batch):
         out = zoo.run_tiles(sess, package, batch)
@@ -812,7 +850,8 @@ def zoo_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: str
 
     run_model = functools.partial(tta_average, run, batch_size=batch_size) if tta else run
     p8 = block_probabilities(frames, run_model, grid=grid, i=i, tile=tile, blend=blend,
-                             multiple=multiple, batch_size=batch_size, min_tile=min_tile)
+                             multiple=multiple, batch_size=batch_size, min_tile=min_tile,
+                             z_size=package.z_size)
     return p8, {"precision": "float32", "numerics": _zoo_numerics()}
 
 

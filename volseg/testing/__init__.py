@@ -35,12 +35,15 @@ def run_volseg(*args, **kw) -> subprocess.CompletedProcess:
                           text=True, **kw)
 
 
-def make_image_store(path: Path, array: np.ndarray, *, mask: bool = False):
-    """A complete volseg image store holding ``array`` (t, z, y, x), written directly."""
+def make_image_store(path: Path, array: np.ndarray, *, mask: bool = False, shards=None):
+    """A complete volseg image store holding ``array`` (t, z, y, x), written directly
+    (``shards``: the blocks of a stage, default volseg's)."""
     from volseg.io import store as st
 
     job = st.make_job("test", parameters={"mask": mask})
+    chunks = None if shards is None else (1, 1, *array.shape[2:])
     image = st.create_image(path, shape=array.shape, dtype=array.dtype, job=job,
+                            chunks=chunks, shards=shards,
                             extra={"content": "mask" if mask else "image"})
     image.array[...] = array
     st.finish(image.group)
