@@ -13,6 +13,11 @@ per-frame TIFFs, then, each in its own subprocess (so peak RSS is its own):
                 same codec), CRC32C it, write the bytes to one file per shard: the work
                 any converter has to do
 * ome-zarr   -- ome_zarr.writer.write_image of the whole array (held in memory)
+* tensorstore -- TensorStore (when installed: `pip install tensorstore`) writing the same
+                store format (zarr 3, the same shards, Blosc and CRC32C codecs), shard by
+                shard from one thread with its own codec threads on every core; the child
+                then reads the store back through volseg (zarrs) and checks every voxel,
+                and times a whole-array read with each library
 * volseg 8x  -- volseg on 8x the frames (peak RSS must stay flat)
 * volseg 8x, 1 core -- the same with the process pinned to one core (what parallel
                 blocks buy; under 1.2x its 2-core rate says the CPU is not the limit)
@@ -133,6 +138,69 @@ def run_irreducible(src: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "raw_bytes": raw}
 
 
+def run_tensorstore(src: Path, out: Path) -> dict:
+    import os
+
+    import tensorstore as ts
+    import tifffile
+
+    from volseg.io import store as st
+
+    files = sorted(src.glob("*.tif"))
+    t0 = time.perf_counter()
+    nt = len({f.name[:4] for f in files})
+    nz = len(files) // nt
+    shape = (nt, nz, H, W)
+    chunks, shards = st.default_chunks(shape, np.uint8)
+    blosc = {"name": "blosc", "configuration": {"cname": "zstd", "clevel": 3,
+                                                "shuffle": "shuffle", "typesize": 1,
+                                                "blocksize": 0}}
+    cores = len(os.sched_getaffinity(0))
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out)},
+            "context": {"data_copy_concurrency": {"limit": cores},
+                        "file_io_concurrency": {"limit": cores}},
+            "metadata": {"shape": list(shape), "data_type": "uint8", "fill_value": 0,
+                         "chunk_grid": {"name": "regular",
+                                        "configuration": {"chunk_shape": list(shards)}},
+                         "dimension_names": ["t", "z", "y", "x"],
+                         "codecs": [{"name": "sharding_indexed", "configuration": {
+                             "chunk_shape": list(chunks),
+                             "codecs": [{"name": "bytes"}, blosc, {"name": "crc32c"}],
+                             "index_codecs": [{"name": "bytes",
+                                               "configuration": {"endian": "little"}},
+                                              {"name": "crc32c"}],
+                             "index_location": "end"}}]},
+            "create": True, "delete_existing": True}
+    arr = ts.open(spec).result()
+    pending = []
+    for t in range(nt):
+        for z0 in range(0, nz, shards[1]):
+            z1 = min(nz, z0 + shards[1])
+            block = np.stack([tifffile.imread(src / f"t{t:03d}_z{z:03d}.tif")
+                              for z in range(z0, z1)])
+            pending.append(arr[t, z0:z1].write(block))
+            if len(pending) > cores:  # bounded memory: a few shards in flight
+                pending.pop(0).result()
+    for p in pending:
+        p.result()
+    seconds = time.perf_counter() - t0
+    import zarr
+
+    import volseg  # noqa: F401  (its codec pipeline: zarrs for whole-shard reads)
+
+    r0 = time.perf_counter()
+    by_zarr = zarr.open_array(str(out), mode="r")[:]
+    read_zarr = time.perf_counter() - r0
+    r0 = time.perf_counter()
+    by_ts = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out)},
+                     "context": spec["context"]}).result().read().result()
+    read_ts = time.perf_counter() - r0
+    want = np.stack([tifffile.imread(f) for f in files]).reshape(shape)
+    return {"seconds": seconds, "raw_bytes": int(np.prod(shape)),
+            "identical": bool(np.array_equal(by_zarr, want) and np.array_equal(by_ts, want)),
+            "read_zarr_s": read_zarr, "read_ts_s": read_ts}
+
+
 def run_read_only(src: Path, out: Path) -> dict:
     import tifffile
 
@@ -151,7 +219,8 @@ def run_volseg_one_core(src: Path, out: Path) -> dict:
 
 MODES = {"volseg": run_volseg, "baseline": run_baseline, "ome-zarr": run_omezarr,
          "volseg-1core": run_volseg_one_core, "read-only": run_read_only,
-         "volseg-zarr-codecs": run_volseg, "irreducible": run_irreducible}
+         "volseg-zarr-codecs": run_volseg, "irreducible": run_irreducible,
+         "tensorstore": run_tensorstore}
 #: zarr's own setting: these children run zarr-python's codec pipeline.
 ZARR_CODECS = {"ZARR_CODEC_PIPELINE__PATH": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
 ENV = {"baseline": ZARR_CODECS, "volseg-zarr-codecs": ZARR_CODECS, "ome-zarr": ZARR_CODECS}
@@ -192,8 +261,13 @@ def main() -> None:
         t = args.frames // 8
         make_frames(work / "x1", t, 8)
         rows = {}
+        import importlib.util
+
+        with_ts = importlib.util.find_spec("tensorstore") is not None
+        modes = ("baseline", "volseg", "volseg-zarr-codecs", "irreducible", "ome-zarr") + \
+            ("tensorstore",) * with_ts
         for _ in range(args.repeat):
-            for mode in ("baseline", "volseg", "volseg-zarr-codecs", "irreducible", "ome-zarr"):
+            for mode in modes:
                 r = measure(mode, work / "x1", work)
                 name = "volseg, zarr codecs" if mode == "volseg-zarr-codecs" else mode
                 best = rows.get(name)
@@ -204,6 +278,8 @@ def main() -> None:
             rows["volseg 8x"] = measure("volseg", work / "x8", work)
             rows["volseg 8x, zarr codecs"] = measure("volseg-zarr-codecs", work / "x8", work)
             rows["irreducible 8x"] = measure("irreducible", work / "x8", work)
+            if with_ts:
+                rows["tensorstore 8x"] = measure("tensorstore", work / "x8", work)
             rows["volseg 8x, 1 core"] = measure("volseg-1core", work / "x8", work)
             rows["baseline 8x"] = measure("baseline", work / "x8", work)
             rows["read 8x"] = measure("read-only", work / "x8", work)
@@ -223,6 +299,15 @@ def main() -> None:
             print(f"{mode:<24} {rate / 1e6:>8.1f} {rate / rate_of('baseline' + scale):>11.2f} "
                   f"{rate / rate_of('volseg' + scale + ', zarr codecs'):>14.2f} "
                   f"{rate / rate_of('irreducible' + scale):>14.2f} {r['peak_rss_mb']:>12.0f}")
+        for mode in ("tensorstore", "tensorstore 8x"):
+            r = rows.get(mode)
+            if r:
+                print(f"{mode}: store read back by volseg (zarrs) and TensorStore identical to "
+                      f"the frames: {r['identical']}; whole-array read MB/s: zarr + zarrs "
+                      f"{r['raw_bytes'] / r['read_zarr_s'] / 1e6:.0f}, TensorStore "
+                      f"{r['raw_bytes'] / r['read_ts_s'] / 1e6:.0f}")
+        if not with_ts:
+            print("tensorstore: not installed (pip install tensorstore), row skipped")
         if "volseg 8x" in rows:
             print(f"peak RSS 8x / 1x (volseg): "
                   f"{rows['volseg 8x']['peak_rss_mb'] / rows['volseg']['peak_rss_mb']:.2f}")

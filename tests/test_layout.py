@@ -104,3 +104,40 @@ def test_predict_writes_the_same_bytes_whatever_the_layout(tmp_path):
     for pred, _, _ in runs.values():
         (used,) = pred.volseg["numerics_used"]
         assert used.startswith("float32, ") and used.endswith(", 2 threads"), used
+
+
+def _run(*args):
+    proc = subprocess.run(list(VOLSEG_COMMAND) + [str(a) for a in args] + ["-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+@needs_two_cores
+def test_forest_and_zoo_package_predictions_do_not_depend_on_the_layout(tmp_path):
+    """The other two kinds of model: a random forest (its trees summed by one job, in
+    one order) and a model zoo package (ONNX Runtime on a fixed thread count) write the
+    same bytes on 1 or 2 usable cores and 1 or 2 worker processes."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("bioimageio.spec")
+    d = tmp_path / "d"
+    _run("synth", "-o", d, "--timepoints", "2", "--depth", "2", "--height", "96", "--width",
+         "128", "--seed", "3")
+    _run("convert", d / "images", "-o", tmp_path / "i.zarr")
+    _run("convert", d / "labels", "--mask", "-o", tmp_path / "t.zarr")
+    _run("train", "--method", "forest", "--images", tmp_path / "i.zarr", "--truth",
+         tmp_path / "t.zarr", "-o", tmp_path / "f.model", "--trees", "10", "--max-samples",
+         "5000")
+    model = make_tiny_model(tmp_path / "m.keras", filters=8, depth=3)
+    _run("export-model", model, "-o", tmp_path / "m.zip", "--images", tmp_path / "i.zarr",
+         "--author", "Test Author")
+    for kind in ("f.model", "m.zip"):
+        runs = [_predict(tmp_path, tmp_path / "i.zarr", tmp_path / kind, f"{kind}-{name}.zarr",
+                         *args, cores=cores)
+                for name, args, cores in (("default", (), None), ("1core", (), "0"),
+                                          ("2workers", ("--workers", "2"), None))]
+        _, prob, mask = runs[0]
+        assert prob.std() > 0, kind
+        for _, other_prob, other_mask in runs[1:]:
+            assert other_prob.tobytes() == prob.tobytes(), kind
+            assert other_mask.tobytes() == mask.tobytes(), kind
