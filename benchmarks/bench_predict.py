@@ -17,7 +17,10 @@ Each measurement runs in its own subprocess (its own TensorFlow, its own peak RS
                  covers everything `predict` does (output store, graph, tasks, ledger,
                  completion).
 * (a) bare    -- the model in this process, ``predict_on_batch`` on batches of 4 frames
-                 already in memory, reflect-padded to 528x832 (model calls only).
+                 already in memory, reflect-padded to 528x832 (model calls only);
+                 and, float32, the same network converted to ONNX and run by ONNX Runtime
+                 one frame per call with volseg's thread count (what volseg predict runs
+                 in float32 since it adopted ONNX Runtime).
 * (b) report  -- the whole padded array in memory through ``model.predict`` (Keras'
                  default batch size, 32), float32.
 * phases      -- the steps of one prediction task run in this process on two blocks,
@@ -218,15 +221,22 @@ def child_bare(p: dict) -> dict:
 
     import_keras()
     model, _ = load_model(p["model"], precision=p["precision"])
+    batch = BATCH
+    if p.get("runtime") == "onnx":  # the converted network, one frame per call as volseg
+        from volseg.engine.blocks import MODEL_THREADS
+        from volseg.models.onnx import onnx_network
+
+        model, batch = onnx_network(model, MODEL_THREADS), 1
     x = _padded(np.load(Path(p["work"]) / "images.npy"))
-    model.predict_on_batch(x[:BATCH])  # trace once
+    model.predict_on_batch(x[:batch])  # trace once
     out = np.empty((len(x), *PAD), np.float32)
     t0 = time.perf_counter()
-    for i in range(0, len(x), BATCH):
-        out[i:i + BATCH] = np.asarray(model.predict_on_batch(x[i:i + BATCH]))[..., 0]
+    for i in range(0, len(x), batch):
+        out[i:i + batch] = np.asarray(model.predict_on_batch(x[i:i + batch]))[..., 0]
     seconds = time.perf_counter() - t0
     # Kept to check that volseg writes what the model computes (same quantisation).
-    np.save(Path(p["work"]) / f"bare-{p['precision']}.npy", quantise(out[:, :H, :W]))
+    if p.get("runtime") != "onnx":
+        np.save(Path(p["work"]) / f"bare-{p['precision']}.npy", quantise(out[:, :H, :W]))
     return {"seconds": seconds, "pixels": len(x) * H * W, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -473,7 +483,9 @@ def report(args, meta, r, agree, max_diff) -> None:
 
     print(machine_line())
     rows = [  # label, key, baseline rate, baseline name, target
-        ("volseg predict fp32 (default cluster)", "volseg fp32", a32, "(a) fp32", 0.9),
+        ("volseg predict fp32 (default cluster)", "volseg fp32", a32, "(a) fp32", 0.95),
+        ("volseg predict fp32 (default cluster)", "volseg fp32", rate.get("bare fp32 onnx"),
+         "(a) fp32 ORT", 0.95),
         ("volseg predict bf16 (default cluster)", "volseg bf16", a32, "(a) fp32", 1.4),
         ("volseg predict fp32 (default cluster)", "volseg fp32", rate.get("report fp32"), "(b)", 1.2),
         ("volseg predict bf16 (default cluster)", "volseg bf16", a16, "(a) bf16", None),
@@ -484,6 +496,7 @@ def report(args, meta, r, agree, max_diff) -> None:
         ("volseg predict fp32, 1 worker x a thread per core", "volseg fp32 1xcores", a32,
          "(a) fp32", None),
         ("(a) bare model fp32, predict_on_batch x4", "bare fp32", None, "", None),
+        ("(a) bare model fp32 on ONNX Runtime, x1", "bare fp32 onnx", a32, "(a) fp32", None),
         ("(a) bare model bf16, predict_on_batch x4", "bare bf16", None, "", None),
         ("(b) model.predict(whole array) fp32", "report fp32", None, "", None),
     ]
@@ -592,6 +605,7 @@ def main() -> None:
         two = dict(workers=None, threads=None)  # open_client("local"): a thread per core
         plan = [
             ("bare fp32", "bare", dict(precision="float32")),
+            ("bare fp32 onnx", "bare", dict(precision="float32", runtime="onnx")),
             ("volseg fp32", "volseg", dict(precision="float32", tag="fp32", **default)),
             ("bare bf16", "bare", dict(precision="bfloat16")),
             ("volseg bf16", "volseg", dict(precision="bfloat16", tag="bf16", **default)),

@@ -275,8 +275,18 @@ def _expected_3d(stack: np.ndarray, w: np.ndarray, gain: float) -> np.ndarray:
     return 1 / (1 + np.exp(-y))
 
 
-def make_3d_package(path, *, z_size, z_halo: int | None, halo: int = 2, per_volume=False):
-    """A hand-built 3D zoo package (spec 0.5): axes batch, channel, z, y, x."""
+def normalised(stack: np.ndarray, axes: str) -> np.ndarray:
+    """Zero mean, unit variance over ``axes`` ("zyx": the stack, "yx": each slice)."""
+    over = (0, 1, 2) if axes == "zyx" else (1, 2)
+    x = stack.astype(np.float64)
+    return (x - x.mean(over, keepdims=True)) / (x.std(over, keepdims=True) + 1e-6)
+
+
+def make_3d_package(path, *, z_size, z_halo: int | None, halo: int = 2, stats: str = "",
+                    yx_size=None):
+    """A hand-built 3D zoo package (spec 0.5): axes batch, channel, z, y, x; its
+    preprocessing multiplies by ``gain``, or with ``stats`` ("zyx", "yx") is zero mean,
+    unit variance over those axes."""
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as spec
 
@@ -287,12 +297,16 @@ def make_3d_package(path, *, z_size, z_halo: int | None, halo: int = 2, per_volu
     (folder / "README.md").write_text("# conv3d\n")
     gain = 0.01
     depth = z_size if isinstance(z_size, int) else z_size.min
-    x = np.random.default_rng(1).uniform(0, 100, (1, 1, depth, 16, 24)).astype(np.float32)
+    side = yx_size or 16
+    x = np.random.default_rng(1).uniform(0, 100, (1, 1, depth, side, side + 8 * (not yx_size)))
+    x = x.astype(np.float32)
     np.save(folder / "in.npy", x)
-    np.save(folder / "out.npy", _expected_3d(x[0, 0], w, gain)[None, None].astype(np.float32))
-    size = spec.ParameterizedSize(min=16, step=8)
+    want = _expected_3d(normalised(x[0, 0], stats) if stats else x[0, 0], w,
+                        1.0 if stats else gain)
+    np.save(folder / "out.npy", want[None, None].astype(np.float32))
+    size = yx_size or spec.ParameterizedSize(min=16, step=8)
     pre = (spec.ZeroMeanUnitVarianceDescr(kwargs=spec.ZeroMeanUnitVarianceKwargs(
-        axes=[spec.AxisId(a) for a in "zyx"])) if per_volume else
+        axes=[spec.AxisId(a) for a in stats])) if stats else
         spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain, offset=0.0)))
 
     def out_axis(a, h):
@@ -348,13 +362,41 @@ def test_a_3d_package_predicts_across_z_blocks_with_its_z_halo(tmp_path, cli, ru
         assert np.abs(got[t, 1:-1, 1:-1, 1:-1] - want[1:-1, 1:-1, 1:-1]).max() <= 1
 
 
+def test_3d_package_with_one_slice_windows_per_slice_statistics_or_a_fixed_tile(tmp_path, cli):
+    """Windows of one slice (the network then sees no z neighbours), statistics per slice
+    (axes y, x: a stack split into blocks is fine), and a fixed y/x size smaller than the
+    frames (tiles with the declared halo)."""
+    stack = np.random.default_rng(6).uniform(0, 300, (1, 6, 40, 56)).astype(np.uint16)
+    stack[0] += np.arange(6, dtype=np.uint16)[:, None, None] * 200  # brighter slice by slice
+    make_image_store(tmp_path / "i.zarr", stack, shards=(1, 2, 40, 56))
+    cases = {"one slice": dict(z_size=1, z_halo=None),
+             "per slice": dict(z_size=4, z_halo=1, stats="yx"),
+             "fixed 32 px": dict(z_size=4, z_halo=1, yx_size=32)}
+    for name, kind in cases.items():
+        package, w, gain = make_3d_package(tmp_path / f"{name}.zip", **kind)
+        out = tmp_path / f"{name}.zarr"
+        code, _, err = cli("predict", tmp_path / "i.zarr", "--model", package, "-o", out, "-q")
+        assert code == 0, (name, err)
+        got = zarr.open_array(out / "probability" / "0")[0].astype(int)
+        if name == "one slice":  # zeros beyond a one-slice window: the middle plane only
+            flat = np.zeros_like(w)
+            flat[1] = w[1]
+            want = np.stack([_expected_3d(s[None], flat, gain)[0] for s in stack[0]])
+        elif name == "per slice":
+            want = _expected_3d(normalised(stack[0], "yx"), w, 1.0)
+        else:
+            want = _expected_3d(stack[0], w, gain)
+        want = np.rint(want * 255)
+        assert np.abs(got[1:-1, 1:-1, 1:-1] - want[1:-1, 1:-1, 1:-1]).max() <= 1, name
+
+
 def test_3d_package_refusals(tmp_path, cli):
     # statistics over a volume that blocks split
-    package, _, _ = make_3d_package(tmp_path / "v.zip", z_size=4, z_halo=1, per_volume=True)
+    package, _, _ = make_3d_package(tmp_path / "v.zip", z_size=4, z_halo=1, stats="zyx")
     make_image_store(tmp_path / "i.zarr", np.ones((1, 8, 32, 32), np.uint8),
                      shards=(1, 4, 32, 32))
     assert_refused(cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
-                       tmp_path / "p.zarr"), str(package), "whole volume")
+                       tmp_path / "p.zarr"), str(package), "whole stacks", "--chunks=-1,Y,X")
     narrow, _, _ = make_3d_package(tmp_path / "n.zip", z_size=3, z_halo=None)
     assert_refused(cli("predict", tmp_path / "i.zarr", "--model", narrow, "-o",
                        tmp_path / "p.zarr", "--tta"), "--tta", "3D model")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from volseg.errors import InputError
+from volseg.models.onnx import keras_to_onnx, session
 
 #: The paper the U-Net comes from, cited in every package volseg writes.
 UNET_CITATION = {"text": "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for "
@@ -331,13 +332,17 @@ def _steps(path, steps, what) -> list[dict]:
 # --------------------------------------------------------------------------- running
 
 
-def apply_steps(frames: np.ndarray, steps: list[dict]) -> np.ndarray:
-    """Apply pre/postprocessing ``steps`` to float32 ``frames`` (n, H, W[, K]); statistics
-    (``zero_mean_unit_variance``, ``scale_range``) are taken over each frame."""
+def apply_steps(frames: np.ndarray, steps: list[dict], *,
+                layout: tuple = ("batch", "y", "x", "channel")) -> np.ndarray:
+    """Apply pre/postprocessing ``steps`` to float32 ``frames``, whose axes ``layout``
+    names: (n, H, W[, K]) frames, or a 3D model's (1, H, W, Z) stack with layout
+    ("batch", "y", "x", "z"). Statistics (``zero_mean_unit_variance``, ``scale_range``,
+    percentile ``clip``) are taken over the step's ``axes`` (:func:`stat_axes`)."""
     x = np.asarray(frames, np.float32)
-    per_frame = tuple(range(1, x.ndim))
+    layout = tuple(layout)[:x.ndim]
     for step in steps:
         kind = step["id"]
+        per_frame = stat_axes(step, layout)
         if kind == "ensure_dtype":
             x = x.astype(np.float32 if "float" in str(step.get("dtype", "float32"))
                          else step["dtype"]).astype(np.float32)
@@ -370,18 +375,39 @@ def apply_steps(frames: np.ndarray, steps: list[dict]) -> np.ndarray:
     return x
 
 
-def session(onnx: bytes, threads: int):
-    """An ONNX Runtime session on the CPU with a fixed thread count (the same bits
-    whatever cores the process has; see volseg.engine.blocks.MODEL_THREADS)."""
-    import onnxruntime as ort
+def fixed_tile_step(size: int, halo: int) -> int:
+    """Where tiles of a network of one fixed ``size`` start: at multiples of the largest
+    power of two that divides ``size`` (its pooling grid, for a network that pools) and
+    still leaves each tile, past an overlap of ``2 * halo`` rounded up to it, a step of
+    its own. 1 when none does."""
+    step = size & -size  # the largest power of two dividing size
+    while step > 1 and -(-2 * halo // step) * step + step > size:
+        step //= 2
+    return max(step, 1)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
+def stat_axes(step: dict, layout: tuple) -> tuple:
+    """The array axes a step's statistics reduce: its ``axes`` (the spec: the axes
+    normalised jointly) where the array has them, else every axis but the batch (the
+    spec's default, all axes, for one sample). Each frame, or a 3D model's stack, is one
+    sample: statistics never mix frames."""
+    names = [a for a in (step.get("axes") or ()) if a in layout and a != "batch"]
+    if not names:
+        return tuple(range(1, len(layout)))
+    return tuple(sorted(layout.index(a) for a in names))
+
+
+def whole_axes(package: "ZooModel") -> set:
+    """The axes (of y, x and z) whose whole extent the package's preprocessing takes
+    statistics over: blocks must not split them."""
+    found = set()
+    for step in package.preprocessing:
+        if step["id"] in ("zero_mean_unit_variance", "scale_range") or (
+                step["id"] == "clip" and (step.get("min_percentile") is not None
+                                          or step.get("max_percentile") is not None)):
+            names = step.get("axes") or ("z", "y", "x")
+            found |= {a for a in names if a in ("z", "y", "x")}
+    return found
 
 def run_tiles(sess, model: ZooModel, batch: np.ndarray) -> np.ndarray:
     """The network's output for a (b, H, W, K) batch of preprocessed tiles, one tile per
@@ -393,7 +419,8 @@ def run_tiles(sess, model: ZooModel, batch: np.ndarray) -> np.ndarray:
         tile = _to_axes(batch[k:k + 1], model.input_axes)
         y = np.asarray(sess.run(None, {name: tile})[0], np.float32)
         outs.append(_from_axes(y, model.output_axes))
-    return apply_steps(np.concatenate(outs), model.postprocessing)
+    layout = ("batch", "y", "x", "z") if model.is_3d else ("batch", "y", "x", "channel")
+    return apply_steps(np.concatenate(outs), model.postprocessing, layout=layout)
 
 
 def _to_axes(tile: np.ndarray, axes: tuple) -> np.ndarray:
@@ -491,8 +518,6 @@ def bare_network(model):
             layer["config"]["scale"], layer["config"]["offset"] = 1.0, 0.0
     bare = keras.Model.from_config(config)
     bare.set_weights(model.get_weights())
-    channels = int(model.inputs[0].shape[-1])
-    bare(np.zeros((1, 32, 32, channels), np.float32))  # Keras exports only a called model
     return bare
 
 
@@ -517,13 +542,9 @@ def write_package(out, *, network, name: str, description: str, authors: list[st
     channels = int(test_input.shape[-1])
     with tempfile.TemporaryDirectory(prefix=".volseg-package-", dir=out.parent) as tmp:
         tmp = Path(tmp)
-        import warnings
-
-        with warnings.catch_warnings():  # tf2onnx's use of np.object, on every export
-            warnings.simplefilter("ignore", FutureWarning)
-            network.export(str(tmp / "weights.onnx"), format="onnx", verbose=False)
+        onnx = keras_to_onnx(network)
+        (tmp / "weights.onnx").write_bytes(onnx)
         network.save(tmp / "weights.keras")
-        onnx = (tmp / "weights.onnx").read_bytes()
         got = run_tiles(session(onnx, 2), _writer_model(channels),
                         apply_steps(test_input[..., :], [{"id": "scale_linear", "gain": gain,
                                                           "offset": offset}]))

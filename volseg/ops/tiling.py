@@ -251,6 +251,7 @@ def _axis_layout(length: int, max_tile: int, halo: int, multiple: int,
     # which spreads the rounding over all tiles instead of wasting a whole last tile.
     n = 1 + math.ceil((length - max_tile) / (max_tile - overlap))
     size = _ceil_to(math.ceil((length + (n - 1) * overlap) / n), multiple)
+    size = min(max(size, _ceil_to(smallest, multiple)), max_tile)  # a network's fixed size
     step = size - overlap
     starts = tuple(i * step for i in range(n))
     bounds = (0,) + tuple(s + overlap // 2 for s in starts[1:]) + (length,)
@@ -620,6 +621,6 @@ def predict_stack(stack: np.ndarray, predict_batch: Callable[[np.ndarray], np.nd
     for w0, w1, o0, o1 in z_windows(len(stack), start, stop, size=size, halo=halo):
         window = np.moveaxis(_z_window(stack, w0, w1), 0, -1)[None]
         prob = predict_frames(window, predict_batch, plan, batch_size=batch_size,
-                              channels_out=w1 - w0)[0]
+                              channels_out=w1 - w0)[0].reshape(*plan.shape, w1 - w0)
         out[o0 - start:o1 - start] = np.moveaxis(prob[..., o0 - w0:o1 - w0], -1, 0)
     return out
