@@ -507,7 +507,7 @@ def report(args, meta, r, agree, max_diff) -> None:
             continue
         ratio = f"{rate[key] / base:6.2f}" if base else f"{'':6}"
         verdict = ("PASS" if rate[key] / base >= target else "MISS") if target else ""
-        tgt = f">={target:.1f}" if target else ""
+        tgt = f">={target:g}" if target else ""
         workers = r[key].get("workers")
         busy = f"{max(w['cores_busy'] for w in workers):5.2f}" if workers else f"{'':5}"
         print(f"{label:<42} {rate[key] / 1e6:6.2f} {ratio}  {against:<12} {tgt:>6} {verdict:<4} "

@@ -8,8 +8,11 @@ filters, depth 4), untrained seeded weights (speed does not depend on them), exp
 
 Rows, each in its own subprocess, ``--repeat`` rounds, fastest kept:
 
-* command -- the whole `volseg predict IMAGES --model M -o OUT -q` (start-up, TensorFlow
-             or ONNX Runtime import, the local cluster, every block): what a user waits.
+* command -- the whole `volseg predict IMAGES --model M -o OUT -q` (start-up, the local
+             cluster, every block): what a user waits. Both run on ONNX Runtime since
+             volseg predicts float32 U-Nets with it (the `.keras` model is converted in
+             the worker, about 3 s): the difference is the conversion and TensorFlow's
+             import.
 * model   -- the network alone on the store's frames padded to 528x832, one frame per
              call, 2 threads each (volseg's MODEL_THREADS), after one warm-up call:
              ``predict_on_batch`` against ``InferenceSession.run``.
@@ -88,9 +91,10 @@ def child_model(work: Path, runtime: str) -> dict:
     else:
         from volseg.engine.blocks import MODEL_THREADS
         from volseg.models import zoo
+        from volseg.models.onnx import session
 
         package = zoo.read_package(work / "unet.zip")
-        sess = zoo.session(package.onnx, MODEL_THREADS)
+        sess = session(package.onnx, MODEL_THREADS)
         pre = package.preprocessing
         call = lambda b: zoo.run_tiles(sess, package, zoo.apply_steps(b, pre))  # noqa: E731
     call(batches[0])

@@ -862,3 +862,36 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
             (delay, p.returncode, err)
         if p.returncode == 130:  # -2: killed before Python's own handler was in place
             assert "interrupted" in lines[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_while_workers_predict_is_one_line_and_a_rerun_completes(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group, the local cluster's worker
+    processes too: a worker interrupted in its event loop printed CancelledError and
+    KeyboardInterrupt tracebacks before volseg's line. Workers ignore SIGINT; volseg's
+    process stops the run."""
+    from volseg.testing import make_tiny_model
+
+    rng = np.random.default_rng(0)
+    make_image_store(tmp_path / "i.zarr",
+                     rng.integers(0, 255, (16, 4, 256, 256), dtype=np.uint8))
+    model = make_tiny_model(tmp_path / "m.keras")
+    command = VOLSEG + ["predict", str(tmp_path / "i.zarr"), "--model", str(model), "-o",
+                        str(tmp_path / "p.zarr"), "--tile", "128,128", "--workers", "2"]
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)  # its own group, as a terminal's job
+    seen = []
+    for line in p.stdout:  # the first block done: the workers are busy predicting
+        seen.append(line)
+        if line.startswith("predict: 1/"):
+            os.killpg(p.pid, signal.SIGINT)
+            break
+    rest, _ = p.communicate(timeout=120)
+    text = "".join(seen) + rest
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    if p.returncode != 0:  # not finished first
+        assert p.returncode == 130, text[-2000:]
+        assert text.strip().splitlines()[-1].endswith("rerun the same command to resume")
+        done = subprocess.run(command + ["-q"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert st.open_prediction(tmp_path / "p.zarr").volseg["complete"] is True
