@@ -128,7 +128,7 @@ def _expected(frame: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, time_axis: bool = False,
                          channels_out: int = 1, weights: str = "onnx",
-                         post: str = "sigmoid", crop: int = 0):
+                         post: str = "sigmoid", crop: int = 0, fixed: int | None = None):
     """A hand-built zoo package (spec 0.5) of a network volseg did not make."""
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as spec
@@ -139,15 +139,15 @@ def make_foreign_package(path, *, halo: int | None = 2, inputs: int = 1, time_ax
     (folder / "w.onnx").write_bytes(onnx_bytes)
     (folder / "w.pt").write_bytes(b"not really torchscript")
     (folder / "README.md").write_text("# conv\n")
-    size = spec.ParameterizedSize(min=16, step=8)
+    size = fixed or spec.ParameterizedSize(min=16, step=8)
     space = ["y", "x"]
-    shape = (1, 1) + (1,) * time_axis + (16, 24)
+    shape = (1, 1) + (1,) * time_axis + ((fixed, fixed) if fixed else (16, 24))
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 100, shape).astype(np.float32)
     np.save(folder / "in.npy", x)
-    y = _expected(x.reshape(16, 24), w)[None, None]
-    y = np.broadcast_to(y.reshape((1, 1) + (1,) * time_axis + (16, 24)),
-                        (1, channels_out) + (1,) * time_axis + (16, 24)).astype(np.float32)
+    y = _expected(x.reshape(shape[-2:]), w)[None, None]
+    y = np.broadcast_to(y.reshape((1, 1) + (1,) * time_axis + shape[-2:]),
+                        (1, channels_out) + (1,) * time_axis + shape[-2:]).astype(np.float32)
     if crop:
         y = np.ascontiguousarray(y[..., crop:-crop, crop:-crop])
     np.save(folder / "out.npy", y)
@@ -404,6 +404,22 @@ def test_3d_package_refusals(tmp_path, cli):
     code, out, err = cli("info", narrow)
     assert code == 0, err
     assert "3D, z windows of 3 slices, z halo not declared" in out
+
+
+def test_a_fixed_size_package_without_a_halo_gets_one_measured_in_tiles_of_its_size(
+        tmp_path, cli):
+    """A network that takes only 32 x 32 tiles and declares no halo: measured from tiles
+    of that size (a larger noise frame would not fit it), then frames of 64 x 96 tiled."""
+    package, w = make_foreign_package(tmp_path / "f.zip", halo=None, fixed=32)
+    frames = np.random.default_rng(8).uniform(0, 255, (1, 1, 64, 96)).astype(np.uint8)
+    make_image_store(tmp_path / "i.zarr", frames)
+    code, out, err = cli("predict", tmp_path / "i.zarr", "--model", package, "-o",
+                         tmp_path / "p.zarr")
+    assert code == 0, err
+    assert "declares no halo; using 4 px" in out + err
+    got = zarr.open_array(tmp_path / "p.zarr" / "probability" / "0")[0, 0].astype(int)
+    want = np.rint(_expected(frames[0, 0], w) * 255)
+    assert np.abs(got[1:-1, 1:-1] - want[1:-1, 1:-1]).max() <= 1
 
 
 @pytest.mark.parametrize("kind, needle", [

@@ -67,12 +67,24 @@ class OnnxNetwork:
 
 def onnx_network(model, threads: int) -> OnnxNetwork | None:
     """``model`` (float32, TensorFlow backend) on ONNX Runtime; None where that cannot
-    be (another Keras backend, or an export that fails), so the caller keeps Keras."""
+    be (another Keras backend, an export that fails, or a converted network whose output
+    on a test input differs from the Keras model's in shape or by more than 1e-4), so the
+    caller keeps Keras (a fresh copy: a failed export may have changed the model)."""
     from volseg.models.backend import import_keras
 
     if import_keras().backend.backend() != "tensorflow":
         return None
+    channels = int(model.inputs[0].shape[-1])
+    probe = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, channels)).astype(np.float32)
     try:
-        return OnnxNetwork(keras_to_onnx(model), threads)
+        want = model.predict_on_batch(probe)
+        if isinstance(want, (list, tuple)) and len(want) == 1:  # outputs declared as a list
+            want = want[0]
+        want = np.asarray(want, np.float32)
+        network = OnnxNetwork(keras_to_onnx(model), threads)
+        got = np.asarray(network.predict_on_batch(probe), np.float32)
     except Exception:  # a layer tf2onnx cannot convert: TensorFlow runs it, as before
         return None
+    if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-4:
+        return None
+    return network

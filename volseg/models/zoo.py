@@ -449,15 +449,19 @@ def _from_axes(y: np.ndarray, axes: tuple) -> np.ndarray:
     return y
 
 
-def measure_halo(run, *, multiple: int, min_size: int, depth: int = 1, seed: int = 0) -> int:
+def measure_halo(run, *, multiple: int, min_size: int, depth: int = 1, seed: int = 0,
+                 fixed: int | None = None) -> int:
     """The smallest halo (a multiple of ``multiple``) at which a tile's centre matches the
     same pixels predicted with all their context, to half a uint8 step, on noise.
 
     ``run`` maps a (1, H, W, depth) float32 batch of preprocessed values to (1, H, W), or
     to (1, H, W, depth) for a 3D model (whose middle slice is compared; ``depth`` is a z
     size it takes). A package that declares no halo gets this, with a warning: noise is
-    not the user's images, so it is an estimate.
+    not the user's images, so it is an estimate. A network of one ``fixed`` size sees
+    only tiles of that size: see :func:`_measure_fixed_halo`.
     """
+    if fixed is not None:
+        return _measure_fixed_halo(run, fixed=fixed, depth=depth, seed=seed)
     step = max(multiple, 1)
     centre = max(step, -(-16 // step) * step)
     big = centre + 2 * MAX_MEASURED_HALO
@@ -479,6 +483,33 @@ def measure_halo(run, *, multiple: int, min_size: int, depth: int = 1, seed: int
                 return halo
         halo += step
     return MAX_MEASURED_HALO
+
+
+def _measure_fixed_halo(run, *, fixed: int, depth: int = 1, seed: int = 0) -> int:
+    """:func:`measure_halo` for a network that takes tiles of exactly ``fixed`` px: the
+    smallest distance from a tile's top-left border at which a small square's output
+    matches the same square predicted in the middle of a tile (the most context that
+    size gives). Tiles start on the network's presumed pooling grid (the largest power
+    of two dividing ``fixed``, at most 16 and an eighth of ``fixed``), so the distances
+    are multiples of it."""
+    grid = max(1, min(fixed & -fixed, 16, fixed // 8))
+    centre = grid
+    most = (fixed - centre) // 2 // grid * grid
+    rng = np.random.default_rng(seed)
+    frame = rng.normal(size=(1, 2 * fixed, 2 * fixed, depth)).astype(np.float32)
+    middle = run if depth == 1 else (lambda b: run(b)[..., depth // 2])
+    q = fixed  # the square's top-left corner in the noise frame
+
+    def square(offset):  # the square seen from a tile that starts ``offset`` px before it
+        a = q - offset
+        return middle(frame[:, a:a + fixed, a:a + fixed])[0][offset:offset + centre,
+                                                             offset:offset + centre]
+
+    want = square(most)
+    for halo in range(0, most, grid):
+        if float(np.abs(square(halo) - want).max()) < 0.5 / 255:
+            return halo
+    return most
 
 
 def package_sha256(path, package: ZooModel) -> str:

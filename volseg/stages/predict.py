@@ -97,6 +97,8 @@ def cached_model(model_path: str, sha: str, precision: str):
                 converted = onnx_network(model, MODEL_THREADS)
                 if converted is not None:
                     model, runtime = converted, runtime_version()
+                else:  # a failed export may have changed the model: a fresh copy
+                    model, _ = load_model(model_path, precision=precision)
             model.volseg_precision = precision
             model.volseg_runtime = runtime
             _MODELS[key] = model
@@ -175,12 +177,20 @@ def predict_batch_fn(model, *, tta: bool = False, batch_size: int | None = None)
         # probabilities changed in the last bit with its place in a batch of 4. Alone,
         # a tile gives the same bits whatever --batch and its neighbours; whole-frame
         # tiles lose nothing (1.79 Mpx/s at batch 1 against 1.82 at 8 on 512x512).
-        return np.concatenate([np.asarray(model.predict_on_batch(batch[k:k + 1]), np.float32)
+        return np.concatenate([_one_output(model.predict_on_batch(batch[k:k + 1]))
                                for k in range(len(batch))])
 
     if not tta:
         return run
     return functools.partial(tta_average, run, batch_size=batch_size)
+
+
+def _one_output(out) -> np.ndarray:
+    """A model call's output as one float32 array: Keras gives a one-element list for a
+    model whose outputs were declared as a list."""
+    if isinstance(out, (list, tuple)) and len(out) == 1:
+        out = out[0]
+    return np.asarray(out, np.float32)
 
 
 def read_block(images: str, grid: BlockGrid, i: int, select: dict | None = None) -> np.ndarray:
@@ -772,7 +782,8 @@ def _zoo_method(package, shape, block_shape, *, precision, tile, halo, blend, ba
                                                           minimum=package.z_size[1],
                                                           step=package.z_size[2])
         halo = zoo.measure_halo(lambda b: zoo.run_tiles(sess, package, b),
-                                multiple=multiple, min_size=package.min_size, depth=depth)
+                                multiple=multiple, min_size=package.min_size, depth=depth,
+                                fixed=package.fixed_size)
         if log:
             log(f"warning: {package.path} declares no halo; using {halo} px, where its output "
                 "on noise stops changing with more context (give --halo to choose)")
