@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="default")
     p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
     args = p.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     files = {k: args.data / f"{k}.tif" for k in ("images", "labels", "fov")}
     if not all(f.is_file() for f in files.values()):
         log(f"skipped: CHASE_DB1 data not found under {args.data}")

@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--contexts", default="1,3,5")
     ap.add_argument("--out", type=Path, default=Path("bench-output/context"))
     args = ap.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     images, truth, share = write_stores(args.out)
     print(f"data {SHAPE} (t, z, y, x), {100 * share:.1f} % tube voxels; "

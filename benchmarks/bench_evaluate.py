@@ -249,6 +249,9 @@ def main(argv=None):
                     help="frames for scikit-learn (default: all at 1x)")
     ap.add_argument("--dir", default=None, help="where to write the stores (default: a temp dir)")
     args = ap.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
 
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench-evaluate-"))
     base.mkdir(parents=True, exist_ok=True)

@@ -152,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trees", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("bench-output/forest"))
     args = ap.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     if DATA.is_dir():

@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench-output/integrity")
     args = ap.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
     stores = {}

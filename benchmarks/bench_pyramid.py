@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     rng = np.random.default_rng(0)
     print(f"{'size':>6} {'frame ms':>9} {'level':>6} {'level ms':>9} "
           f"{'convert s':>10} {'+pyramid s':>11}")

@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
 
     from volseg.io import location
     from volseg.stages.evaluate import evaluate

@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model-seconds", type=float, nargs="+", default=[0.3, 3.0, 30.0],
                     help="model time per block on one GPU, for the table")
     args = ap.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     from distributed import Client, LocalCluster
 
     from volseg.engine.blocks import run_blocks

@@ -189,6 +189,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip-training", action="store_true",
                    help="reuse OUT/chasedb1.keras; only evaluate and time")
     args = p.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
 
     files = {k: args.data / f"{k}.tif" for k in ("images", "labels", "fov")}
     if not all(f.is_file() for f in files.values()):

@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--precisions", default="float32,bfloat16")
     args = p.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from volseg.models.unet import native_bf16

@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--out", default=str(ROOT / "bench-output" / "tta"))
     args = ap.parse_args(argv)
+    from _common import machine_line  # the table's machine: compare within one run
+
+    print(machine_line(), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from volseg.stages.evaluate import evaluate

@@ -24,8 +24,8 @@ import math
 import numpy as np
 
 from volseg.ops.annotation import inside_roi
-from volseg.ops.thresholds import (LEVELS, best_level, class_histograms, default_scale, level_threshold,
-                         quantise, scratch, threshold_bin)
+from volseg.ops.thresholds import (LEVELS, best_level, default_scale, level_threshold, quantise,
+                                   threshold_bin)
 
 __all__ = ["ConfusionHistogram", "check_binary", "confusion_metrics", "count_block", "curve",
            "curve_metrics", "cldice_metrics", "default_scale", "metrics", "quantise",
@@ -248,18 +248,20 @@ def _gather(where, t, p, q):
 
 
 def _count_flat(t: np.ndarray, p: np.ndarray, q) -> ConfusionHistogram:
-    """Count 1D bool truth ``t``, bool prediction ``p`` and uint8 levels ``q``
-    (:func:`volseg.ops.thresholds.class_histograms`): a few cheap reductions, no per-voxel
-    label<<8|value arithmetic."""
-    n = t.size
-    n_true = int(np.count_nonzero(t))
-    n_pred = int(np.count_nonzero(p))
-    tp = int(np.count_nonzero(np.logical_and(t, p, out=scratch("bool", n, bool))))
+    """Count 1D bool truth ``t``, bool prediction ``p`` and uint8 levels ``q``: each
+    array read once, by the compiled loops of :mod:`volseg.ops.kernels`."""
+    from volseg.ops import kernels  # numba: imported on first count
+
+    t8 = np.ascontiguousarray(t).view(np.uint8)
+    tp, n_true, n_pred = kernels.confusion_counts(t8, np.ascontiguousarray(p).view(np.uint8))
     fp = n_pred - tp
     fn = n_true - tp
-    tn = n - tp - fp - fn
-    hist = None if q is None else class_histograms(q, t)
-    return ConfusionHistogram(tp, fp, tn, fn, histogram=hist)
+    tn = t.size - tp - fp - fn
+    hist = None
+    if q is not None:
+        hist = np.zeros((2, LEVELS), np.int64)
+        kernels.add_class_histograms(np.ascontiguousarray(q), t8, hist)
+    return ConfusionHistogram(int(tp), int(fp), int(tn), int(fn), histogram=hist)
 
 
 def _skeleton_counts(pred: np.ndarray, truth: np.ndarray, roi) -> np.ndarray:
