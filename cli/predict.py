@@ -34,7 +34,10 @@ def add_parser(sub):
                         "computes it natively (AVX-512 BF16, AMX, GPUs from Ampere on); auto "
                         "(default) uses it there and float32 elsewhere; float32 runs on ONNX "
                         "Runtime (~1.6x TensorFlow on CPUs), bfloat16 on TensorFlow")
-    p.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
+    p.add_argument("--batch", type=int, default=4,
+                   help="tiles per model call on a GPU (default 4; there the last bits may "
+                        "differ between batch sizes); on a CPU each tile is one call, so the "
+                        "output is the same whatever --batch")
     p.add_argument("--tile", default=None, metavar="H,W",
                    help="largest tile (default: whole frames up to ~1.1 Mpx)")
     p.add_argument("--halo", type=int, default=None,

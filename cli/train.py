@@ -88,9 +88,10 @@ def add_parser(sub):
                    help="how the training step is compiled: xla fuses the element-wise work "
                         "(1.3-1.5x faster on CPUs without AVX-512), graph is TensorFlow's "
                         "(faster on AVX-512 CPUs and GPUs); auto (default) picks by the "
-                        "machine that trains and says which")
-    g.add_argument("--workers", type=int, default=2,
-                   help="threads reading patches ahead of training (default %(default)s)")
+                        "machine that trains and says which; on the JAX backend always xla")
+    g.add_argument("--workers", type=int, default=None,
+                   help="threads reading patches ahead of training (default 2; up to 8 "
+                        "where a GPU trains)")
     g = p.add_argument_group("forest (--method forest)")
     g.add_argument("--trees", type=int, default=30, help="trees (default %(default)s)")
     g.add_argument("--max-samples", type=int, default=200_000,

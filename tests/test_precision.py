@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -58,11 +63,39 @@ def test_auto_compiles_the_step_with_xla_only_on_cpus_without_avx512(flags, gpus
                                                                       expected):
     from volseg.models.unet import resolve_compile
 
-    assert resolve_compile("auto", precision, flags=flags, gpus=gpus) == expected
+    tf = dict(flags=flags, gpus=gpus, backend="tensorflow")
+    assert resolve_compile("auto", precision, **tf) == expected
     for asked in ("graph", "xla"):  # an explicit choice is kept whatever the hardware
-        assert resolve_compile(asked, precision, flags=flags, gpus=gpus) == asked
+        assert resolve_compile(asked, precision, **tf) == asked
     with pytest.raises(InputError, match="^compile: must be one of auto, graph, xla"):
-        resolve_compile("jit", precision, flags=flags, gpus=gpus)
+        resolve_compile("jit", precision, **tf)
+    # JAX runs a step it does not compile op by op: every choice compiles with XLA there.
+    for asked in ("auto", "graph", "xla"):
+        assert resolve_compile(asked, precision, flags=flags, gpus=gpus, backend="jax") == "xla"
+
+
+_JAX_TRAINING_STEP = """
+import sys
+from volseg.training import TrainConfig, resolve_machine_choices
+lines = []
+for asked in ("auto", "graph"):
+    config = resolve_machine_choices(TrainConfig("i", "t", "o", compile=asked), lines.append)
+    assert config.compile == "xla", (asked, config.compile)
+import keras
+assert keras.backend.backend() == "jax"
+print(lines[-1])
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_training_on_jax_compiles_the_step():
+    # Keras on JAX with jit_compile=False runs the step op by op (4.3x slower on a CPU
+    # here, far more on a GPU); volseg's "graph" is TensorFlow's and must not mean that.
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", _JAX_TRAINING_STEP], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "step compiled by XLA (JAX has no graph mode" in run.stdout
 
 
 @pytest.mark.parametrize("flags,isa", [
@@ -91,3 +124,84 @@ def test_onednn_cap_makes_volseg_choose_as_on_an_avx2_machine(monkeypatch):
     assert resolve_compile("auto", "float32", flags=capped, gpus=[]) == "xla"
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert capped <= cpu_flags()
+
+
+_JAX_NUMERICS = """
+import sys
+from pathlib import Path
+from volseg.testing import make_tiny_model
+from volseg.stages.predict import cached_model, numerics
+path = make_tiny_model(Path(sys.argv[1]) / "m.keras")
+print(numerics(cached_model(str(path), "sha", "float32")))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_a_store_records_the_keras_backend_that_predicted(tmp_path):
+    # numerics_used must name what computed: JAX's kernels are not TensorFlow's.
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", _JAX_NUMERICS, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    line = run.stdout.strip().splitlines()[-1]
+    assert line.startswith("float32, JAX, ") and "TensorFlow" not in line, line
+    assert line.endswith("JAX default (every core) threads"), line
+
+
+class _RecordingModel:
+    """Stands in for a Keras model on a GPU (none here): records each call's batch."""
+
+    volseg_precision, volseg_runtime, volseg_gpus = "bfloat16", None, [(9, 0)]
+
+    def __init__(self):
+        self.calls = []
+
+    def predict_on_batch(self, x):
+        self.calls.append(len(x))
+        return x[..., :1] * 0.5
+
+
+def test_a_gpu_takes_a_batch_of_tiles_per_call_and_the_store_says_so():
+    from volseg.stages.predict import numerics, predict_batch_fn
+
+    tiles = np.random.default_rng(0).random((4, 16, 16, 1)).astype(np.float32)
+    gpu = _RecordingModel()
+    np.testing.assert_array_equal(predict_batch_fn(gpu)(tiles), tiles * 0.5)
+    assert gpu.calls == [4]
+    line = numerics(gpu, batch_size=4)
+    assert "1 GPU(s) (compute capability 9.0), 4 tiles per call" in line, line
+    cpu = _RecordingModel()
+    cpu.volseg_gpus = []
+    predict_batch_fn(cpu)(tiles)
+    assert cpu.calls == [1, 1, 1, 1]  # one tile per call: the same bits whatever --batch
+
+
+def test_calls_of_a_model_that_cannot_share_take_turns():
+    # Keras on JAX donates the model's state to each call on a GPU (none here): two
+    # threads in one call freed each other's buffers. A model with a call lock is
+    # never entered by two threads at once.
+    import threading
+    import time
+
+    from volseg.stages.predict import predict_batch_fn
+
+    class Shy(_RecordingModel):
+        inside = most = 0
+
+        def predict_on_batch(self, x):
+            type(self).inside += 1
+            type(self).most = max(type(self).most, type(self).inside)
+            time.sleep(0.01)
+            type(self).inside -= 1
+            return super().predict_on_batch(x)
+
+    model = Shy()
+    model.volseg_call_lock = threading.Lock()
+    run = predict_batch_fn(model)
+    tiles = np.zeros((2, 8, 8, 1), np.float32)
+    threads = [threading.Thread(target=run, args=(tiles,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Shy.most == 1 and len(model.calls) == 4

@@ -286,11 +286,26 @@ def test_stop_signal_keeps_the_first_reason():
     (dict(learning_rate=0), "learning_rate", "must be a positive number"),
     (dict(dropout=1.5), "dropout", "must be in [0, 1)"),
     (dict(time_limit=float("nan")), "time_limit", "must be a number of minutes"),
+    (dict(workers=0), "workers", "must be at least 1, got 0"),
 ])
 def test_config_errors_name_the_parameter(options, param, message):
     with pytest.raises(InputError) as exc:
         TrainConfig("i.zarr", "t.zarr", "m.keras", **options)
     assert exc.value.param == param and message in exc.value.message
+
+
+def test_sampler_threads_follow_what_trains():
+    from volseg.training import resolve_machine_choices
+    from volseg.training.config import sampler_threads
+
+    # The CPU also runs the step: 2 threads; a GPU runs it: up to 8, never more than cores.
+    assert sampler_threads(gpus=False, cores=16) == 2
+    assert sampler_threads(gpus=True, cores=16) == 8
+    assert sampler_threads(gpus=True, cores=3) == 3
+    said = []
+    default = resolve_machine_choices(TrainConfig("i", "t", "m"), said.append)
+    assert default.workers == 2  # no GPU here
+    assert resolve_machine_choices(TrainConfig("i", "t", "m", workers=5), said.append).workers == 5
 
 
 def test_remote_checks_are_trains_checks(data, tmp_path):

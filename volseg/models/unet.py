@@ -465,9 +465,20 @@ def machine() -> str:
     return f"{len(gpus)} GPU(s)" if gpus else f"{cpu_model()} ({cpu_isa()})"
 
 
-def resolve_compile(compile: str, precision: str, *, flags=None, gpus=None) -> str:
+def keras_backend_name() -> str:
+    """The Keras backend of this process: the imported one, else the one Keras will pick
+    from ``KERAS_BACKEND`` (TensorFlow by default), without importing Keras."""
+    import sys
+
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def resolve_compile(compile: str, precision: str, *, flags=None, gpus=None,
+                    backend: str | None = None) -> str:
     """``"auto"`` -> how this machine trains fastest: ``"xla"`` for float32 on a CPU
-    without AVX-512, ``"graph"`` elsewhere.
+    without AVX-512, ``"graph"`` elsewhere; always ``"xla"`` on the JAX backend.
 
     TensorFlow's wheels build their element-wise kernels (batch norm, activations, the
     loss) for AVX only, and only the convolutions (oneDNN) use wider vectors; XLA fuses
@@ -475,10 +486,15 @@ def resolve_compile(compile: str, precision: str, *, flags=None, gpus=None) -> s
     default training step 1.3-1.5x faster; on an AVX-512 one, where oneDNN's wide
     convolutions dominate, XLA-compiled training was much slower, and XLA computes
     bfloat16 without native support (docs/decisions.md, "Training step").
+
+    JAX has no graph of its own: a step it does not compile with XLA runs op by op,
+    4.3x slower on a CPU here, so on JAX "graph" (TensorFlow's) means "xla" too.
     """
     if compile not in COMPILE_CHOICES:
         raise InputError(f"must be one of {', '.join(COMPILE_CHOICES)}, not {compile!r}",
                          param="compile")
+    if (backend or keras_backend_name()) == "jax":
+        return "xla"
     if compile != "auto":
         return compile
     gpus = gpu_capabilities() if gpus is None else gpus

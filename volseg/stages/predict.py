@@ -18,6 +18,7 @@ mask and stored probability always agree exactly, by evaluate's own rule.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import posixpath
@@ -39,8 +40,8 @@ from volseg.io.location import RemotePath, is_remote, locate
 from volseg.io.location import text as location_text
 from volseg.ops.annotation import inside_roi
 from volseg.ops.metrics import quantise, threshold_bin
-from volseg.models.unet import (check_precision, check_record, file_sha256, read_model_info,
-                                resolve_precision)
+from volseg.models.unet import (check_precision, check_record, file_sha256, gpu_capabilities,
+                                read_model_info, resolve_precision)
 from volseg.engine.outputs import open_output
 from volseg.engine.pyramid import choose_levels
 from volseg.engine.stage import StageRun
@@ -75,7 +76,7 @@ def cached_model(model_path: str, sha: str, precision: str):
     (a GPU worker's answer differs from the login node's); ``model.volseg_precision``
     says what was used. A float32 model runs on ONNX Runtime where it converts
     (:mod:`volseg.models.onnx`: 1.6x TensorFlow's speed on CPUs), else on Keras;
-    ``model.volseg_runtime`` says which.
+    ``model.volseg_runtime`` names the other runtime (None: Keras' backend).
     """
     with _MODEL_LOCK:
         from volseg.models.backend import fix_model_threads, import_keras
@@ -90,7 +91,7 @@ def cached_model(model_path: str, sha: str, precision: str):
             from volseg.models.unet import load_model
 
             model, _ = load_model(model_path, precision=precision)
-            runtime = "TensorFlow"
+            runtime = None  # the Keras backend's own
             if precision == "float32":
                 from volseg.models.onnx import onnx_network, runtime_version
 
@@ -101,6 +102,12 @@ def cached_model(model_path: str, sha: str, precision: str):
                     model, _ = load_model(model_path, precision=precision)
             model.volseg_precision = precision
             model.volseg_runtime = runtime
+            model.volseg_gpus = gpu_capabilities() if runtime is None else []
+            if runtime is None and import_keras().backend.backend() != "tensorflow":
+                # Keras on JAX donates the model's state buffers to each call (on a GPU):
+                # two threads calling at once passed a buffer the other call had freed
+                # ("Array has been deleted"), so calls of one model take turns.
+                model.volseg_call_lock = threading.Lock()
             _MODELS[key] = model
             LOADS["count"] += 1
         return _MODELS[key]
@@ -172,7 +179,19 @@ def predict_batch_fn(model, *, tta: bool = False, batch_size: int | None = None)
     ``batch_size`` tiles per model call): 8x the model's work.
     """
 
+    on_gpu = bool(getattr(model, "volseg_gpus", None))
+    turns = getattr(model, "volseg_call_lock", None) or contextlib.nullcontext()
+
     def run(batch: np.ndarray) -> np.ndarray:
+        with turns:
+            return _run(batch)
+
+    def _run(batch: np.ndarray) -> np.ndarray:
+        if on_gpu:
+            # A GPU computes a batch of tiles in one call (2.9x one tile per call for
+            # whole frames on an H200); its last bits may then depend on --batch, which
+            # the store's numerics_used records.
+            return _one_output(model.predict_on_batch(batch))
         # One tile per call: oneDNN's work split depends on the batch, and a tile's
         # probabilities changed in the last bit with its place in a batch of 4. Alone,
         # a tile gives the same bits whatever --batch and its neighbours; whole-frame
@@ -313,19 +332,38 @@ def unet_block(i: int, *, images: str, grid: BlockGrid, model_path: str, sha: st
     run_model = predict_batch_fn(model, tta=tta, batch_size=batch_size)
     p8 = block_probabilities(frames, run_model, grid=grid, i=i, tile=tile,
                              blend=blend, multiple=multiple, batch_size=batch_size)
-    return p8, {"precision": model.volseg_precision, "numerics": numerics(model)}
+    return p8, {"precision": model.volseg_precision,
+                "numerics": numerics(model, batch_size=batch_size)}
 
 
-def numerics(model) -> str:
+#: Keras backends by the names the records use.
+_BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+
+
+def numerics(model, *, batch_size: int | None = None) -> str:
     """What decides the last bits of a model's output in this process: precision, the
-    runtime, the CPU's widest instruction set (kernels differ) and the model's threads."""
+    runtime, the device (the CPU's widest instruction set, since kernels differ, or the
+    GPUs and the tiles per call there) and the model's threads on a CPU."""
     from volseg.models.backend import model_threads
-    from volseg.models.unet import cpu_isa
+    from volseg.models.unet import cpu_isa, keras_backend_name
 
-    runtime = getattr(model, "volseg_runtime", "TensorFlow")
-    threads = MODEL_THREADS if runtime != "TensorFlow" else model_threads()
-    return (f"{model.volseg_precision}, {runtime}, {cpu_isa()}, "
-            f"{threads if threads else 'TensorFlow default (every core)'} threads")
+    runtime = getattr(model, "volseg_runtime", None)  # None: the Keras backend's own
+    if runtime is not None:
+        return f"{model.volseg_precision}, {runtime}, {cpu_isa()}, {MODEL_THREADS} threads"
+    backend = keras_backend_name()
+    runtime = _BACKEND_NAMES.get(backend, backend)
+    gpus = getattr(model, "volseg_gpus", None)
+    if gpus is None:
+        gpus = gpu_capabilities()
+    if gpus:
+        shown = ", ".join(f"compute capability {a}.{b}" for a, b in gpus)
+        per_call = f", {batch_size} tiles per call" if batch_size else ""
+        return f"{model.volseg_precision}, {runtime}, {len(gpus)} GPU(s) ({shown}){per_call}"
+    if backend == "tensorflow":
+        threads = model_threads() or "TensorFlow default (every core)"
+    else:
+        threads = f"{runtime} default (every core)"
+    return f"{model.volseg_precision}, {runtime}, {cpu_isa()}, {threads} threads"
 
 
 def roi_inside(roi: str | None, grid: BlockGrid, i: int) -> np.ndarray | None:

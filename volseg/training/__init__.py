@@ -29,7 +29,7 @@ from volseg.errors import InputError
 from volseg.ops.indices import format_ranges
 from volseg.models.unet import PRECISIONS, resolve_compile, resolve_precision
 from volseg.training.config import (LOSSES, Inputs, TrainConfig, check_step_memory, open_inputs,
-                                    output_paths)
+                                    output_paths, sampler_threads)
 from volseg.training.losses import SKELETON_TARGET_LOSSES, make_loss
 from volseg.training.loop import EpochLoop, LoopResult
 from volseg.training.output import plot_history, write_history
@@ -202,14 +202,31 @@ def resolve_machine_choices(config: TrainConfig, say) -> TrainConfig:
     asked = (config.precision, config.compile)
     precision = resolve_precision(config.precision)
     compile = resolve_compile(config.compile, precision)
-    config = dataclasses.replace(config, precision=precision, compile=compile)
-    from volseg.models.unet import machine
+    from volseg.engine.blocks import usable_cores
+    from volseg.models.unet import gpu_capabilities, machine
 
-    where = machine()
-    say(f"training in {precision}{' (auto)' if asked[0] == 'auto' else ''}, step compiled "
-        f"{'by XLA' if compile == 'xla' else 'as a TensorFlow graph'}"
-        f"{' (auto)' if asked[1] == 'auto' else ''}; {where}")
+    gpus = gpu_capabilities()
+    workers = config.workers or sampler_threads(gpus=bool(gpus), cores=usable_cores())
+    config = dataclasses.replace(config, precision=precision, compile=compile, workers=workers)
+    where = machine() + (f"; {workers} threads sample patches" if gpus else "")
+    say(f"training in {precision}{' (auto)' if asked[0] == 'auto' else ''}, "
+        f"{_step_words(compile, asked[1])}; {where}")
     return config
+
+
+def _step_words(compile: str, asked: str) -> str:
+    from volseg.models.unet import keras_backend_name
+
+    backend = keras_backend_name()
+    if compile == "xla":
+        how = "step compiled by XLA"
+        if backend == "jax" and asked == "graph":
+            return how + " (JAX has no graph mode: a step not compiled runs op by op)"
+    elif backend == "tensorflow":
+        how = "step compiled as a TensorFlow graph"
+    else:
+        how = f"step run by {backend} without compiling"
+    return how + (" (auto)" if asked == "auto" else "")
 
 
 def build_model(config: TrainConfig, inputs: Inputs, normalization, say):
