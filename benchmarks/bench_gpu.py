@@ -102,12 +102,11 @@ def phases(work: Path, model_path: Path, precision: str, blocks: int) -> dict:
 
 def train_steps(work: Path, precision: str, steps: int, warm: int, workers: list[int]) -> dict:
     """Samples per second of the training step, bare and fed as `volseg train` feeds it."""
-    import keras
-
     from bench_train import ensure_store
+    from bench_train_step import default_model
     from volseg.data.synth import write_synth
-    from volseg.models.unet import PRECISIONS, build_unet, resolve_compile
-    from volseg.training import TrainConfig, make_loss
+    from volseg.models.unet import resolve_compile
+    from volseg.training import TrainConfig, resolve_machine_choices
     from volseg.training.losses import SKELETON_TARGET_LOSSES
     from volseg.training.sampler import (Augment, PatchDataset, PatchSampler, prefetch,
                                          scan_training_data, split_frames)
@@ -118,7 +117,7 @@ def train_steps(work: Path, precision: str, steps: int, warm: int, workers: list
                          work / "synth.zarr", mask=False)
     truth = ensure_store(sorted((work / "synth" / "labels").glob("*.tif")),
                          work / "synth-truth.zarr", mask=True)
-    cfg = TrainConfig("", "", "")
+    cfg = resolve_machine_choices(TrainConfig("", "", ""), lambda line: None)  # as train does
     frames = split_frames(image.shape, val_fraction=0.25).train
     index = scan_training_data(image.array, truth.array, frames)
     norm = index.percentiles()
@@ -128,16 +127,7 @@ def train_steps(work: Path, precision: str, steps: int, warm: int, workers: list
     compile_as = resolve_compile("auto", precision)
 
     def fresh():
-        keras.utils.set_random_seed(0)
-        keras.config.set_dtype_policy(PRECISIONS[precision])
-        try:
-            model = build_unet(base_filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
-                               batch_norm=cfg.batch_norm, normalization=norm)
-            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                          loss=make_loss(cfg.loss), jit_compile=compile_as == "xla")
-        finally:
-            keras.config.set_dtype_policy("float32")
-        return model
+        return default_model(cfg, norm, precision=precision, compile_as=compile_as)
 
     def dataset():
         return PatchDataset(sampler, batch_size=cfg.batch, steps=warm + steps, seed=5,

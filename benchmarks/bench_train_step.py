@@ -35,17 +35,37 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chasedb1"
 
 
+def default_model(cfg, normalization, *, precision: str, compile_as: str):
+    """`volseg train`'s default U-Net for ``cfg``, seeded, compiled as ``compile_as``
+    ("graph" or "xla") under ``precision``."""
+    import keras
+
+    from volseg.models.unet import PRECISIONS, build_unet
+    from volseg.training import make_loss
+
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        model = build_unet(base_filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
+                           batch_norm=cfg.batch_norm, normalization=normalization)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                      loss=make_loss(cfg.loss), jit_compile=compile_as == "xla")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return model
+
+
 def measure(args) -> dict:
     """In this process: samples/s and losses of the graph and the auto-compiled step."""
     from bench_train_loop import stores
     from volseg.models.backend import import_keras
-    from volseg.models.unet import PRECISIONS, build_unet, resolve_compile, resolve_precision
+    from volseg.models.unet import resolve_compile, resolve_precision
     from volseg.training.sampler import Augment, PatchDataset, PatchSampler, prefetch, scan_training_data
-    from volseg.training import TrainConfig, make_loss
+    from volseg.training import TrainConfig, resolve_machine_choices
     from volseg.training.losses import SKELETON_TARGET_LOSSES
 
-    keras = import_keras()
-    cfg = TrainConfig("", "", "")
+    import_keras()
+    cfg = resolve_machine_choices(TrainConfig("", "", ""), lambda line: None)  # as train does
     precision = resolve_precision("auto")
     variants = {"before": "graph", "after": resolve_compile("auto", precision)}
     what, image, truth, roi, frames = stores(Path(args.out), Path(args.data))
@@ -56,22 +76,10 @@ def measure(args) -> dict:
                            normalization=norm, augment=Augment(),
                            skeleton=cfg.loss in SKELETON_TARGET_LOSSES)
 
-    def fresh(compile_as):
-        keras.utils.set_random_seed(0)
-        keras.config.set_dtype_policy(PRECISIONS[precision])
-        try:
-            model = build_unet(base_filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
-                               batch_norm=cfg.batch_norm, normalization=norm)
-            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                          loss=make_loss(cfg.loss), jit_compile=compile_as == "xla")
-        finally:
-            keras.config.set_dtype_policy("float32")
-        return model
-
     results = {name: {"compile": how, "rates": [], "cores": []} for name, how in variants.items()}
     for _ in range(args.rounds):
         for name, how in variants.items():
-            model = fresh(how)
+            model = default_model(cfg, norm, precision=precision, compile_as=how)
             data = PatchDataset(sampler, batch_size=cfg.batch, steps=args.warm + args.steps,
                                 seed=5, workers=cfg.workers)
             batches = prefetch(data, workers=cfg.workers, depth=2 * cfg.workers)

@@ -24,8 +24,8 @@ import math
 import numpy as np
 
 from volseg.ops.annotation import inside_roi
-from volseg.ops.thresholds import (LEVELS, best_level, default_scale, level_threshold, quantise,
-                                   threshold_bin)
+from volseg.ops.thresholds import (LEVELS, best_level, class_histograms, default_scale,
+                                   level_threshold, quantise, threshold_bin)
 
 __all__ = ["ConfusionHistogram", "check_binary", "confusion_metrics", "count_block", "curve",
            "curve_metrics", "cldice_metrics", "default_scale", "metrics", "quantise",
@@ -252,15 +252,12 @@ def _count_flat(t: np.ndarray, p: np.ndarray, q) -> ConfusionHistogram:
     array read once, by the compiled loops of :mod:`volseg.ops.kernels`."""
     from volseg.ops import kernels  # numba: imported on first count
 
-    t8 = np.ascontiguousarray(t).view(np.uint8)
-    tp, n_true, n_pred = kernels.confusion_counts(t8, np.ascontiguousarray(p).view(np.uint8))
+    tp, n_true, n_pred = kernels.confusion_counts(np.ascontiguousarray(t).view(np.uint8),
+                                                  np.ascontiguousarray(p).view(np.uint8))
     fp = n_pred - tp
     fn = n_true - tp
     tn = t.size - tp - fp - fn
-    hist = None
-    if q is not None:
-        hist = np.zeros((2, LEVELS), np.int64)
-        kernels.add_class_histograms(np.ascontiguousarray(q), t8, hist)
+    hist = None if q is None else class_histograms(q, t)
     return ConfusionHistogram(int(tp), int(fp), int(tn), int(fn), histogram=hist)
 
 

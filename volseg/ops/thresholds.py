@@ -38,7 +38,6 @@ LEVELS = 256
 _TOP = LEVELS - 1
 
 
-
 # --------------------------------------------------------------------------- levels
 
 def threshold_bin(threshold: float) -> int:

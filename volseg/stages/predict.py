@@ -41,7 +41,7 @@ from volseg.io.location import text as location_text
 from volseg.ops.annotation import inside_roi
 from volseg.ops.metrics import quantise, threshold_bin
 from volseg.models.unet import (check_precision, check_record, file_sha256, gpu_capabilities,
-                                read_model_info, resolve_precision)
+                                keras_backend_name, read_model_info, resolve_precision)
 from volseg.engine.outputs import open_output
 from volseg.engine.pyramid import choose_levels
 from volseg.engine.stage import StageRun
@@ -103,7 +103,7 @@ def cached_model(model_path: str, sha: str, precision: str):
             model.volseg_precision = precision
             model.volseg_runtime = runtime
             model.volseg_gpus = gpu_capabilities() if runtime is None else []
-            if runtime is None and import_keras().backend.backend() != "tensorflow":
+            if runtime is None and keras_backend_name() != "tensorflow":
                 # Keras on JAX donates the model's state buffers to each call (on a GPU):
                 # two threads calling at once passed a buffer the other call had freed
                 # ("Array has been deleted"), so calls of one model take turns.
@@ -345,16 +345,14 @@ def numerics(model, *, batch_size: int | None = None) -> str:
     runtime, the device (the CPU's widest instruction set, since kernels differ, or the
     GPUs and the tiles per call there) and the model's threads on a CPU."""
     from volseg.models.backend import model_threads
-    from volseg.models.unet import cpu_isa, keras_backend_name
+    from volseg.models.unet import cpu_isa
 
     runtime = getattr(model, "volseg_runtime", None)  # None: the Keras backend's own
     if runtime is not None:
         return f"{model.volseg_precision}, {runtime}, {cpu_isa()}, {MODEL_THREADS} threads"
     backend = keras_backend_name()
     runtime = _BACKEND_NAMES.get(backend, backend)
-    gpus = getattr(model, "volseg_gpus", None)
-    if gpus is None:
-        gpus = gpu_capabilities()
+    gpus = getattr(model, "volseg_gpus", [])  # cached_model asks the backend once
     if gpus:
         shown = ", ".join(f"compute capability {a}.{b}" for a, b in gpus)
         per_call = f", {batch_size} tiles per call" if batch_size else ""

@@ -200,12 +200,12 @@ def resolve_machine_choices(config: TrainConfig, say) -> TrainConfig:
 
     import_keras()  # the backend, to see GPUs
     asked = (config.precision, config.compile)
-    precision = resolve_precision(config.precision)
-    compile = resolve_compile(config.compile, precision)
     from volseg.engine.blocks import usable_cores
     from volseg.models.unet import gpu_capabilities, machine
 
     gpus = gpu_capabilities()
+    precision = resolve_precision(config.precision, gpus=gpus)
+    compile = resolve_compile(config.compile, precision, gpus=gpus)
     workers = config.workers or sampler_threads(gpus=bool(gpus), cores=usable_cores())
     config = dataclasses.replace(config, precision=precision, compile=compile, workers=workers)
     where = machine() + (f"; {workers} threads sample patches" if gpus else "")
